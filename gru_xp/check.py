@@ -1,0 +1,195 @@
+"""Gradient checks a user can run on their own machine (`gru-xp check`) and the tests reuse.
+
+Host-side code: it builds inputs with NumPy, runs the layer on any backend and compares on the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import resolve, to_host
+from .recurrent import Recurrent
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b| (with a floor so an all-zero reference does not divide by zero)."""
+    a, b = np.asarray(to_host(a), dtype=np.float64), np.asarray(to_host(b), dtype=np.float64)
+    if a.shape != b.shape:
+        raise AssertionError(f"shape mismatch {a.shape} vs {b.shape}")
+    return float(np.max(np.abs(a - b), initial=0.0) / max(float(np.max(np.abs(b), initial=0.0)), 1e-300))
+
+
+def _states(s):
+    return s if isinstance(s, tuple) else (s,)
+
+
+def random_problem(layer: Recurrent, T: int, B: int, seed: int = 0, scale: float = 1.0):
+    """Random x, state0, dy and dstate_n (every output gets a random upstream gradient)."""
+    rng = np.random.default_rng(seed)
+    D, L, H = layer.num_directions, layer.num_layers, layer.hidden_size
+    n = layer.cell.STATES
+    x = rng.normal(size=(T, B, layer.input_size)) * scale
+    s0 = tuple(rng.normal(size=(L * D, B, H)) * 0.5 for _ in range(n))
+    dy = rng.normal(size=(T, B, D * H))
+    ds = tuple(rng.normal(size=(L * D, B, H)) for _ in range(n))
+    unpack = (lambda t: t[0]) if n == 1 else (lambda t: t)
+    return x, unpack(s0), dy, unpack(ds)
+
+
+def randomize_params(layer: Recurrent, seed: int = 0, scale: float = 0.6) -> None:
+    """Non-trivial weights and random (non-zero) biases, so no bias path can hide."""
+    rng = np.random.default_rng(seed + 1000)
+    layer.load_state_dict({k: rng.normal(size=tuple(v.shape)) * scale for k, v in layer.params.items()})
+
+
+def objective(layer: Recurrent, x, s0, dy, ds) -> float:
+    """L = sum(y * dy) + sum over final states of sum(s_n * ds): its gradient is what backward computes."""
+    y, sn = layer.forward(x, s0)
+    total = float(np.sum(to_host(y) * dy))
+    for s, d in zip(_states(sn), _states(ds)):
+        total += float(np.sum(to_host(s) * d))
+    return total
+
+
+def finite_difference(layer: Recurrent, x, s0, dy, ds, eps: float = 1e-6, tbptt: int = 0) -> dict:
+    """Central differences of `objective` for every parameter, x and state0, beside the analytic backward.
+    Returns {name: (analytic, numeric)} as host float64 arrays. Use float64 and tiny shapes."""
+    layer.zero_grad()
+    layer.forward(x, s0)
+    dx, ds0 = layer.backward(dy, ds, tbptt=tbptt)
+    out = {k: (to_host(g).copy(), None) for k, g in layer.grads.items()}
+    out["x"], out["state0"] = (to_host(dx), None), (np.stack([to_host(a) for a in _states(ds0)]), None)
+
+    def numeric(get, put):
+        base = get().copy()
+        num = np.zeros_like(base)
+        for i in np.ndindex(base.shape):
+            v = base.copy()
+            v[i] = base[i] + eps
+            put(v)
+            fp = objective(layer, *current())
+            v[i] = base[i] - eps
+            put(v)
+            fm = objective(layer, *current())
+            num[i] = (fp - fm) / (2 * eps)
+        put(base)
+        return num
+
+    xs = {"x": np.array(x, dtype=np.float64), "s0": np.stack([np.asarray(a, np.float64) for a in _states(s0)])}
+    n = layer.cell.STATES
+
+    def current():
+        s = xs["s0"]
+        return xs["x"], (s[0] if n == 1 else tuple(s)), dy, ds
+
+    for k in list(layer.params):
+        def put(v, k=k):
+            layer.params[k] = layer.backend.asarray(v)
+        out[k] = (out[k][0], numeric(lambda k=k: to_host(layer.params[k]).astype(np.float64), put))
+    out["x"] = (out["x"][0], numeric(lambda: xs["x"], lambda v: xs.__setitem__("x", v)))
+    out["state0"] = (out["state0"][0], numeric(lambda: xs["s0"], lambda v: xs.__setitem__("s0", v)))
+    return out
+
+
+@dataclass
+class Row:
+    check: str
+    error: float
+    limit: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.error)) and self.error <= self.limit
+
+
+def _fd_rows(device: str) -> list[Row]:
+    from .recurrent import GRU
+
+    rows = []
+    for reset_after in (True, False):
+        layer = GRU(3, 4, reset_after=reset_after, device=device, dtype="float64", seed=0)
+        randomize_params(layer, seed=1)
+        res = finite_difference(layer, *random_problem(layer, T=4, B=2, seed=2))
+        err = max(rel_err(a, n) for a, n in res.values())
+        rows.append(Row(f"finite differences, GRU reset_after={reset_after} ({device}, float64)", err, 1e-7))
+    return rows
+
+
+def torch_parity(layer: Recurrent, x, s0, dy, ds) -> dict:
+    """Run the same computation in torch (float64, autograd); return {name: rel error} for outputs and grads."""
+    import torch
+
+    from .interop import to_torch_module
+
+    tm = to_torch_module(layer)
+    xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+    st = [torch.tensor(np.asarray(a, np.float64), requires_grad=True) for a in _states(s0)]
+    yt, snt = tm(xt, st[0] if len(st) == 1 else tuple(st))
+    obj = (yt * torch.tensor(dy)).sum()
+    for s, d in zip(_states(snt), _states(ds)):
+        obj = obj + (s * torch.tensor(np.asarray(d))).sum()
+    obj.backward()
+    layer.zero_grad()
+    y, sn = layer.forward(x, s0)
+    dx, ds0 = layer.backward(dy, ds)
+    errs = {"y": rel_err(y, yt.detach().numpy()), "x": rel_err(dx, xt.grad.numpy())}
+    for i, (a, b) in enumerate(zip(_states(sn), _states(snt))):
+        errs[f"state_n[{i}]"] = rel_err(a, b.detach().numpy())
+    for i, (a, b) in enumerate(zip(_states(ds0), st)):
+        errs[f"state0[{i}]"] = rel_err(a, b.grad.numpy())
+    for k, p in tm.named_parameters():
+        errs[k] = rel_err(layer.grads[k], p.grad.numpy())
+    return errs
+
+
+def _torch_rows(device: str) -> list[Row]:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return []
+    from .recurrent import GRU
+
+    layer = GRU(3, 5, num_layers=1, device=device, dtype="float64", seed=0)
+    randomize_params(layer, seed=3)
+    errs = torch_parity(layer, *random_problem(layer, T=6, B=3, seed=4))
+    return [Row(f"PyTorch torch.nn.GRU parity ({device}, float64)", max(errs.values()), 1e-10)]
+
+
+def _device_rows(device: str) -> list[Row]:
+    """The same seeded layer and data on NumPy and on `device`: outputs and gradients agree."""
+    from .recurrent import GRU
+
+    rows = []
+    for dtype, limit in (("float64", 1e-10), ("float32", 1e-4)):
+        ref = GRU(4, 16, device="cpu", dtype=dtype, seed=7)
+        dev = GRU(4, 16, device=device, dtype=dtype, seed=7)
+        same = max(rel_err(dev.params[k], ref.params[k]) for k in ref.params)
+        rows.append(Row(f"seeded init identical, cpu vs {device} ({dtype})", same, 0.0))
+        x, s0, dy, ds = random_problem(ref, T=12, B=8, seed=5)
+        errs = []
+        for layer in (ref, dev):
+            layer.zero_grad()
+            y, sn = layer.forward(x.astype(dtype), s0.astype(dtype))
+            dx, dh0 = layer.backward(dy.astype(dtype), ds.astype(dtype))
+            errs.append([to_host(a) for a in (y, sn, dx, dh0, *layer.grads.values())])
+        err = max(rel_err(a, b) for a, b in zip(errs[1], errs[0]))
+        rows.append(Row(f"cpu vs {device} forward+backward ({dtype})", err, limit))
+    return rows
+
+
+def run_checks(device: str = "cpu") -> list[Row]:
+    be = resolve(device, "float64", verbose=True)
+    spec = "cpu" if be.name == "numpy" else ("cuda" if be.name == "cupy" else device)
+    rows = _fd_rows(spec) + _torch_rows("cpu")
+    if spec != "cpu":
+        rows += _device_rows(spec)
+    return rows
+
+
+def format_rows(rows: list[Row]) -> str:
+    w = max(len(r.check) for r in rows)
+    lines = [f"{'check':<{w}}  {'max error':>10}  {'limit':>8}  ok", "-" * (w + 28)]
+    for r in rows:
+        lines.append(f"{r.check:<{w}}  {r.error:>10.2e}  {r.limit:>8.0e}  {'yes' if r.ok else 'NO'}")
+    return "\n".join(lines)

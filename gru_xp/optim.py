@@ -1,0 +1,78 @@
+"""SGD, Adam and global-norm clipping, in place on device arrays; no host sync.
+
+Parameters and gradients are dicts with the same keys (the model's names); state is keyed by those names.
+"""
+from __future__ import annotations
+
+import math
+
+
+def global_norm(xp, grads: dict):
+    """sqrt(sum of squares over every gradient): a 0-d device array."""
+    total = None
+    for g in grads.values():
+        s = xp.sum(g * g)
+        total = s if total is None else total + s
+    return xp.sqrt(total)
+
+
+def clip_grad_norm(xp, grads: dict, max_norm: float):
+    """Scale all grads by min(1, max_norm / norm) in place, without a branch on a device value.
+    Returns the norm before clipping (0-d device array)."""
+    norm = global_norm(xp, grads)
+    scale = max_norm / xp.maximum(norm, xp.full_like(norm, max_norm))  # 1 when norm <= max_norm
+    for g in grads.values():
+        g *= scale
+    return norm
+
+
+class SGD:
+    """Plain gradient descent (the seed project's update), optional momentum."""
+
+    def __init__(self, lr: float, momentum: float = 0.0):
+        self.lr, self.momentum = lr, momentum
+        self.state: dict = {}
+        self.t = 0
+
+    def step(self, xp, params: dict, grads: dict) -> None:
+        self.t += 1
+        for k, p in params.items():
+            g = grads[k]
+            if self.momentum:
+                v = self.state.get(k)
+                if v is None:
+                    v = self.state[k] = xp.zeros_like(p)
+                v *= self.momentum
+                v += g
+                g = v
+            p -= self.lr * g
+
+
+class Adam:
+    """Adam (Kingma & Ba), torch's defaults and bias correction."""
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.state: dict = {}
+        self.t = 0
+
+    def step(self, xp, params: dict, grads: dict) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t
+        step = self.lr / c1
+        for k, p in params.items():
+            g = grads[k]
+            if self.weight_decay:
+                g = g + self.weight_decay * p
+            if k not in self.state:
+                self.state[k] = (xp.zeros_like(p), xp.zeros_like(p))
+            m, v = self.state[k]
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            p -= step * m / (xp.sqrt(v) / math.sqrt(c2) + self.eps)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}

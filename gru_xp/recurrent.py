@@ -1,0 +1,216 @@
+"""The one wrapper around the cells: stacks layers, runs the reverse direction, applies dropout between layers,
+names parameters like torch. Written once, shared by GRU, LSTM and RNN.
+
+Legend: T time steps, B batch, I input features, H hidden units, L layers, D directions (1 or 2).
+    forward:  x (T, B, I), state0 -> y (T, B, D*H), state_n; each state array is (L*D, B, H), index k*D + d
+    backward: dy (T, B, D*H), dstate_n -> dx (T, B, I), dstate0; parameter grads accumulate into `self.grads`
+Parameter names are torch's: weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}, suffix _reverse for d=1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import gru as gru_cell
+from ._cell import CellParams
+from .backend import Backend, resolve, to_host
+from .errors import UserError
+
+
+class Recurrent:
+    cell: Any = None  # the cell module: GATES, STATES, forward, backward
+    mode: str = ""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, *, device="cpu", dtype="float32", seed: int | None = 0, **cell_opts):
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{name} must be a positive integer, got {v!r}")
+        if not (0.0 <= float(dropout) < 1.0):
+            raise UserError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bidirectional, self.dropout = bool(bidirectional), float(dropout)
+        self.num_directions = 2 if bidirectional else 1
+        self.cell_opts = cell_opts
+        self.backend: Backend = resolve(device, dtype)
+        self.training = True
+        self._rng = self.backend.rng(seed)  # host generator: init, then dropout masks
+        bound = 1.0 / math.sqrt(hidden_size)
+        self.params = {name: self.backend.uniform(self._rng, shape, bound) for name, shape in self.param_shapes()}
+        self.grads = {name: self.backend.zeros(shape) for name, shape in self.param_shapes()}
+        self._caches: list = []
+        self._masks: list = []
+
+    # ---- parameters: torch's names, shapes and order -------------------------------------------------------
+    def param_shapes(self):
+        G, H = self.cell.GATES * self.hidden_size, self.hidden_size
+        for k in range(self.num_layers):
+            in_k = self.input_size if k == 0 else H * self.num_directions
+            for sfx in ("", "_reverse")[: self.num_directions]:
+                yield f"weight_ih_l{k}{sfx}", (G, in_k)
+                yield f"weight_hh_l{k}{sfx}", (G, H)
+                yield f"bias_ih_l{k}{sfx}", (G,)
+                yield f"bias_hh_l{k}{sfx}", (G,)
+
+    def _cell_params(self, store: dict, k: int, d: int) -> CellParams:
+        sfx = "_reverse" if d else ""
+        return CellParams(store[f"weight_ih_l{k}{sfx}"], store[f"weight_hh_l{k}{sfx}"],
+                          store[f"bias_ih_l{k}{sfx}"], store[f"bias_hh_l{k}{sfx}"])
+
+    def state_dict(self) -> dict:
+        """{torch name: array} — copies, so later training does not change an exported state."""
+        xp = self.backend.xp
+        return {k: xp.asarray(v, copy=True) for k, v in self.params.items()}
+
+    def load_state_dict(self, sd) -> None:
+        """Accepts NumPy arrays, arrays of any namespace, or torch tensors, keyed like torch.nn.{GRU,LSTM,RNN}."""
+        if not hasattr(sd, "keys"):
+            raise UserError(f"state dict must be a mapping of parameter names to arrays, got {type(sd).__name__}")
+        expected = dict(self.param_shapes())
+        missing = [k for k in expected if k not in sd]
+        unexpected = [k for k in sd if k not in expected]
+        if missing or unexpected:
+            raise UserError(f"state dict does not match {self!r}: missing {missing or 'none'}, unexpected "
+                            f"{unexpected or 'none'}; export it from a layer built with the same sizes")
+        new = {}
+        for k, shape in expected.items():
+            a = sd[k]
+            got = tuple(getattr(a, "shape", ()))
+            if got != tuple(shape):
+                raise UserError(f"state dict entry {k!r} has shape {got}, this layer needs {tuple(shape)}; "
+                                f"check input_size/hidden_size/num_layers/bidirectional")
+            new[k] = self.backend.asarray(a)
+        self.params.update(new)  # all or nothing: nothing changes when one entry is wrong
+
+    def zero_grad(self) -> None:
+        for g in self.grads.values():
+            g *= 0.0
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # ---- forward, then backward ---------------------------------------------------------------------------
+    def _state0(self, state0, B):
+        """None -> zeros; else each array (L*D, B, H) moved to this backend."""
+        n = self.cell.STATES
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if state0 is None:
+            return tuple(self.backend.zeros(shape) for _ in range(n))
+        parts = (state0,) if n == 1 and not isinstance(state0, (tuple, list)) else tuple(state0)
+        if len(parts) != n:
+            raise UserError(f"{type(self).__name__} state must be {n} array(s) of shape {shape}, got {len(parts)}")
+        out = []
+        for a in parts:
+            if a is None:
+                out.append(self.backend.zeros(shape))
+                continue
+            if tuple(a.shape) != shape:
+                raise UserError(f"initial state has shape {tuple(a.shape)}, expected {shape} (layers*directions, B, H)")
+            out.append(self.backend.asarray(a))
+        return tuple(out)
+
+    def forward(self, x, state0=None, **kw):
+        """x (T, B, I) -> y (T, B, D*H), state_n (GRU/RNN: array (L*D, B, H); LSTM: (h_n, c_n))."""
+        state0 = kw.pop("h0", state0)
+        if kw:
+            raise TypeError(f"unexpected arguments {sorted(kw)}")
+        xp, be = self.backend.xp, self.backend
+        x = be.asarray(x)
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise UserError(f"input must be (T, B, {self.input_size}) time-major, got shape {tuple(x.shape)}")
+        T, B, _ = x.shape
+        s0 = self._state0(state0, B)
+        D = self.num_directions
+        self._caches, self._masks = [], []
+        finals = [[None] * (self.num_layers * D) for _ in range(self.cell.STATES)]
+        inp = x  # (T, B, I) then (T, B, D*H)
+        for k in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                p = self._cell_params(self.params, k, d)
+                xin = inp if d == 0 else xp.flip(inp, axis=0)
+                y_d, sT, cache = self.cell.forward(xp, p, xin, tuple(s[k * D + d, ...] for s in s0),
+                                                   **self.cell_opts)
+                outs.append(y_d if d == 0 else xp.flip(y_d, axis=0))  # (T, B, H)
+                self._caches.append(cache)
+                for i, s in enumerate(sT):
+                    finals[i][k * D + d] = s
+            y = outs[0] if D == 1 else xp.concat(outs, axis=-1)  # (T, B, D*H)
+            if self.training and self.dropout > 0.0 and k < self.num_layers - 1:
+                mask = be.dropout_mask(self._rng, (T, B, D * self.hidden_size), self.dropout)  # (T, B, D*H)
+                self._masks.append(mask)
+                y = y * mask
+            else:
+                self._masks.append(None)
+            inp = y
+        states = tuple(xp.stack(f, axis=0) for f in finals)  # each (L*D, B, H)
+        self._T, self._B = T, B
+        return inp, (states[0] if self.cell.STATES == 1 else states)
+
+    def backward(self, dy, dstate_n=None, *, tbptt: int = 0, **kw):
+        """Gradients of the last forward. dy (T, B, D*H) (None = zeros), dstate_n like state_n (None = zeros).
+        Accumulates parameter grads into self.grads; returns dx (T, B, I), dstate0 (like state0)."""
+        dstate_n = kw.pop("dh_n", dstate_n)
+        if kw:
+            raise TypeError(f"unexpected arguments {sorted(kw)}")
+        if not self._caches:
+            raise RuntimeError("backward() called before forward()")
+        xp, be = self.backend.xp, self.backend
+        D, H, T, B = self.num_directions, self.hidden_size, self._T, self._B
+        dy = be.zeros((T, B, D * H)) if dy is None else be.asarray(dy)  # (T, B, D*H)
+        if tuple(dy.shape) != (T, B, D * H):
+            raise UserError(f"dy has shape {tuple(dy.shape)}, the last forward produced {(T, B, D * H)}")
+        dsT = self._state0(dstate_n, B)  # zeros where None
+        dstate0 = [[None] * (self.num_layers * D) for _ in range(self.cell.STATES)]
+        for k in range(self.num_layers - 1, -1, -1):
+            if self._masks[k] is not None:
+                dy = dy * self._masks[k]
+            dx = None
+            for d in range(D):
+                dy_d = dy[:, :, d * H:(d + 1) * H]  # (T, B, H)
+                if d:
+                    dy_d = xp.flip(dy_d, axis=0)
+                g = self._cell_params(self.grads, k, d)
+                p = self._cell_params(self.params, k, d)
+                dx_d, ds0 = self.cell.backward(xp, p, self._caches[k * D + d], dy_d,
+                                               tuple(s[k * D + d, ...] for s in dsT), g, tbptt=tbptt)
+                if d:
+                    dx_d = xp.flip(dx_d, axis=0)
+                dx = dx_d if dx is None else dx + dx_d  # (T, B, in_k)
+                for i, s in enumerate(ds0):
+                    dstate0[i][k * D + d] = s
+            dy = dx
+        states = tuple(xp.stack(f, axis=0) for f in dstate0)
+        return dy, (states[0] if self.cell.STATES == 1 else states)
+
+    __call__ = forward
+
+    def to_host(self, a):
+        return to_host(a)
+
+    def __repr__(self):
+        extra = "".join(f", {k}={v!r}" for k, v in self.cell_opts.items())
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, dropout={self.dropout}{extra}, device={self.backend.name!r}, "
+                f"dtype={self.backend.dtype_name!r})")
+
+
+class GRU(Recurrent):
+    """Gated recurrent unit, torch.nn.GRU's parameters and semantics (time-major). See gru.py for the math."""
+
+    cell = gru_cell
+    mode = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, reset_after: bool = True, *, device="cpu", dtype="float32",
+                 seed: int | None = 0):
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, device=device, dtype=dtype,
+                         seed=seed, reset_after=bool(reset_after))
+
+    @property
+    def reset_after(self) -> bool:
+        return self.cell_opts["reset_after"]
