@@ -51,5 +51,6 @@ def recurrent_weight_grads(xp, dgh, hprev):
 
 def cut(tbptt: int, T: int, t: int) -> bool:
     """Truncated BPTT in chunks of `tbptt` steps counted from the end: no gradient flows from step t to t-1
-    when t is a chunk boundary. tbptt=0 means full BPTT."""
-    return tbptt > 0 and (T - t) % tbptt == 0
+    when t is a chunk boundary. tbptt=0 means full BPTT. The initial state (t = 0) is never cut, so each chunk is a
+    full BPTT from its own starting state and tbptt >= T equals full BPTT, dL/dstate0 included."""
+    return tbptt > 0 and t > 0 and (T - t) % tbptt == 0

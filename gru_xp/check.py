@@ -103,16 +103,35 @@ class Row:
         return bool(np.isfinite(self.error)) and self.error <= self.limit
 
 
-def _fd_rows(device: str) -> list[Row]:
-    from .recurrent import GRU
+def _layers(device: str):
+    """(label, factory) for every cell and option `gru-xp check` proves."""
+    from .recurrent import GRU, LSTM, RNN
 
+    yield "GRU reset_after=True", lambda: GRU(3, 4, reset_after=True, device=device, dtype="float64", seed=0)
+    yield "GRU reset_after=False", lambda: GRU(3, 4, reset_after=False, device=device, dtype="float64", seed=0)
+    yield "LSTM", lambda: LSTM(3, 4, device=device, dtype="float64", seed=0)
+    yield "RNN tanh", lambda: RNN(3, 4, nonlinearity="tanh", device=device, dtype="float64", seed=0)
+
+
+def _paths(make):
+    """Yield (path name, layer) for the plain reference path and, where the namespace has one, the fast path
+    that training uses."""
+    for fast in (False, True):
+        layer = make()
+        layer.fast = fast
+        if fast and layer._fast_cell() is None:
+            continue  # no fast path on this namespace: the reference row covers it
+        yield ("fast" if fast else "reference"), layer
+
+
+def _fd_rows(device: str) -> list[Row]:
     rows = []
-    for reset_after in (True, False):
-        layer = GRU(3, 4, reset_after=reset_after, device=device, dtype="float64", seed=0)
-        randomize_params(layer, seed=1)
-        res = finite_difference(layer, *random_problem(layer, T=4, B=2, seed=2))
-        err = max(rel_err(a, n) for a, n in res.values())
-        rows.append(Row(f"finite differences, GRU reset_after={reset_after} ({device}, float64)", err, 1e-7))
+    for label, make in _layers(device):
+        for path, layer in _paths(make):
+            randomize_params(layer, seed=1)
+            res = finite_difference(layer, *random_problem(layer, T=4, B=2, seed=2))
+            err = max(rel_err(a, n) for a, n in res.values())
+            rows.append(Row(f"finite differences, {label}, {path} ({device}, float64)", err, 1e-7))
     return rows
 
 
@@ -148,12 +167,16 @@ def _torch_rows(device: str) -> list[Row]:
         import torch  # noqa: F401
     except ImportError:
         return []
-    from .recurrent import GRU
-
-    layer = GRU(3, 5, num_layers=1, device=device, dtype="float64", seed=0)
-    randomize_params(layer, seed=3)
-    errs = torch_parity(layer, *random_problem(layer, T=6, B=3, seed=4))
-    return [Row(f"PyTorch torch.nn.GRU parity ({device}, float64)", max(errs.values()), 1e-10)]
+    rows = []
+    for label, make in _layers(device):
+        if label == "GRU reset_after=False":
+            continue  # torch.nn.GRU has only the reset_after=True convention
+        for path, layer in _paths(make):
+            randomize_params(layer, seed=3)
+            errs = torch_parity(layer, *random_problem(layer, T=6, B=3, seed=4))
+            mod = label.split()[0]
+            rows.append(Row(f"PyTorch torch.nn.{mod} parity, {path} ({device}, float64)", max(errs.values()), 1e-10))
+    return rows
 
 
 def _device_rows(device: str) -> list[Row]:

@@ -82,8 +82,9 @@ def forward(xp, p: CellParams, x, state0, *, reset_after: bool = True):
     return h[1:, ...], (h[T, ...],), cache
 
 
-def backward(xp, p: CellParams, c: GRUCache, dy, dstate_T, g: CellParams, *, tbptt: int = 0):
-    """dy (T, B, H), dstate_T = (dh_T (B, H),) or None -> dx (T, B, I), (dh0 (B, H),). Accumulates into g."""
+def backward(xp, p: CellParams, c: GRUCache, dy, dstate_T, g: CellParams, *, tbptt: int = 0, dh_record=None):
+    """dy (T, B, H), dstate_T = (dh_T (B, H),) or None -> dx (T, B, I), (dh0 (B, H),). Accumulates into g.
+    dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it."""
     T, B, H = c.r.shape
     dev, dt = device_of(c.x), c.x.dtype
     dgi = xp.empty((T, B, 3 * H), dtype=dt, device=dev)  # (T, B, 3H) pre-activation grads, gates r, z, n
@@ -92,6 +93,8 @@ def backward(xp, p: CellParams, c: GRUCache, dy, dstate_T, g: CellParams, *, tbp
     w_rz, w_n = p.w_hh[: 2 * H, :], p.w_hh[2 * H :, :]  # (2H, H), (H, H)
     for t in range(T - 1, -1, -1):
         dh = dh + dy[t, ...]  # (B, H)
+        if dh_record is not None:
+            dh_record[t, ...] = dh
         hp, r, z, n = c.h[t, ...], c.r[t, ...], c.z[t, ...], c.n[t, ...]  # (B, H) each
         dhp = dh * z  # (B, H) direct path h_{t-1} -> h_t
         da_n = dh * (1.0 - z) * (1.0 - n * n)  # (B, H)

@@ -7,6 +7,7 @@ what a sequence-to-one model wants; its gradient enters the recurrent layer as d
 from __future__ import annotations
 
 import math
+import operator
 
 from . import head
 from .recurrent import GRU, Recurrent
@@ -34,12 +35,23 @@ def build_recurrent(cell: str, input_size, hidden_size, **kw) -> Recurrent:
 class Forecaster:
     def __init__(self, cell: str = "gru", input_size: int = 1, hidden_size: int = 32, horizon: int = 1, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, reset_after: bool = True,
-                 nonlinearity: str = "tanh", device="cpu", dtype="float32", seed: int = 0):
+                 nonlinearity: str = "tanh", device="cpu", dtype="float32", seed: int = 0, fast: bool = True):
+        try:
+            ok = not isinstance(horizon, bool) and operator.index(horizon) >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            from .errors import UserError
+
+            raise UserError(f"horizon must be a positive integer, got {horizon!r}")
         self.cell = cell
         self.rnn = build_recurrent(cell, input_size, hidden_size, num_layers=num_layers,
                                    bidirectional=bidirectional, dropout=dropout, reset_after=reset_after,
                                    nonlinearity=nonlinearity, device=device, dtype=dtype, seed=seed)
         self.backend = self.rnn.backend
+        # fast: the fast path (fast.py) where the backend supports it; its outputs never leave the model, so its
+        # caches may live in workspaces reused from step to step. fast=False: the reference cells.
+        self.rnn.fast, self.rnn.reuse_buffers = bool(fast), True
         self.horizon = horizon
         F = self.rnn.num_directions * hidden_size
         rng = self.backend.rng(None if seed is None else seed + 1)
@@ -65,6 +77,9 @@ class Forecaster:
     def load_state_dict(self, sd) -> None:
         from .errors import UserError
 
+        if not hasattr(sd, "keys") or not hasattr(sd, "__getitem__"):
+            raise UserError(f"state dict must be a mapping of parameter names to arrays, got {type(sd).__name__}; "
+                            "pass model.state_dict() or the arrays of a model.npz")
         want = {k: tuple(v.shape) for k, v in self.params.items()}
         bad = sorted(set(want) ^ set(sd)) or [k for k in want if tuple(getattr(sd[k], "shape", ())) != want[k]]
         if bad:

@@ -12,6 +12,8 @@ import math
 from typing import Any
 
 from . import gru as gru_cell
+from . import lstm as lstm_cell
+from . import rnn as rnn_cell
 from ._cell import CellParams
 from .backend import Backend, resolve, to_host
 from .errors import UserError
@@ -26,8 +28,12 @@ class Recurrent:
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UserError(f"{name} must be a positive integer, got {v!r}")
-        if not (0.0 <= float(dropout) < 1.0):
-            raise UserError(f"dropout must be in [0, 1), got {dropout!r}")
+        try:
+            ok = not isinstance(dropout, bool) and 0.0 <= float(dropout) < 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UserError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bidirectional, self.dropout = bool(bidirectional), float(dropout)
         self.num_directions = 2 if bidirectional else 1
@@ -40,6 +46,11 @@ class Recurrent:
         self.grads = {name: self.backend.zeros(shape) for name, shape in self.param_shapes()}
         self._caches: list = []
         self._masks: list = []
+        self.record_dh = False  # backward(record=None) follows this flag (diagnostics through a Forecaster)
+        self.fast = False  # True: fast.py's twin of the cell where the namespace supports it (NumPy, CuPy)
+        self.reuse_buffers = False  # fast path: keep caches/outputs in reused workspaces (valid until the next forward)
+        self._fast_impl = None
+        self.last_dh: list | None = None
 
     # ---- parameters: torch's names, shapes and order -------------------------------------------------------
     def param_shapes(self):
@@ -100,7 +111,7 @@ class Recurrent:
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)
         if state0 is None:
             return tuple(self.backend.zeros(shape) for _ in range(n))
-        parts = (state0,) if n == 1 and not isinstance(state0, (tuple, list)) else tuple(state0)
+        parts = tuple(state0) if isinstance(state0, (tuple, list)) else (state0,)
         if len(parts) != n:
             raise UserError(f"{type(self).__name__} state must be {n} array(s) of shape {shape}, got {len(parts)}")
         out = []
@@ -112,6 +123,19 @@ class Recurrent:
                 raise UserError(f"initial state has shape {tuple(a.shape)}, expected {shape} (layers*directions, B, H)")
             out.append(self.backend.asarray(a))
         return tuple(out)
+
+    def _fast_cell(self):
+        """fast.py's twin of self.cell (same math, workspaces, out=) when self.fast and the namespace supports it,
+        else None (the reference cell runs)."""
+        if not self.fast:
+            return None
+        fc = self._fast_impl
+        if fc is None or fc[0] != (self.cell, self.backend.xp, self.reuse_buffers):
+            from .fast import fast_cell_for
+
+            fc = self._fast_impl = ((self.cell, self.backend.xp, self.reuse_buffers),
+                                    fast_cell_for(self.cell, self.backend.xp, reuse=self.reuse_buffers))
+        return fc[1]
 
     def forward(self, x, state0=None, **kw):
         """x (T, B, I) -> y (T, B, D*H), state_n (GRU/RNN: array (L*D, B, H); LSTM: (h_n, c_n))."""
@@ -128,13 +152,15 @@ class Recurrent:
         self._caches, self._masks = [], []
         finals = [[None] * (self.num_layers * D) for _ in range(self.cell.STATES)]
         inp = x  # (T, B, I) then (T, B, D*H)
+        fc = self._fast_cell()
         for k in range(self.num_layers):
             outs = []
             for d in range(D):
                 p = self._cell_params(self.params, k, d)
                 xin = inp if d == 0 else xp.flip(inp, axis=0)
-                y_d, sT, cache = self.cell.forward(xp, p, xin, tuple(s[k * D + d, ...] for s in s0),
-                                                   **self.cell_opts)
+                opts = self.cell_opts if fc is None else {**self.cell_opts, "slot": k * D + d}
+                y_d, sT, cache = (fc or self.cell).forward(xp, p, xin, tuple(s[k * D + d, ...] for s in s0),
+                                                           **opts)
                 outs.append(y_d if d == 0 else xp.flip(y_d, axis=0))  # (T, B, H)
                 self._caches.append(cache)
                 for i, s in enumerate(sT):
@@ -151,9 +177,11 @@ class Recurrent:
         self._T, self._B = T, B
         return inp, (states[0] if self.cell.STATES == 1 else states)
 
-    def backward(self, dy, dstate_n=None, *, tbptt: int = 0, **kw):
+    def backward(self, dy, dstate_n=None, *, tbptt: int = 0, record: bool | None = None, **kw):
         """Gradients of the last forward. dy (T, B, D*H) (None = zeros), dstate_n like state_n (None = zeros).
-        Accumulates parameter grads into self.grads; returns dx (T, B, I), dstate0 (like state0)."""
+        Accumulates parameter grads into self.grads; returns dx (T, B, I), dstate0 (like state0).
+        record (default: self.record_dh): also store dL/dh_t of every layer in self.last_dh, a list over layers
+        of (T, B, D*H) arrays in time order (diagnostics)."""
         dstate_n = kw.pop("dh_n", dstate_n)
         if kw:
             raise TypeError(f"unexpected arguments {sorted(kw)}")
@@ -161,29 +189,43 @@ class Recurrent:
             raise RuntimeError("backward() called before forward()")
         xp, be = self.backend.xp, self.backend
         D, H, T, B = self.num_directions, self.hidden_size, self._T, self._B
-        dy = be.zeros((T, B, D * H)) if dy is None else be.asarray(dy)  # (T, B, D*H)
-        if tuple(dy.shape) != (T, B, D * H):
+        record = self.record_dh if record is None else bool(record)
+        fc = None if record else self._fast_cell()  # diagnostics (dh_record) run the reference backward
+        if dy is None and fc is not None:  # the fast cells take dy=None as zeros: no (T, B, D*H) zeros array
+            dy = None
+        else:
+            dy = be.zeros((T, B, D * H)) if dy is None else be.asarray(dy)  # (T, B, D*H)
+        if dy is not None and tuple(dy.shape) != (T, B, D * H):
             raise UserError(f"dy has shape {tuple(dy.shape)}, the last forward produced {(T, B, D * H)}")
         dsT = self._state0(dstate_n, B)  # zeros where None
         dstate0 = [[None] * (self.num_layers * D) for _ in range(self.cell.STATES)]
+        last_dh = [None] * self.num_layers
         for k in range(self.num_layers - 1, -1, -1):
-            if self._masks[k] is not None:
+            if self._masks[k] is not None and dy is not None:
                 dy = dy * self._masks[k]
             dx = None
+            rec = [be.empty((T, B, H)) for _ in range(D)] if record else [None] * D
             for d in range(D):
-                dy_d = dy[:, :, d * H:(d + 1) * H]  # (T, B, H)
-                if d:
+                dy_d = None if dy is None else dy[:, :, d * H:(d + 1) * H]  # (T, B, H)
+                if d and dy_d is not None:
                     dy_d = xp.flip(dy_d, axis=0)
                 g = self._cell_params(self.grads, k, d)
                 p = self._cell_params(self.params, k, d)
-                dx_d, ds0 = self.cell.backward(xp, p, self._caches[k * D + d], dy_d,
-                                               tuple(s[k * D + d, ...] for s in dsT), g, tbptt=tbptt)
+                extra = {"dh_record": rec[d]} if record else ({} if fc is None else {"slot": k * D + d})
+                dx_d, ds0 = (fc or self.cell).backward(xp, p, self._caches[k * D + d], dy_d,
+                                                       tuple(s[k * D + d, ...] for s in dsT), g, tbptt=tbptt,
+                                                       **extra)
                 if d:
                     dx_d = xp.flip(dx_d, axis=0)
                 dx = dx_d if dx is None else dx + dx_d  # (T, B, in_k)
                 for i, s in enumerate(ds0):
                     dstate0[i][k * D + d] = s
+            if record:
+                r = [rec[0]] if D == 1 else [rec[0], xp.flip(rec[1], axis=0)]
+                last_dh[k] = r[0] if D == 1 else xp.concat(r, axis=-1)  # (T, B, D*H)
             dy = dx
+        if record:
+            self.last_dh = last_dh
         states = tuple(xp.stack(f, axis=0) for f in dstate0)
         return dy, (states[0] if self.cell.STATES == 1 else states)
 
@@ -214,3 +256,36 @@ class GRU(Recurrent):
     @property
     def reset_after(self) -> bool:
         return self.cell_opts["reset_after"]
+
+
+class LSTM(Recurrent):
+    """Long short-term memory, torch.nn.LSTM's parameters (gate rows i, f, g, o) and semantics (time-major).
+    State is a pair (h, c), each (L*D, B, H). See lstm.py for the math."""
+
+    cell = lstm_cell
+    mode = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, *, device="cpu", dtype="float32", seed: int | None = 0):
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, device=device, dtype=dtype,
+                         seed=seed)
+
+
+class RNN(Recurrent):
+    """Elman RNN, torch.nn.RNN's parameters and semantics (time-major), nonlinearity "tanh" or "relu".
+    See rnn.py for the math."""
+
+    cell = rnn_cell
+    mode = "RNN"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, nonlinearity: str = "tanh", *, device="cpu", dtype="float32",
+                 seed: int | None = 0):
+        if nonlinearity not in rnn_cell.NONLINEARITIES:
+            raise UserError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, device=device, dtype=dtype,
+                         seed=seed, nonlinearity=nonlinearity)
+
+    @property
+    def nonlinearity(self) -> str:
+        return self.cell_opts["nonlinearity"]
