@@ -1,0 +1,274 @@
+"""One RunConfig: defaults <- TOML file <- command-line flags, validated once; every mistake is a UserError.
+
+TOML keys are the field names below (flat, snake_case); unknown keys get the closest valid key suggested.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+DATA_DIR = PROJECT_ROOT / "data"
+
+CELLS = ("gru", "lstm", "rnn")
+SCALERS = ("standard", "minmax", "none")
+OPTIMIZERS = ("adam", "sgd")
+MISSING = ("error", "drop", "ffill", "interpolate")
+DEVICES_HINT = "cpu | cuda | cuda:N | auto"
+
+
+@dataclass
+class RunConfig:
+    # ---- data ------------------------------------------------------------------------------------------
+    name: str = "run"  # used in the default run folder name runs/<name>-<timestamp>
+    data: str = "Electric_Production.csv"  # CSV path (bare names also looked up in data/), or "sine"
+    target: str = ""  # target column ("" = Close for Yahoo files, else the non-date column of a 2-column file)
+    date: str = ""  # date column ("" = Date/DATE when present; "none" = no date, row order is time order)
+    missing: str = "error"  # missing target values: error | drop | ffill | interpolate
+    sort_dates: bool = False  # sort rows by date instead of refusing unsorted dates
+    sine_length: int = 1000  # --data sine: number of points
+    sine_period: float = 40.0  # --data sine: period in steps
+    sine_noise: float = 0.0  # --data sine: std of added Gaussian noise (seeded)
+    # ---- windows, splits, transforms ---------------------------------------------------------------------
+    split_ratio: float = 0.7  # train+validation fraction of the series (the rest is test)
+    val_ratio: float = 0.1  # validation = this tail fraction of the train+validation part
+    seq_length: int = 24  # input window length
+    horizon: int = 1  # outputs of the direct head (K steps ahead)
+    difference: list = field(default_factory=list)  # lags differenced in order, e.g. [1] or [12] or [1, 12]
+    log: bool = False  # model log(y): multiplicative seasonality/growth; needs y > 0; inverted before metrics
+    shrink: bool = False  # shrink forecasts toward naive by a factor in [0, 1] fitted on validation (needs val)
+    scaler: str = "standard"  # standard | minmax | none; fitted on the training part only
+    season: int = 0  # seasonal-naive lag; 0 = infer from dates (12 monthly, 7 daily, 5 business days, 1 none)
+    calendar: bool = False  # extra inputs sin/cos of the season's phase (month, quarter, weekday; else row % season)
+    # ---- model -------------------------------------------------------------------------------------------
+    cell: str = "gru"
+    hidden_size: int = 32
+    layers: int = 1
+    dropout: float = 0.0
+    bidirectional: bool = False
+    reset_after: bool = True  # GRU convention: True = cuDNN/PyTorch/Keras v3, False = the original paper
+    # ---- training ----------------------------------------------------------------------------------------
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0  # adam only
+    batch_size: int = 32  # 0 = full batch
+    epochs: int = 200
+    patience: int = 0  # early stopping on validation loss; 0 = never stop early (best epoch still restored)
+    clip: float = 0.0  # global gradient-norm clip; 0 = off
+    tbptt: int = 0  # truncated BPTT window; 0 = full
+    seed: int = 0
+    ensemble: int = 1  # train this many models (seeds seed, seed+1, ...) and average their forecasts
+    device: str = "cpu"
+    dtype: str = "float32"
+    # ---- output ------------------------------------------------------------------------------------------
+    out: str = ""  # run folder; "" = runs/<name>-<timestamp>
+    plots: bool = True
+    diagnostics: bool = False  # record per-step ||dL/dh_t|| and gate statistics -> diagnostics.png/.json
+    quiet: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+DEFAULTS = RunConfig()
+
+
+def _type_of(name: str):
+    return type(getattr(DEFAULTS, name))
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a TOML value or a flag string into the field's type, or raise UserError naming the key."""
+    want = _type_of(name)
+    flag = f"--{name.replace('_', '-')}"
+    where = f"{flag} in {source}" if source != "command line" else flag
+
+    def bad(kind):
+        return UserError(f"{where} must be {kind}, got {value!r}")
+
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.strip().lower() in ("true", "1", "yes", "on")
+        raise bad("true or false")
+    if want is int:
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:
+                    f = float(value)
+                    if f.is_integer():
+                        return int(f)
+                except ValueError:
+                    pass
+        raise bad("an integer")
+    if want is float:
+        if isinstance(value, bool):
+            raise bad("a number")
+        f = None
+        if isinstance(value, (int, float)):
+            try:
+                f = float(value)
+            except OverflowError:
+                pass
+        elif isinstance(value, str):
+            try:
+                f = float(value.strip())
+            except ValueError:
+                pass
+        if f is None:
+            raise bad("a number")
+        if not math.isfinite(f):
+            raise bad("a finite number")
+        return f
+    if want is list:  # difference lags: [1, 12], 12, "1,12", "0"/"none"/"" = no differencing
+        items = value
+        if isinstance(value, bool):
+            raise bad("a list of positive integer lags, e.g. [1] or [1, 12]")
+        if isinstance(value, int):
+            items = [value]
+        elif isinstance(value, str):
+            s = value.strip().lower()
+            items = [] if s in ("", "0", "none", "off") else [t for t in s.replace(" ", ",").split(",") if t]
+        if not isinstance(items, (list, tuple)):
+            raise bad("a list of positive integer lags, e.g. [1] or [1, 12]")
+        out = []
+        for it in items:
+            try:
+                v = int(it) if not isinstance(it, bool) else None
+            except (TypeError, ValueError):
+                v = None
+            if v is None or v < 0 or (isinstance(it, float) and not it.is_integer()):
+                raise bad("a list of positive integer lags, e.g. [1] or [1, 12]")
+            if v:
+                out.append(v)
+        return out
+    if not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
+def _check(cfg: RunConfig) -> RunConfig:
+    def need(ok, msg):
+        if not ok:
+            raise UserError(msg)
+
+    need(0.0 < cfg.split_ratio < 1.0, f"--split-ratio must be between 0 and 1 (exclusive), got {cfg.split_ratio}")
+    need(0.0 <= cfg.val_ratio < 1.0, f"--val-ratio must be in [0, 1), got {cfg.val_ratio}")
+    need(cfg.seq_length >= 1, f"--seq-length must be at least 1, got {cfg.seq_length}")
+    need(cfg.horizon >= 1, f"--horizon must be at least 1, got {cfg.horizon}")
+    need(cfg.season >= 0, f"--season must be >= 0 (0 = infer from the dates), got {cfg.season}")
+    need(cfg.scaler in SCALERS, f"unknown scaler {cfg.scaler!r}: use one of {', '.join(SCALERS)}")
+    need(cfg.cell in CELLS, f"unknown cell {cfg.cell!r}: use one of {', '.join(CELLS)}")
+    need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    need(cfg.missing in MISSING, f"--missing must be one of {', '.join(MISSING)}, got {cfg.missing!r}")
+    need(cfg.hidden_size >= 1, f"--hidden-size must be at least 1, got {cfg.hidden_size}")
+    need(cfg.layers >= 1, f"--layers must be at least 1, got {cfg.layers}")
+    need(0.0 <= cfg.dropout < 1.0, f"--dropout must be in [0, 1), got {cfg.dropout}")
+    need(cfg.lr > 0.0, f"--lr must be positive, got {cfg.lr}")
+    need(cfg.momentum >= 0.0, f"--momentum must be >= 0, got {cfg.momentum}")
+    need(cfg.weight_decay >= 0.0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+    need(cfg.batch_size >= 0, f"--batch-size must be >= 0 (0 = full batch), got {cfg.batch_size}")
+    need(cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}")
+    need(cfg.patience >= 0, f"--patience must be >= 0 (0 = off), got {cfg.patience}")
+    need(cfg.clip >= 0.0, f"--clip must be >= 0 (0 = off), got {cfg.clip}")
+    need(cfg.ensemble >= 1, f"--ensemble must be at least 1 (the number of models averaged), got {cfg.ensemble}")
+    need(cfg.tbptt >= 0, f"--tbptt must be >= 0 (0 = full BPTT), got {cfg.tbptt}")
+    need(cfg.dtype in ("float32", "float64"), f"unknown dtype {cfg.dtype!r}: use float32 or float64")
+    need(cfg.sine_length >= 10, f"--sine-length must be at least 10, got {cfg.sine_length}")
+    need(cfg.sine_period > 0, f"--sine-period must be positive, got {cfg.sine_period}")
+    need(cfg.sine_noise >= 0, f"--sine-noise must be >= 0, got {cfg.sine_noise}")
+    need(not (cfg.shrink and cfg.val_ratio == 0), "--shrink is fitted on validation data: set --val-ratio > 0")
+    need(bool(str(cfg.data).strip()), "--data is empty: give a CSV path or 'sine'")
+    dev = cfg.device.strip().lower()
+    need(dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+         f"unknown device {cfg.device!r}: use {DEVICES_HINT}")
+    need(all(c.isalnum() or c in "-_." for c in cfg.name) and cfg.name,
+         f"--name {cfg.name!r} must be letters, digits, '-', '_' or '.'")
+    return cfg
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(FIELDS)}"
+
+
+def resolve_config_path(path: str) -> Path:
+    """A config path as given, else configs/<path>, else configs/<path>.toml."""
+    p = Path(path)
+    for cand in (p, CONFIG_DIR / p, CONFIG_DIR / f"{path}.toml"):
+        try:
+            if cand.is_file():
+                return cand
+        except (OSError, ValueError):  # a name too long, or with a NUL byte: it is not a config file
+            continue
+    raise UserError(f"config file {path!r} not found; pass a .toml path or a name from {CONFIG_DIR} "
+                    f"({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.toml')))})")
+
+
+def read_toml(path: str | Path) -> dict:
+    p = resolve_config_path(str(path))
+    try:
+        with open(p, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config {p} is not valid TOML ({e}); fix the file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {p} is not valid TOML (not UTF-8 text); fix the file") from None
+    except OSError as e:
+        raise UserError(f"cannot read config {p}: {e.strerror}") from None
+    flat = {}
+    for k, v in raw.items():  # tables ([data], [model], [train]) are accepted and flattened
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                flat[k2] = v2
+        else:
+            flat[k] = v
+    for k in flat:
+        if k not in FIELDS:
+            raise UserError(f"unknown key {k!r} in {p}{_suggest(k)}")
+    flat.setdefault("name", p.stem)
+    return flat
+
+
+def make_config(config_file: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults <- TOML <- overrides (flag values; None means 'not given')."""
+    values: dict = {}
+    source = "command line"
+    if config_file is not None:
+        values = read_toml(config_file)
+        source = str(resolve_config_path(str(config_file)))
+    kw = {k: _coerce(k, v, source) for k, v in values.items()}
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in FIELDS:
+            raise UserError(f"unknown setting {k!r}{_suggest(k)}")
+        kw[k] = _coerce(k, v, "command line")
+    return _check(RunConfig(**kw))
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Rebuild a RunConfig saved in a run folder (ignores keys a newer version may have added)."""
+    if not isinstance(d, dict):
+        raise UserError(f"saved config must be a table of settings, got {type(d).__name__}; retrain with 'gru-xp train'")
+    kw = {k: _coerce(k, v, "saved config") for k, v in d.items() if k in FIELDS}
+    return _check(RunConfig(**kw))
