@@ -1,0 +1,338 @@
+"""Walk-forward backtest: an expanding training window, evaluated on the last N blocks of the series.
+
+    gru-xp backtest --config FILE [--folds N] [--retrain every|once] [any train flag, e.g. --epochs 30]
+
+Folds (n points; s = round(split_ratio * n) starts the config's test part, exactly as in `gru-xp train`):
+    the test part y[s:n] is cut into N consecutive blocks [b_i, b_{i+1}), b_i = s + round(i * (n - s) / N).
+    Fold i trains on y[:b_i] only: validation is its tail, v_i = b_i - round(val_ratio * b_i) (the pipeline's
+    rule), training windows have every target < v_i, validation windows every target < b_i, and the scaler is
+    fitted on the transformed y[:v_i] only. Fold i is evaluated on the forecast origins of its block: anchors t
+    (the last input index) with the first target t + 1 in [b_i, b_{i+1}) and t + K <= n - 1. With horizon 1 a
+    fold's targets are exactly its block; with K > 1 a fold's later steps may run into the next block (never
+    into its own training data). The union of the folds' origins is the test set of `gru-xp train`, and fold 0
+    is the train command's split, so `--retrain once` reproduces its test metrics.
+    --retrain every: the one Forecaster built at the start is re-initialised in place before each fold (a host
+                     copy of its initial parameters and of its dropout generator, loaded back), with a fresh
+                     optimizer, and trained on that fold's window: fold i equals a fresh model trained on y[:b_i].
+    --retrain once:  train on fold 0's window; later folds are only evaluated, with fold 0's model and scaler.
+The series is read once. Metrics are on the original scale, per fold and overall (over the concatenated fold
+predictions) for the model, naive and seasonal naive; MASE uses the in-sample seasonal-naive MAE of each fold's
+training part (overall: fold 0's, i.e. the train command's). Writes backtest.json and backtest.png.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint, metrics
+from . import data as _data
+from . import train as _train
+from .backend import resolve, to_host
+from .config import RunConfig
+from .errors import UserError
+
+RETRAIN = ("every", "once")
+
+
+# ==== folds ===================================================================================================
+@dataclass
+class Fold:
+    index: int
+    val_start: int  # v_i: training windows have every target < v_i; the scaler sees transformed y[:v_i]
+    test_start: int  # b_i: validation windows have every target < b_i; the block starts here
+    test_end: int  # b_{i+1} (exclusive)
+    train_anchors: np.ndarray
+    val_anchors: np.ndarray
+    test_anchors: np.ndarray  # forecast origins t with t + 1 in [b_i, b_{i+1}) and t + K <= n - 1
+
+    def to_dict(self, labels) -> dict:
+        a = self.test_anchors
+        return {"fold": self.index, "train_points": self.test_start, "val_start": self.val_start,
+                "test_start": self.test_start, "test_end": self.test_end,
+                "test_first": labels[self.test_start], "test_last": labels[self.test_end - 1],
+                "origins": int(a.size), "first_origin": int(a[0]), "last_origin": int(a[-1]),
+                "train_windows": int(self.train_anchors.size), "val_windows": int(self.val_anchors.size)}
+
+
+def make_folds(n: int, cfg: RunConfig, folds: int, season: int) -> list[Fold]:
+    """The N expanding-window folds over the config's test part (see the module docstring)."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise UserError(f"--folds must be a positive integer, got {folds!r}")
+    L, K = cfg.seq_length, cfg.horizon
+    t0 = _data.Pipeline(L, K, list(cfg.difference), season=season).min_anchor()
+    _, s = _data.split_points(n, cfg.split_ratio, cfg.val_ratio)
+    m = n - s  # points in the test part
+    max_origins = max(0, n - K - max(t0, s - 1))
+    if folds > m or folds > max_origins:
+        raise UserError(f"--folds {folds} is too many: the test part of this series ({n} points, --split-ratio "
+                        f"{cfg.split_ratio}) has {m} points and {max_origins} forecast origin(s) with --horizon {K}; "
+                        f"use --folds {max(1, min(m, max_origins))} or fewer, or a smaller --split-ratio")
+    bounds = [s + int(round(i * m / folds)) for i in range(folds + 1)]
+    out = []
+    for i in range(folds):
+        b, e = bounds[i], bounds[i + 1]
+        v = b - int(round(cfg.val_ratio * b))
+        tr = np.arange(t0, v - K)  # every target < v
+        va = np.arange(max(t0, v - 1), b - K) if cfg.val_ratio > 0 else np.arange(0)  # targets in [v, b)
+        te = np.arange(max(t0, b - 1), min(e - 1, n - K))  # first target in [b, e)
+        if te.size < 1:
+            raise UserError(f"--folds {folds} is too many: fold {i} (points {b}..{e - 1}) has no forecast origin "
+                            f"with --horizon {K}; use fewer folds or a smaller --split-ratio")
+        if tr.size < 1 or (cfg.val_ratio > 0 and va.size < 1):
+            raise UserError(f"fold {i} has no {'training' if tr.size < 1 else 'validation'} windows with "
+                            f"--seq-length {L}, --horizon {K}; use a longer series or smaller settings")
+        out.append(Fold(i, v, b, e, tr, va, te))
+    return out
+
+
+def fold_pipeline(cfg: RunConfig, series, fold: Fold, season: int) -> "_data.Pipeline":
+    """The fold's transform + scaler, fitted on the fold's training part only (indices < v_i)."""
+    pipe = _data.make_pipeline(cfg, series, season)  # + calendar features (functions of time, nothing fitted)
+    pipe.scaler.fit(pipe.transformed(series.y)[:fold.val_start])
+    return pipe
+
+
+def _windows(pipe, y, a, phase=None):
+    if a.size == 0:
+        return np.zeros((0, pipe.seq_length, pipe.n_inputs)), np.zeros((0, pipe.horizon))
+    return pipe.inputs(y, a, phase), pipe.targets(y, a)
+
+
+def _score(y, anchors, model_lv, K, season, scale) -> dict:
+    p = {"model": model_lv, "naive": _data.naive(y, anchors, K), "seasonal_naive": _data.seasonal_naive(y, anchors, K,
+                                                                                                         season)}
+    return p, metrics.evaluate(_data.actuals(y, anchors, K), p, scale)
+
+
+def _skill(m: dict) -> dict:
+    return {b: metrics.skill(m, b) for b in ("naive", "seasonal_naive")}
+
+
+# ==== the backtest ============================================================================================
+@dataclass
+class BacktestResult:
+    config: RunConfig
+    retrain: str
+    folds: list  # of dicts (JSON-able)
+    overall: dict
+    seconds_per_fold: dict
+    predictions: dict  # "anchors" (N,), "actual"/"model"/"naive"/"seasonal_naive" (N, K), "fold" (N,)
+    series: object
+    boundaries: list  # b_0 .. b_N
+    out_dir: Path | None = None
+
+    def to_dict(self) -> dict:
+        s = self.series
+        return metrics.jsonable({
+            "config": self.config.to_dict(), "retrain": self.retrain,
+            "data": {"source": s.source, "sha256": s.sha256, "target": s.target, "points": int(len(s.y)),
+                     "frequency": s.freq},
+            "folds": self.folds, "overall": self.overall, "seconds_per_fold": self.seconds_per_fold})
+
+
+def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress: bool | None = None,
+             log=print) -> BacktestResult:
+    """Run the walk-forward backtest in memory (nothing written; see write_backtest)."""
+    if retrain not in RETRAIN:
+        raise UserError(f"--retrain must be one of {', '.join(RETRAIN)}, got {retrain!r}")
+    t_all = time.perf_counter()
+    be = resolve(cfg.device, cfg.dtype, verbose=not cfg.quiet)
+    series = _data.load_series(cfg)  # the one read of the CSV
+    y, n = series.y, len(series.y)
+    season = cfg.season or series.season
+    K = cfg.horizon
+    fl = make_folds(n, cfg, folds, season)
+    if progress is None:
+        progress = not cfg.quiet and sys.stderr.isatty()
+
+    # the one model of the whole backtest (with --ensemble N: N models, seeds seed .. seed+N-1, averaged)
+    models = [_train.build_model(cfg, device=be, seed=cfg.seed + i) for i in range(cfg.ensemble)]
+    init_params = [{k: np.array(to_host(v), copy=True) for k, v in m.params.items()} for m in models]  # host copies
+    init_rngs = [copy.deepcopy(getattr(m.rnn, "_rng", None)) for m in models]  # dropout generators, as fresh
+
+    labels = series.labels()
+    fold_out, preds, secs_train, secs_eval = [], [], [], []
+    pipe, phase = None, None
+    for f in fl:
+        trained = retrain == "every" or f.index == 0
+        hist = None
+        t1 = time.perf_counter()
+        if trained:
+            pipe = fold_pipeline(cfg, series, f, season)
+            phase = pipe.phases(series)
+            X, Y = _windows(pipe, y, f.train_anchors, phase)
+            Xv, Yv = _windows(pipe, y, f.val_anchors, phase)
+            for i, model in enumerate(models):
+                if f.index > 0:  # re-initialise the same model in place: parameters, dropout stream; fresh optimizer
+                    model.load_state_dict({k: v.copy() for k, v in init_params[i].items()})
+                    if init_rngs[i] is not None:
+                        model.rnn._rng = copy.deepcopy(init_rngs[i])
+                who = "" if len(models) == 1 else f" member {i + 1}/{len(models)}"
+                h = _train.fit(model, X, Y, Xv, Yv, optimizer=_train.make_optimizer(cfg), epochs=cfg.epochs,
+                               batch_size=cfg.batch_size, patience=cfg.patience, clip=cfg.clip, tbptt=cfg.tbptt,
+                               seed=cfg.seed + i, progress=progress, desc=f"{cfg.name} fold {f.index}{who}")
+                hist = h if hist is None else hist  # the first member's history is reported
+            if cfg.shrink and f.val_anchors.size:
+                pipe.fit_shrink(y, f.val_anchors, [_train.predict_scaled(m, Xv) for m in models])
+        t2 = time.perf_counter()
+        Xt, _ = _windows(pipe, y, f.test_anchors, phase)
+        lv = pipe.invert(y, f.test_anchors, [_train.predict_scaled(m, Xt) for m in models])
+        scale = metrics.mase_scale(y[:f.val_start], season)
+        p, m = _score(y, f.test_anchors, lv, K, season, scale)
+        t3 = time.perf_counter()
+        p["anchors"], p["actual"] = f.test_anchors, _data.actuals(y, f.test_anchors, K)
+        preds.append(p)
+        d = f.to_dict(labels)
+        d.update({"trained": trained, "metrics": m, "skill_rmse": _skill(m), "mase_scale": scale,
+                  "train_seconds": round(t2 - t1, 4), "eval_seconds": round(t3 - t2, 4)})
+        if hist is not None:
+            d.update({"epochs_run": len(hist.train_loss), "best_epoch": hist.best_epoch,
+                      "best_val_loss": hist.best_loss, "stopped_early": hist.stopped_early})
+        if cfg.shrink:
+            d["shrink"] = pipe.shrink
+        fold_out.append(d)
+        secs_train.append(t2 - t1)
+        secs_eval.append(t3 - t2)
+        if not cfg.quiet and not progress:
+            log(f"fold {f.index}: {d['test_first']} .. {d['test_last']}  {d['origins']} origins  "
+                f"RMSE model {m['model']['rmse']:.4g} naive {m['naive']['rmse']:.4g}  "
+                f"train {t2 - t1:.2f}s eval {t3 - t2:.3f}s")
+
+    cat = {k: np.concatenate([p[k] for p in preds]) for k in ("anchors", "actual", "model", "naive",
+                                                              "seasonal_naive")}
+    cat["fold"] = np.concatenate([np.full(p["anchors"].size, i) for i, p in enumerate(preds)])
+    scale0 = fold_out[0]["mase_scale"]
+    om = metrics.evaluate(cat["actual"], {k: cat[k] for k in metrics.MODELS}, scale0)
+    overall = {"origins": int(cat["anchors"].size), "metrics": om, "skill_rmse": _skill(om), "mase_scale": scale0}
+    trained_secs = [s for s, d in zip(secs_train, fold_out) if d["trained"]]
+    spf = {"train": [round(s, 4) for s in secs_train], "eval": [round(s, 4) for s in secs_eval],
+           "train_mean_trained_folds": round(float(np.mean(trained_secs)), 4),
+           "eval_mean": round(float(np.mean(secs_eval)), 4),
+           "total": round(time.perf_counter() - t_all, 4), "device": be.describe()}
+    bounds = [f.test_start for f in fl] + [fl[-1].test_end]
+    return BacktestResult(cfg, retrain, fold_out, overall, spf, cat, series, bounds)
+
+
+# ==== output ==================================================================================================
+def _fmt(v) -> str:
+    return metrics._fmt(v) if v is not None else "n/a"
+
+
+def format_table(r: BacktestResult) -> str:
+    head = (f"{'fold':<8}{'test block':<25}{'origins':>8}{'model':>10}{'naive':>10}{'s.naive':>10}"
+            f"{'/naive':>8}{'/s.naive':>9}{'MASE':>8}{'train s':>9}{'eval s':>8}")
+    lines = [f"walk-forward backtest, --retrain {r.retrain}: RMSE on the original scale", head, "-" * len(head)]
+
+    def row(name, block, origins, m, sk, tr, ev):
+        return (f"{name:<8}{block:<25}{origins:>8}{_fmt(m['model']['rmse']):>10}{_fmt(m['naive']['rmse']):>10}"
+                f"{_fmt(m['seasonal_naive']['rmse']):>10}{_fmt(sk['naive']):>8}{_fmt(sk['seasonal_naive']):>9}"
+                f"{_fmt(m['model']['mase']):>8}{tr:>9}{ev:>8}")
+
+    for d in r.folds:
+        tr = f"{d['train_seconds']:.2f}" if d["trained"] else "-"
+        lines.append(row(str(d["fold"]), f"{d['test_first']}..{d['test_last']}", d["origins"], d["metrics"],
+                         d["skill_rmse"], tr, f"{d['eval_seconds']:.3f}"))
+    o = r.overall
+    lines.append(row("overall", "", o["origins"], o["metrics"], o["skill_rmse"], "", ""))
+    lines.append("/naive, /s.naive = model RMSE / baseline RMSE (< 1: the model wins)")
+    lines.append(metrics.format_table({"all": o["metrics"]}).split("\nRMSE/base")[0])
+    s = r.seconds_per_fold
+    lines.append(f"time per trained fold {s['train_mean_trained_folds']:.2f}s, evaluation {s['eval_mean']:.3f}s per "
+                 f"fold, total {s['total']:.1f}s ({s['device']})")
+    return "\n".join(lines)
+
+
+def plot_backtest(path, r: BacktestResult, context: int | None = None) -> None:
+    """Actual vs model vs baselines (1 step ahead from each origin) over the folds, fold boundaries marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    from .plots import _x
+
+    y, labels = r.series.y, r.series.labels()
+    b = r.boundaries
+    ctx = max(0, b[0] - (context if context is not None else max(r.config.seq_length, (b[-1] - b[0]) // 3)))
+    x = _x(labels)
+    p = r.predictions
+    t = p["anchors"] + 1
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(x[ctx:], y[ctx:], color="black", lw=1.3, label="actual")
+    ax.plot(x[t], p["model"][:, 0], color="tab:red", lw=1.1, label="model")
+    ax.plot(x[t], p["naive"][:, 0], color="tab:gray", lw=1, ls="--", label="naive")
+    season = r.config.season or r.series.season
+    if season > 1:
+        ax.plot(x[t], p["seasonal_naive"][:, 0], color="tab:orange", lw=1, ls=":", label=f"seasonal naive ({season})")
+    for i, bi in enumerate(b[:-1]):
+        ax.axvline(x[bi], color="tab:blue", lw=0.8, ls="--", alpha=0.7)
+        ax.text(x[bi], 1.0, f" fold {i}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
+                color="tab:blue")
+    ax.set_title(f"Walk-forward backtest ({len(b) - 1} folds, retrain {r.retrain}): 1 step ahead")
+    ax.legend(loc="best", fontsize=8)
+    with checkpoint.atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def default_out(cfg: RunConfig) -> Path:
+    return Path("runs") / f"backtest-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_backtest(out, r: BacktestResult) -> Path:
+    """backtest.png then backtest.json, each written atomically; refuses a non-empty folder of something else."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a folder; choose another --out")
+        if any(out.iterdir()) and not (out / "backtest.json").is_file():
+            raise UserError(f"--out {out} is a non-empty folder that is not a gru-xp backtest; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {out}: {e.strerror}; choose another --out") from None
+    if r.config.plots:
+        plot_backtest(out / "backtest.png", r)
+    checkpoint.write_json(out / "backtest.json", r.to_dict())
+    r.out_dir = out
+    return out
+
+
+# ==== command line ============================================================================================
+def add_arguments(parser) -> None:
+    """Flags of `gru-xp backtest`: --config, --folds, --retrain, and every train flag as an override."""
+    from .cli import _add_config_flags
+
+    parser.add_argument("--config", default=None,
+                        help="TOML config (path or name in configs/; default configs/default.toml)")
+    parser.add_argument("--folds", default="4", metavar="N", help="number of folds = forecast blocks (default 4)")
+    parser.add_argument("--retrain", default="every", metavar="every|once",
+                        help="every: re-fit the same model per fold (default); once: fit on fold 0 only")
+    _add_config_flags(parser)
+
+
+def run_cli(args) -> int:
+    from .cli import _overrides
+    from .config import make_config
+
+    try:
+        folds = int(str(args.folds).strip())
+    except ValueError:
+        raise UserError(f"--folds must be a positive integer, got {args.folds!r}") from None
+    if folds < 1:
+        raise UserError(f"--folds must be a positive integer, got {args.folds!r}")
+    retrain = str(args.retrain).strip().lower()
+    if retrain not in RETRAIN:
+        raise UserError(f"--retrain must be one of {', '.join(RETRAIN)}, got {args.retrain!r}")
+    cfg = make_config(args.config if args.config is not None else "default", _overrides(args))
+    r = backtest(cfg, folds, retrain)
+    out = write_backtest(Path(cfg.out) if cfg.out else default_out(cfg), r)
+    if not cfg.quiet:
+        print(format_table(r))
+        print(f"backtest folder: {out}")
+    return 0
