@@ -17,10 +17,161 @@ def _cmd_check(args) -> int:
     return 1 if bad else 0
 
 
+# ---- train / predict -------------------------------------------------------------------------------------------
+SEED_ALIASES = {"data": ["--data_file"], "split_ratio": ["--split_ratio"], "seq_length": ["--seq_length"],
+                "hidden_size": ["--hidden_size"], "epochs": ["--num_epochs"], "lr": ["--learning_rate"]}
+HELP = {
+    "data": "CSV path (bare names are looked up in data/) or 'sine'", "target": "target column (default: Close, or "
+    "the one non-date column)", "date": "date column (default Date/DATE; 'none' = row order)",
+    "missing": "missing target values: error|drop|ffill|interpolate", "split_ratio": "train+validation fraction",
+    "val_ratio": "validation tail fraction of the train+validation part", "seq_length": "input window length",
+    "horizon": "K outputs of the direct head", "shrink": "shrink forecasts toward naive by a factor fitted on validation", "log": "model log(y) (y > 0), inverted before metrics", "difference": "difference lags, e.g. 1 or 12 or 1,12 (0 = none)",
+    "scaler": "standard|minmax|none (fitted on training data only)", "season": "seasonal-naive lag (0 = infer)",
+    "cell": "gru|lstm|rnn", "layers": "stacked recurrent layers", "reset_after": "GRU convention (PyTorch/Keras v3 "
+    "vs the original paper)", "optimizer": "adam|sgd", "lr": "learning rate", "batch_size": "minibatch size (0 = "
+    "full batch)", "patience": "early-stopping patience in epochs (0 = off)", "clip": "global gradient-norm clip "
+    "(0 = off)", "tbptt": "truncated BPTT window (0 = full)", "device": "cpu|cuda|cuda:N|auto",
+    "out": "run folder (default runs/<name>-<timestamp>)", "quiet": "no progress bar or table",
+    "diagnostics": "record per-step gradient norms and gate statistics to diagnostics.png/.json",
+    "calendar": "extra inputs: sin/cos of the season's phase at each step's target (month, quarter, weekday; "
+    "else row index modulo --season)",
+    "ensemble": "train N models (seeds SEED..SEED+N-1, each early-stopped) and average their forecasts on the "
+    "original scale (default 1)",
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from .config import RunConfig
+
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag] + SEED_ALIASES.get(f.name, [])
+        if f.name == "epochs":
+            names.append("--num-epochs")
+        if isinstance(f.default, bool):
+            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=HELP.get(f.name))
+        else:
+            p.add_argument(*names, dest=f.name, default=None, metavar=f.name.upper(), help=HELP.get(f.name))
+
+
+def _overrides(args) -> dict:
+    from dataclasses import fields
+
+    from .config import RunConfig
+
+    return {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
+
+
+def _cmd_train(args) -> int:
+    from .config import make_config
+    from .train import resume_run, run
+
+    if getattr(args, "resume", None) is not None:
+        if args.config is not None:
+            raise UserError("--config cannot be combined with --resume: the run's own config is used; drop --config")
+        resume_run(args.resume, _overrides(args))
+        return 0
+    cfg_file = args.config if args.config is not None else "default"
+    cfg = make_config(cfg_file, _overrides(args))
+    run(cfg)
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    import pandas as pd
+
+    from .checkpoint import write_text
+    from .train import predict_run
+
+    steps = None
+    if args.horizon is not None:
+        try:
+            steps = int(args.horizon)
+        except ValueError:
+            raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}") from None
+        if steps < 1:
+            raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}")
+    labels, fc, series, lr = predict_run(args.run, args.data, steps, args.device)
+    col = "date" if series.dates is not None else "step"
+    text = pd.DataFrame({col: labels, "forecast": fc}).to_csv(index=False, float_format="%.8g")
+    if args.out:
+        write_text(args.out, text)
+        print(f"wrote {len(fc)} forecast step(s) to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+
+def _cmd_vanishing(args) -> int:
+    from .diagnostics import format_vanishing, plot_vanishing, vanishing_gradient_experiment
+
+    r = vanishing_gradient_experiment(T=args.T, hidden=args.hidden, batch=args.batch, seed=args.seed,
+                                      device=args.device, dtype=args.dtype, train_steps=args.train_steps, lr=args.lr,
+                                      repeats=args.repeats)
+    print(format_vanishing(r))
+    print(f"plot: {plot_vanishing(r, args.out)}")
+    return 0
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    return 0 if str(s).strip() == "0" else _positive_int(s)
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors: one line, exit 2, like every other mistake."""
+
+    def error(self, message):
+        raise UserError(f"{message}{self._suggest(message)} (see '{self.prog} --help')")
+
+    def _suggest(self, message: str) -> str:
+        """'; did you mean --hidden-size?' for the first unrecognized --flag close to a known one."""
+        if "unrecognized arguments" not in message:
+            return ""
+        import difflib
+
+        known = set()
+        parsers = [self]
+        for p in parsers:
+            for a in p._actions:
+                known.update(o for o in a.option_strings if o.startswith("--"))
+                if isinstance(a, argparse._SubParsersAction):
+                    parsers.extend(a.choices.values())
+        for tok in message.split(":", 1)[-1].split():
+            if tok.startswith("--"):
+                close = difflib.get_close_matches(tok.split("=", 1)[0], sorted(known), n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="gru-xp", description="Recurrent networks from scratch on NumPy or CuPy.")
+    p = _Parser(prog="gru-xp", description="Recurrent networks from scratch on NumPy or CuPy.")
     p.add_argument("--version", action="version", version=f"gru-xp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -28,22 +179,95 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="prove the install: finite differences, PyTorch parity, CPU vs device")
     c.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     c.set_defaults(func=_cmd_check)
+
+    t = sub.add_parser("train", help="train a forecaster, print metrics beside baselines, write a run folder")
+    t.add_argument("--config", default=None, help="TOML config (path or name in configs/; default configs/default.toml)")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue an interrupted run from its folder (its saved config; only --epochs, --patience, "
+                        "--device, --out, --quiet, --plots, --diagnostics may be given)")
+    _add_config_flags(t)
+    t.set_defaults(func=_cmd_train)
+
+    f = sub.add_parser("predict", help="forecast past the end of a series with a trained run")
+    f.add_argument("--run", required=True, help="run folder written by 'gru-xp train'")
+    f.add_argument("--data", default=None, help="CSV to forecast from (default: the run's training data)")
+    f.add_argument("--horizon", default=None, help="steps to forecast (default: the trained horizon; recursive beyond)")
+    f.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
+    f.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    f.set_defaults(func=_cmd_predict)
+
+    v = sub.add_parser("vanishing", help="RNN vs GRU vs LSTM: per-step gradient norms on the adding problem, one plot")
+    v.add_argument("--T", type=_positive_int, default=100, help="sequence length (default 100)")
+    v.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (default 32)")
+    v.add_argument("--batch", type=_positive_int, default=32, help="batch size (default 32)")
+    v.add_argument("--repeats", type=_positive_int, default=8, help="seeds averaged, geometric mean (default 8)")
+    v.add_argument("--train-steps", type=_nonneg_int, default=0, help="Adam steps before measuring (default 0: at init)")
+    v.add_argument("--lr", type=_positive_float, default=3e-3, help="learning rate for --train-steps (default 3e-3)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    v.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    v.add_argument("--out", default="vanishing_gradient.png", help="PNG to write (default vanishing_gradient.png)")
+    v.set_defaults(func=_cmd_vanishing)
+
+    from . import bench
+
+    b = sub.add_parser("bench", help="time a training step against PyTorch in the same run (ratios, medians)")
+    bench.add_arguments(b)
+    b.set_defaults(func=bench.run)
+
+    from . import sweep
+
+    w = sub.add_parser("sweep", help="hyperparameter sweeps and many series on Dask (LocalCluster or --scheduler)")
+    sweep.add_arguments(w)
+    w.set_defaults(func=sweep.run_cli)
+
+    from . import backtest
+
+    k = sub.add_parser("backtest", help="walk-forward backtest: expanding window over the last N blocks, beside baselines")
+    backtest.add_arguments(k)
+    k.set_defaults(func=backtest.run_cli)
     return p
 
 
 
 
+EXIT_OK, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv=None) -> int:
+    """Exit codes: 0 ok; 1 `check` found failures; 2 a user error (one line on stderr); 3 training diverged (the
+    best checkpoint so far is kept when there is one); 130 interrupted (Ctrl-C; resume state saved when training)."""
+    from .errors import TrainingDiverged, TrainingInterrupted
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
+    except TrainingDiverged as e:
+        print(f"gru-xp: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
     except UserError as e:
-        print(f"gru-xp: error: {e}", file=sys.stderr)
-        return 2
+        print(f"gru-xp: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingInterrupted as e:
+        print(f"gru-xp: {_one_line(e)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("gru-xp: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("gru-xp: error: out of memory; use a smaller --hidden-size, --layers, --batch-size or --seq-length",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:  # the file system said no (permissions, disk full, read-only): one line, not a traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"gru-xp: error: {e.strerror or _one_line(e)}{where}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

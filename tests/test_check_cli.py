@@ -1,0 +1,68 @@
+"""`gru-xp check` proves the install, and the README's two set-up commands stay true."""
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _gru_xp(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "gru_xp", *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def test_check_passes_on_cpu():
+    r = _gru_xp("check", "--device", "cpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for conv in ("True", "False"):
+        for path in ("reference", "fast"):
+            assert f"finite differences, GRU reset_after={conv}, {path} (cpu, float64)" in r.stdout
+    assert "PyTorch torch.nn.GRU parity" in r.stdout
+    assert re.search(r"^\d+ passed, 0 failed$", r.stdout, re.M)
+
+
+def test_check_on_a_non_default_device_compares_against_numpy():
+    r = _gru_xp("check", "--device", "strict:device1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cpu vs strict:device1 forward+backward (float32)" in r.stdout
+
+
+def test_check_fails_with_exit_1_when_a_gradient_is_wrong():
+    code = ("import sys, gru_xp.gru as g\n"
+            "orig = g.recurrent_weight_grads\n"
+            "g.recurrent_weight_grads = lambda xp, d, h: (lambda w, b: (w * 1.01, b))(*orig(xp, d, h))\n"
+            "from gru_xp.cli import main\nsys.exit(main(['check']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NO" in r.stdout
+
+
+def test_check_cuda_without_gpu_is_one_line_exit_2():
+    from gru_xp.backend import cuda_available
+
+    if cuda_available()[0]:
+        return
+    r = _gru_xp("check", "--device", "cuda")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "pip install -e '.[cuda12]'" in r.stderr
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S)
+    return [line.strip() for line in blocks[0].splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_opens_with_two_setup_commands():
+    cmds = _readme_commands()
+    assert len(cmds) == 2, cmds
+    assert "pip install" in cmds[0] and "gru-xp" in cmds[0]
+    assert "pip install" in cmds[1] and "pytest" in cmds[1] and "[test]" in cmds[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert _readme_commands()[1] in ci
