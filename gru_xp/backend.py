@@ -49,9 +49,6 @@ class Backend:
             a = to_host(a)
         return self.xp.asarray(a, dtype=dtype, device=self.device)
 
-    def to_host(self, a) -> np.ndarray:
-        return to_host(a)
-
     def zeros(self, shape, dtype=None):
         return self.xp.zeros(shape, dtype=self.dtype if dtype is None else dtype, device=self.device)
 
@@ -157,7 +154,9 @@ def resolve(device="cpu", dtype="float32", verbose: bool = False) -> Backend:
             raise UserError(f"--device cuda is unavailable: {why}; fix: {CUDA_FIX}")
         import cupy
 
-        idx = int(arg) if arg.isdigit() else 0
+        if arg and not arg.isdigit():
+            raise UserError(f"unknown device {device!r}: use 'cuda' or 'cuda:N' with N a GPU index")
+        idx = int(arg) if arg else 0
         if idx >= cupy.cuda.runtime.getDeviceCount():
             raise UserError(f"cuda:{idx} does not exist: this machine has {cupy.cuda.runtime.getDeviceCount()} GPU(s)")
         xp = array_namespace(cupy.empty(0))

@@ -219,8 +219,7 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
 
 
 # ==== output ==================================================================================================
-def _fmt(v) -> str:
-    return metrics._fmt(v) if v is not None else "n/a"
+_fmt = metrics.fmt
 
 
 def format_table(r: BacktestResult) -> str:

@@ -56,8 +56,17 @@ def run(args) -> int:
     """Run the measurement in a child process with fixed thread counts; print the table; write JSON."""
     from .errors import UserError
 
+    from .backend import resolve
+
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.repeats is not None and args.repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+    cells = ["gru", "lstm", "rnn"] if args.cells == "all" else [c.strip() for c in args.cells.split(",") if c.strip()]
+    bad = [c for c in cells if c not in ("gru", "lstm", "rnn")]
+    if bad or not cells:
+        raise UserError(f"--cells {args.cells!r}: use a comma list of gru, lstm, rnn, or 'all'")
+    resolve(args.device, "float32")  # a missing GPU or CuPy is a one-line error here, before the child starts
     env = dict(os.environ)
     for v in THREAD_VARS:
         env[v] = str(args.threads)
@@ -70,12 +79,9 @@ def run(args) -> int:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(format_table(result))
     if args.json:
-        d = os.path.dirname(args.json)
-        if d:
-            os.makedirs(d, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        from .checkpoint import write_json
+
+        write_json(args.json, result)  # atomic: a killed run never leaves half a results file
         print(f"\nwrote {args.json}")
     return 0
 
@@ -333,7 +339,13 @@ def format_table(res: dict) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
-        print(json.dumps(_worker(json.loads(argv[1]))))
+        from .errors import UserError
+
+        try:
+            print(json.dumps(_worker(json.loads(argv[1]))))
+        except UserError as e:
+            print(f"gru-xp: error: {e}", file=sys.stderr)
+            return 2
         return 0
     p = add_arguments(argparse.ArgumentParser(prog="gru-xp bench", description=__doc__.splitlines()[0]))
     return run(p.parse_args(argv))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import resolve, to_host
+from .backend import _backend_spec, resolve, to_host
 from .recurrent import Recurrent
 
 
@@ -203,7 +203,7 @@ def _device_rows(device: str) -> list[Row]:
 
 def run_checks(device: str = "cpu") -> list[Row]:
     be = resolve(device, "float64", verbose=True)
-    spec = "cpu" if be.name == "numpy" else ("cuda" if be.name == "cupy" else device)
+    spec = _backend_spec(be)  # keeps cuda:N and strict:NAME
     rows = _fd_rows(spec) + _torch_rows("cpu")
     if spec != "cpu":
         rows += _device_rows(spec)

@@ -66,10 +66,14 @@ def skill(split_metrics: dict, baseline: str, metric: str = "rmse") -> float:
     return m / b if b and b > 0 and math.isfinite(b) else math.nan
 
 
-def _fmt(v: float) -> str:
+def fmt(v) -> str:
+    """A metric for a table: 4 significant digits, 'n/a' for None/NaN/inf."""
     if v is None or not math.isfinite(v):
         return "n/a"
     return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+
+
+_fmt = fmt
 
 
 def format_table(metrics: dict) -> str:

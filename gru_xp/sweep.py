@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -30,7 +29,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import FIELDS, RunConfig, from_dict, make_config, resolve_config_path
+from .metrics import fmt as _fmt
+from .config import CONFIG_DIR, FIELDS, PROJECT_ROOT, RunConfig, _suggest, from_dict, make_config, resolve_config_path
 from .errors import UserError
 
 OUTPUT_ONLY = ("name", "out", "plots", "quiet", "diagnostics")  # settings that do not change a result: not keyed
@@ -41,11 +41,6 @@ BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLI
 
 
 # ==== grid ===================================================================================================
-def _suggest(key: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(FIELDS)}"
 
 
 def read_grid(path: str | Path) -> tuple[str, dict]:
@@ -53,9 +48,9 @@ def read_grid(path: str | Path) -> tuple[str, dict]:
     key = [values] is accepted too). Unknown keys, empty or non-list values are UserErrors."""
     p = Path(path)
     if not p.is_file():
-        cand = Path("configs/grids") / p
-        alt = Path(__file__).resolve().parent.parent / "configs" / "grids" / p
-        for c in (cand, cand.with_suffix(".toml"), alt, alt.with_suffix(".toml")):
+        # like configs: as given, else relative to the project, else a name in configs/grids/
+        cands = (PROJECT_ROOT / p, CONFIG_DIR / "grids" / p)
+        for c in (c for base in cands for c in (base, base.with_suffix(".toml"))):
             if c.is_file():
                 p = c
                 break
@@ -291,7 +286,7 @@ def run_task(settings: dict, key: str, point: dict, threads: int = 1, save_dir: 
                              "plots": bool(save_dir) and bool(settings.get("plots", True)),
                              "diagnostics": bool(save_dir) and bool(settings.get("diagnostics", False)),
                              "out": str(Path(save_dir) / key[:16]) if save_dir else ""})
-            kw = {"interruptible": False} if "interruptible" in inspect.signature(run).parameters else {}
+            kw = {"interruptible": False}  # a worker is not the terminal: no SIGINT handling there
             r = run(cfg, save=bool(save_dir), progress=False, log=lambda *a, **k: None, **kw)
         row["device"] = r.model.backend.describe()
         row["val_loss"] = float(r.history.best_loss)
@@ -382,22 +377,23 @@ def _progress_line(i: int, n: int, row: dict) -> str:
             f"x{_fmt(row['test_skill_naive'])})  {row['seconds']:.1f}s  {row['point']}")
 
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.4g}"
+def _val_rank(r) -> float:
+    """Validation RMSE / seasonal-naive RMSE: on the original scale and scale-free, so comparable across scalers,
+    transforms and series (the scaled val_loss is not)."""
+    v = r.get("val_skill_seasonal_naive")
+    return v if v is not None and math.isfinite(v) else math.inf
 
 
 def summary_table(rows: list[dict], top: int = 10) -> str:
-    ok = sorted((r for r in rows if r["status"] == "ok"),
-                key=lambda r: (r["val_loss"] if r["val_loss"] is not None and math.isfinite(r["val_loss"])
-                               else math.inf))
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=_val_rank)
     if not ok:
         return "no successful task"
-    head = f"{'rank':>4} {'key':<10} {'val loss':>10} {'test RMSE':>10} {'naive':>10} {'x naive':>8} {'s':>6}  point"
-    lines = [f"best by validation loss (top {min(top, len(ok))} of {len(ok)}):", head, "-" * len(head)]
+    head = f"{'rank':>4} {'key':<10} {'val/snaive':>10} {'test RMSE':>10} {'naive':>10} {'x naive':>8} {'s':>6}  point"
+    lines = [f"best by validation RMSE / seasonal naive (top {min(top, len(ok))} of {len(ok)}):", head,
+             "-" * len(head)]
     for i, r in enumerate(ok[:top], 1):
-        lines.append(f"{i:>4} {r['key'][:10]:<10} {_fmt(r['val_loss']):>10} {_fmt(r['test_model_rmse']):>10} "
+        lines.append(f"{i:>4} {r['key'][:10]:<10} {_fmt(r.get('val_skill_seasonal_naive')):>10} "
+                     f"{_fmt(r['test_model_rmse']):>10} "
                      f"{_fmt(r['test_naive_rmse']):>10} {_fmt(r['test_skill_naive']):>8} {r['seconds']:>6.1f}  "
                      f"{r['point']}")
     return "\n".join(lines)
@@ -514,7 +510,7 @@ def _run_dask(todo, res, finish, scheduler, workers, threads, save_dir, log, giv
 
 # ==== command line ===========================================================================================
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `gru-xp sweep` (the lead wires this into cli.py)."""
+    """Flags of `gru-xp sweep`."""
     parser.add_argument("--config", default=None, help="base TOML config (path or name in configs/; default "
                         "configs/default.toml)")
     parser.add_argument("--grid", required=True, help="grid TOML: a [grid] table of RunConfig key = [values]")
@@ -573,7 +569,7 @@ def run_cli(args) -> int:
     return 1 if any(row["status"] != "ok" for row in r.rows) else 0
 
 
-def main(argv=None) -> int:  # `python -m gru_xp.sweep ...` until cli.py wires `gru-xp sweep`
+def main(argv=None) -> int:  # `python -m gru_xp.sweep ...`, the same as `gru-xp sweep`
     p = argparse.ArgumentParser(prog="gru-xp sweep", description="hyperparameter sweeps / many series on Dask")
     add_arguments(p)
     try:

@@ -66,3 +66,10 @@ def test_readme_opens_with_two_setup_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert _readme_commands()[1] in ci
+
+
+def test_bench_user_errors_are_one_line_before_any_child_starts():
+    for args in (["--cells", "foo"], ["--repeats", "0"], ["--threads", "0"]):
+        r = _gru_xp("bench", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("gru-xp: error:") and "Traceback" not in r.stderr

@@ -176,3 +176,11 @@ def test_worker_materializes_shipped_data(tmp_path):
     real = tmp_path / "m.csv"
     real.write_bytes(payload)
     assert S._materialize(("m.csv", sha, payload), {"data": str(real)})["data"] == str(real)  # same file: used as is
+
+
+def test_readme_grid_path_works_from_any_directory(tmp_path, monkeypatch):
+    """`--grid configs/grids/small.toml` (as the README writes it) resolves against the project from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    name, grid = S.read_grid("configs/grids/small.toml")
+    assert name == "small" and grid
+    assert S.read_grid("small")[1] == grid  # a bare name in configs/grids/ too
