@@ -3,14 +3,13 @@
 Legend: T time steps, B batch, I input features, H hidden units; GRU gate rows r, z, n (torch's order).
 
 What makes it fast, while staying written against an array namespace `xp` (this module never imports numpy or
-cupy; `_cuda.py` is the only module that may import cupy):
+cupy; `_cuda.py` is the only math module that may import cupy):
   * workspaces: every temporary (gate pre-activations, per-step GEMM outputs, backward gate grads) lives in a
     `Workspace` owned by one (layer, direction) slot, allocated once per shape and reused by every later call;
     with `reuse=True` (the Forecaster's training step) the cache arrays are reused too;
   * `out=` in the time loop through `Ops`, a small namespace-aware helper: NumPy and CuPy ufuncs write into the
-    workspace / cache slices directly (the cache slice IS the output buffer, no copy); namespaces without `out=`
-    fall back to `out[...] = expr` (the wrapper dispatches here only for NumPy and CuPy; other namespaces run
-    the reference cells);
+    workspace / cache slices directly (the cache slice IS the output buffer, no copy); the wrapper dispatches
+    here only for NumPy and CuPy: other namespaces run the reference cells;
   * a feature-major layout chosen for the recurrent GEMM and for contiguous gate blocks (see the GRU section);
   * biases folded into the one input-projection GEMM for all T (b_ih + b_hh for r, z; b_hn too when it is
     additive), weights pre-transposed and contiguous for the recurrent GEMM;
@@ -63,8 +62,8 @@ def is_cupy(xp) -> bool:
 
 
 class Ops:
-    """mul/add/sub/tanh/maximum/sign/matmul(a, b, out=o) writing into `o`: the namespace's own `out=` where it
-    has one, else `o[...] = expr` (same values, one temporary). Every function returns `o`.
+    """mul/add/sub/tanh/maximum/sign/matmul(a, b, out=o) writing into `o` with the namespace's own `out=`
+    (NumPy and CuPy only: `fast_cell_for` sends every other namespace to the reference cells).
     Where the namespace is array-api-compat's wrapper of NumPy or CuPy, the functions are taken from the wrapped
     library's module itself (already imported by the wrapper; looked up in sys.modules, never imported here):
     the wrapper's matmul/sign add a Python call layer (~0.5-1 us) per call, paid a few hundred times per step."""
@@ -72,19 +71,13 @@ class Ops:
     def __init__(self, xp):
         self.xp = xp
         self._consts: dict = {}
-        self.native = supports_out(xp)
-        if self.native:
-            lib = _wrapped_module(xp)
-            pick = (lambda n: getattr(lib, n, None) or getattr(xp, n)) if lib is not None else \
-                (lambda n: getattr(xp, n))
-            self.mul, self.add, self.sub, self.tanh = pick("multiply"), pick("add"), pick("subtract"), pick("tanh")
-            self.maximum, self.sign, self.matmul = pick("maximum"), pick("sign"), pick("matmul")
-        else:
-            self.mul, self.add, self.sub = _fb_mul, _fb_add, _fb_sub
-            self.tanh = lambda a, out: _assign(out, xp.tanh(a))
-            self.maximum = lambda a, b, out: _assign(out, xp.maximum(a, b))
-            self.sign = lambda a, out: _assign(out, xp.sign(a))
-            self.matmul = _fb_matmul
+        if not supports_out(xp):
+            raise ValueError(f"the fast path needs a namespace with out= (NumPy, CuPy), got {xp!r}")
+        lib = _wrapped_module(xp)
+        pick = (lambda n: getattr(lib, n, None) or getattr(xp, n)) if lib is not None else \
+            (lambda n: getattr(xp, n))
+        self.mul, self.add, self.sub, self.tanh = pick("multiply"), pick("add"), pick("subtract"), pick("tanh")
+        self.maximum, self.sign, self.matmul = pick("maximum"), pick("sign"), pick("matmul")
 
     def const(self, value: float, dtype, device):
         """A cached 0-d array: NumPy's ufuncs take it ~0.3 us faster than a Python float (no scalar
@@ -116,27 +109,6 @@ def _wrapped_module(xp):
     if name.startswith("array_api_compat."):
         return sys.modules.get(name[len("array_api_compat."):])
     return None
-
-
-def _assign(out, v):
-    out[...] = v
-    return out
-
-
-def _fb_mul(a, b, out):
-    return _assign(out, a * b)
-
-
-def _fb_add(a, b, out):
-    return _assign(out, a + b)
-
-
-def _fb_sub(a, b, out):
-    return _assign(out, a - b)
-
-
-def _fb_matmul(a, b, out):
-    return _assign(out, a @ b)
 
 
 _OPS: dict = {}
@@ -195,10 +167,8 @@ def _dg_buffer(xp, ws: Workspace, T: int, Tb: int, G: int, G4: int, B: int, dt, 
 
 
 def _rows(o: Ops, T: int, *arrays):
-    """Step t's slices of several (T, ...) arrays: plain iteration where the namespace iterates (NumPy, CuPy)."""
-    if o.native:
-        return zip(*arrays)
-    return (tuple(a[t, ...] for a in arrays) for t in range(T))
+    """Step t's slices of several (T, ...) arrays (NumPy and CuPy arrays iterate over their first axis)."""
+    return zip(*arrays)
 
 
 class Workspace:
@@ -401,8 +371,11 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     else:
         o.copy(xp.matrix_transpose(dstate_T[0]), dh)
     dhp = ws.get(xp, "dhp", (H, B), dt, dev)  # (H, B) the recurrent GEMM's output
-    chunk = max(1, min(T, CHUNK_ELEMS // max(1, B * H), DW_CHUNK_ELEMS // (H3 * Hk)))
     cuda = is_cupy(xp)
+    # CPU: chunks sized for the cache; CuPy keeps every gate grad anyway, so only the weight-grad bound applies
+    # (at B = H = 256 the cache bound would give 1-step chunks: extra kernel launches for nothing)
+    cache_bound = T if cuda else CHUNK_ELEMS // max(1, B * H)
+    chunk = max(1, min(T, cache_bound, DW_CHUNK_ELEMS // (H3 * Hk)))
     # gate grads of one chunk of steps (all T on CuPy): every use of them (recurrent GEMM, weight grads, input
     # backward) happens within the chunk, while they are in cache; step t lives at row t - off
     Tb = T if cuda else chunk

@@ -433,11 +433,19 @@ def test_ops_resolve_the_wrapped_library_functions():
     same values as the namespace's own functions."""
     xp = resolve("cpu", "float64").xp
     o = fast.Ops(xp)
-    assert o.native and o.matmul is np.matmul and o.mul is np.multiply and o.sign is np.sign
+    assert o.matmul is np.matmul and o.mul is np.multiply and o.sign is np.sign
     a, b = np.arange(6.0).reshape(2, 3), np.arange(6.0).reshape(3, 2)
     out = np.empty((2, 2))
     assert o.matmul(a, b, out=out) is out
     np.testing.assert_array_equal(out, xp.matmul(a, b))
+
+
+def test_ops_refuse_a_namespace_without_out():
+    """Namespaces without out= never reach the fast path (the wrapper runs the reference cells there)."""
+    import array_api_strict
+
+    with pytest.raises(ValueError, match="out="):
+        fast.Ops(array_api_strict)
 
 
 @pytest.mark.parametrize("cell", ["gru_after", "gru_before", "lstm", "rnn_tanh", "rnn_relu"])
