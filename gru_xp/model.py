@@ -10,20 +10,13 @@ import math
 import operator
 
 from . import head
-from .recurrent import GRU, Recurrent
+from .errors import UserError
+from .recurrent import GRU, LSTM, RNN, Recurrent
 
 
 def build_recurrent(cell: str, input_size, hidden_size, **kw) -> Recurrent:
-    cells = {"gru": GRU}
-    try:  # LSTM/RNN live beside GRU when present
-        from .recurrent import LSTM, RNN  # noqa: F401
-
-        cells.update(lstm=LSTM, rnn=RNN)
-    except ImportError:
-        pass
+    cells = {"gru": GRU, "lstm": LSTM, "rnn": RNN}
     if cell not in cells:
-        from .errors import UserError
-
         raise UserError(f"unknown cell {cell!r}: use one of {', '.join(cells)}")
     if cell != "gru":
         kw.pop("reset_after", None)
@@ -41,8 +34,6 @@ class Forecaster:
         except TypeError:
             ok = False
         if not ok:
-            from .errors import UserError
-
             raise UserError(f"horizon must be a positive integer, got {horizon!r}")
         self.cell = cell
         self.rnn = build_recurrent(cell, input_size, hidden_size, num_layers=num_layers,
@@ -75,8 +66,6 @@ class Forecaster:
         return {k: xp.asarray(v, copy=True) for k, v in self.params.items()}
 
     def load_state_dict(self, sd) -> None:
-        from .errors import UserError
-
         if not hasattr(sd, "keys") or not hasattr(sd, "__getitem__"):
             raise UserError(f"state dict must be a mapping of parameter names to arrays, got {type(sd).__name__}; "
                             "pass model.state_dict() or the arrays of a model.npz")

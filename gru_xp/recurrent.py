@@ -15,7 +15,7 @@ from . import gru as gru_cell
 from . import lstm as lstm_cell
 from . import rnn as rnn_cell
 from ._cell import CellParams
-from .backend import Backend, resolve, to_host
+from .backend import Backend, resolve
 from .errors import UserError
 
 
@@ -230,9 +230,6 @@ class Recurrent:
         return dy, (states[0] if self.cell.STATES == 1 else states)
 
     __call__ = forward
-
-    def to_host(self, a):
-        return to_host(a)
 
     def __repr__(self):
         extra = "".join(f", {k}={v!r}" for k, v in self.cell_opts.items())

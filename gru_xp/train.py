@@ -794,7 +794,7 @@ def forecast(model, pipe: Pipeline, y, steps: int, series: Series | None = None)
 
 
 def predict_run(run_dir, data: str | None = None, steps: int | None = None, device: str = "cpu") -> tuple:
-    """-> (labels, forecast, series) for `steps` (default: the trained horizon) past the end of the run's data
+    """-> (labels, forecast, series, loaded run) for `steps` (default: the trained horizon) past the end of the run's data
     (or `data`, read with the run's target/date settings)."""
     lr = load_run(run_dir, device)
     cfg = lr.config
@@ -812,6 +812,3 @@ def predict_run(run_dir, data: str | None = None, steps: int | None = None, devi
     return future_labels(series, k), f, series, lr
 
 
-def read_json(path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
