@@ -354,9 +354,6 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     if not isinstance(c, FastGRUCache):
         from . import gru as ref
 
-        if dy is None:
-            T, B, H = c.r.shape
-            dy = xp.zeros((T, B, H), dtype=c.x.dtype, device=device_of(c.x))
         return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt)
     T, H, B = c.nT.shape
     dev, dt = device_of(c.x), c.x.dtype
@@ -690,8 +687,6 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     if not isinstance(c, FastLSTMCache):
         from . import lstm as ref
 
-        if dy is None:
-            dy = xp.zeros(tuple(c.i.shape), dtype=c.x.dtype, device=device_of(c.x))
         return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt)
     T, H, B = c.TC.shape
     dev, dt = device_of(c.x), c.x.dtype
@@ -802,9 +797,6 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     if not isinstance(c, FastRNNCache):
         from . import rnn as ref
 
-        if dy is None:
-            T, B, _ = c.x.shape
-            dy = xp.zeros((T, B, p.w_hh.shape[1]), dtype=c.x.dtype, device=device_of(c.x))
         return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt)
     T = c.hT.shape[0] - 1
     H, B = c.hT.shape[1], c.hT.shape[2]

@@ -83,7 +83,8 @@ def forward(xp, p: CellParams, x, state0, *, reset_after: bool = True):
 
 
 def backward(xp, p: CellParams, c: GRUCache, dy, dstate_T, g: CellParams, *, tbptt: int = 0, dh_record=None):
-    """dy (T, B, H), dstate_T = (dh_T (B, H),) or None -> dx (T, B, I), (dh0 (B, H),). Accumulates into g.
+    """dy (T, B, H) or None (zeros),
+    dstate_T = (dh_T (B, H),) or None -> dx (T, B, I), (dh0 (B, H),). Accumulates into g.
     dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it."""
     T, B, H = c.r.shape
     dev, dt = device_of(c.x), c.x.dtype
@@ -92,7 +93,8 @@ def backward(xp, p: CellParams, c: GRUCache, dy, dstate_T, g: CellParams, *, tbp
     dh = xp.zeros((B, H), dtype=dt, device=dev) if dstate_T is None or dstate_T[0] is None else dstate_T[0]
     w_rz, w_n = p.w_hh[: 2 * H, :], p.w_hh[2 * H :, :]  # (2H, H), (H, H)
     for t in range(T - 1, -1, -1):
-        dh = dh + dy[t, ...]  # (B, H)
+        if dy is not None:  # None: no upstream gradient on y (e.g. a head on the last state only)
+            dh = dh + dy[t, ...]  # (B, H)
         if dh_record is not None:
             dh_record[t, ...] = dh
         hp, r, z, n = c.h[t, ...], c.r[t, ...], c.z[t, ...], c.n[t, ...]  # (B, H) each

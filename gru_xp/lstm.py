@@ -74,7 +74,8 @@ def forward(xp, p: CellParams, x, state0):
 
 
 def backward(xp, p: CellParams, cc: LSTMCache, dy, dstate_T, gr: CellParams, *, tbptt: int = 0, dh_record=None):
-    """dy (T, B, H), dstate_T = (dh_T, dc_T) (either may be None) -> dx (T, B, I), (dh0, dc0). Accumulates into gr.
+    """dy (T, B, H) or None (zeros),
+    dstate_T = (dh_T, dc_T) (either may be None) -> dx (T, B, I), (dh0, dc0). Accumulates into gr.
     dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it."""
     T, B, H = cc.i.shape
     dev, dt = device_of(cc.x), cc.x.dtype
@@ -83,7 +84,8 @@ def backward(xp, p: CellParams, cc: LSTMCache, dy, dstate_T, gr: CellParams, *, 
     dh = xp.zeros((B, H), dtype=dt, device=dev) if dh_T is None else dh_T  # (B, H)
     dc = xp.zeros((B, H), dtype=dt, device=dev) if dc_T is None else dc_T  # (B, H)
     for t in range(T - 1, -1, -1):
-        dh = dh + dy[t, ...]  # (B, H)
+        if dy is not None:  # None: no upstream gradient on y (e.g. a head on the last state only)
+            dh = dh + dy[t, ...]  # (B, H)
         if dh_record is not None:
             dh_record[t, ...] = dh
         i, f, g, o, tc = cc.i[t, ...], cc.f[t, ...], cc.g[t, ...], cc.o[t, ...], cc.tc[t, ...]  # (B, H) each

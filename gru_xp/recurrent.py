@@ -191,10 +191,7 @@ class Recurrent:
         D, H, T, B = self.num_directions, self.hidden_size, self._T, self._B
         record = self.record_dh if record is None else bool(record)
         fc = None if record else self._fast_cell()  # diagnostics (dh_record) run the reference backward
-        if dy is None and fc is not None:  # the fast cells take dy=None as zeros: no (T, B, D*H) zeros array
-            dy = None
-        else:
-            dy = be.zeros((T, B, D * H)) if dy is None else be.asarray(dy)  # (T, B, D*H)
+        dy = None if dy is None else be.asarray(dy)  # (T, B, D*H); None = zeros, which every cell accepts
         if dy is not None and tuple(dy.shape) != (T, B, D * H):
             raise UserError(f"dy has shape {tuple(dy.shape)}, the last forward produced {(T, B, D * H)}")
         dsT = self._state0(dstate_n, B)  # zeros where None

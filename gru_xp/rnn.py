@@ -51,7 +51,8 @@ def forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh"):
 
 
 def backward(xp, p: CellParams, c: RNNCache, dy, dstate_T, g: CellParams, *, tbptt: int = 0, dh_record=None):
-    """dy (T, B, H), dstate_T = (dh_T (B, H),) or None -> dx (T, B, I), (dh0 (B, H),). Accumulates into g.
+    """dy (T, B, H) or None (zeros),
+    dstate_T = (dh_T (B, H),) or None -> dx (T, B, I), (dh0 (B, H),). Accumulates into g.
     dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it."""
     T, B, _ = c.x.shape
     H = p.w_hh.shape[1]
@@ -60,7 +61,8 @@ def backward(xp, p: CellParams, c: RNNCache, dy, dstate_T, g: CellParams, *, tbp
     dh = xp.zeros((B, H), dtype=dt, device=dev) if dstate_T is None or dstate_T[0] is None else dstate_T[0]
     relu = c.nonlinearity == "relu"
     for t in range(T - 1, -1, -1):
-        dh = dh + dy[t, ...]  # (B, H)
+        if dy is not None:  # None: no upstream gradient on y (e.g. a head on the last state only)
+            dh = dh + dy[t, ...]  # (B, H)
         if dh_record is not None:
             dh_record[t, ...] = dh
         h_t = c.h[t + 1, ...]  # (B, H)

@@ -287,3 +287,28 @@ def test_record_dh_is_dL_dh_t(cell, bidirectional):
     layer.forward(x, s0)
     layer.backward(dy, ds)
     assert layer.last_dh is rec  # not recorded unless asked
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gru_xp.GRU(2, 3, num_layers=2, bidirectional=True, dtype="float64", seed=0),
+    lambda: gru_xp.GRU(2, 3, reset_after=False, dtype="float64", seed=0),
+    lambda: gru_xp.LSTM(2, 3, num_layers=2, dtype="float64", seed=0),
+    lambda: gru_xp.RNN(2, 3, bidirectional=True, dtype="float64", seed=0),
+], ids=["gru-stacked-bi", "gru-reset-before", "lstm-stacked", "rnn-bi"])
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+def test_dy_none_is_zeros_in_every_cell(make, fast):
+    """backward(None, dstate_n) — a head on the final state only — equals backward(zeros, dstate_n) exactly."""
+    from gru_xp.check import random_problem, randomize_params
+
+    out = []
+    for use_none in (True, False):
+        layer = make()
+        layer.fast = fast
+        randomize_params(layer, seed=3)
+        x, s0, dy, ds = random_problem(layer, 5, 2, seed=4)
+        layer.forward(x, s0)
+        dx, ds0 = layer.backward(None if use_none else np.zeros_like(dy), ds)
+        out.append([np.asarray(dx), *[np.asarray(a) for a in (ds0 if isinstance(ds0, tuple) else (ds0,))],
+                    *[np.array(g) for g in layer.grads.values()]])
+    for a, b in zip(*out):
+        assert np.array_equal(a, b)
