@@ -364,6 +364,11 @@ class Scaler:
         return cls(d["kind"], d["shift"], d["scale"])
 
 
+def n_inputs(calendar: bool) -> int:
+    """Input channels per step: the scaled transformed value, then sin/cos of the calendar phase."""
+    return 3 if calendar else 1
+
+
 @dataclass
 class Pipeline:
     """Everything between the original series and the model's inputs/targets, and back."""
@@ -380,8 +385,7 @@ class Pipeline:
 
     @property
     def n_inputs(self) -> int:
-        """Input channels per step: the scaled transformed value, then sin/cos of the calendar phase."""
-        return 3 if self.calendar else 1
+        return n_inputs(bool(self.calendar))
 
     def phases(self, series: "Series", total: int | None = None) -> np.ndarray | None:
         """Calendar phase of positions 0 .. total-1 (default: the series plus one step), None when off."""

@@ -28,6 +28,7 @@ import numpy as np
 from . import checkpoint, metrics
 from .backend import resolve, to_host
 from .config import RunConfig, from_dict
+from .data import n_inputs as data_n_inputs
 from .data import (Pipeline, Prepared, Series, actuals, future_labels, load_series, naive, prepare,
                    seasonal_naive)
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
@@ -76,15 +77,10 @@ class FitState:
     data_sha256: str = ""  # the series it was trained on (checked on resume)
 
 
-def n_inputs(cfg: RunConfig) -> int:
-    """Input channels per step: the value, plus sin/cos of the calendar phase with --calendar."""
-    return 3 if cfg.calendar else 1
-
-
 def build_model(cfg: RunConfig, device=None, input_size: int | None = None, seed: int | None = None) -> Forecaster:
     """The config's Forecaster; input_size defaults to what the config's pipeline produces (n_inputs), seed to
     cfg.seed (ensemble member i uses cfg.seed + i)."""
-    return Forecaster(cfg.cell, n_inputs(cfg) if input_size is None else int(input_size), cfg.hidden_size,
+    return Forecaster(cfg.cell, data_n_inputs(cfg.calendar) if input_size is None else int(input_size), cfg.hidden_size,
                       cfg.horizon, num_layers=cfg.layers, bidirectional=cfg.bidirectional, dropout=cfg.dropout,
                       reset_after=cfg.reset_after, device=cfg.device if device is None else device, dtype=cfg.dtype,
                       seed=cfg.seed if seed is None else int(seed))
