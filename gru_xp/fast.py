@@ -16,8 +16,9 @@ cupy; `_cuda.py` is the only math module that may import cupy):
   * the r and z gates computed jointly on one (B, 2H) slice; sigmoid(a) = 0.5 tanh(a/2) + 0.5 with the /2
     folded into the r, z weight columns (a power-of-two scale: exact), so a sigmoid is 3 in-place ops;
   * backward: the step-independent factors z(1-z)(h_{t-1}-n), (1-z)(1-n^2), r(1-r)·hn are computed for a
-    chunk of steps at once (few calls, cache-sized chunks; h_{t-1}-n is kept by the forward, which computes it
-    anyway); the per-step work is 6 elementwise ops and one GEMM (no broadcasting op: slower at small H·B);
+    chunk of steps at once (few calls, cache-sized chunks; h_{t-1}-n is recomputed there, not cached: at
+    H 128 the cache outgrows the CPU caches, so each cached array costs a round trip to memory: 1-1.5 % of
+    the step); the per-step work is 6 elementwise ops and one GEMM (no broadcasting op: slower at small H·B);
     gate grads are written straight into one (T, B, 4H) buffer laid out [n_h | r | z | n_i] so that
     [n_h, r, z] is the recurrent GEMM's operand and [r, z, n_i] is dgi in torch's order, both without copies;
   * parameter gradients: one batched GEMM call per weight (per chunk of steps for the recurrent one, summed
@@ -209,7 +210,6 @@ class FastGRUCache(GRUCache):
     G: Any = None  # (T, 3H, B) [r | z | hn] per step
     nT: Any = None  # (T, H, B) candidate
     xT: Any = None  # (T, I+1, B) x_t^T with a ones row (folds the biases into the input GEMM)
-    hmn: Any = None  # (T, H, B) h_{t-1} - n_t, kept by the forward for the backward's z factor (None on CuPy)
 
 
 def _cache_buf(xp, ws: Workspace, reuse: bool, name, shape, dt, dev):
@@ -266,7 +266,6 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     if reset_after:
         o.fill(hT[:, H, :], 1.0)
     o.copy(xp.matrix_transpose(h0), hT[0, :H, :])
-    hmn = None
     if is_cupy(xp):
         from . import _cuda
 
@@ -287,14 +286,13 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     else:
         mul, add, sub, tanh, matmul = o.mul, o.add, o.sub, o.tanh, o.matmul
         half = o.const(0.5, dt, dev)
-        hmn = _cache_buf(xp, ws, reuse, "hmn", (T, H, B), dt, dev)  # (T, H, B) h_{t-1} - n_t
         gi_buf = _gi_buffer(xp, ws, T, H3, 4 * H, B, dt, dev)  # input projection (biases folded), chunks or all T
-        key = (T, reset_after, id(hT), id(G), id(nT), id(hmn)) if reuse else None
+        key = (T, reset_after, id(hT), id(G), id(nT)) if reuse else None
         steps = _chunked_steps(xp, o, w_in, xT, gi_buf, ((0, H2), (H2, H3)), hT[:T], hT[1:, :H, :], G, G[:, :H2, :],
-                               G[:, :H, :], G[:, H:H2, :], G[:, H2:, :], nT, hmn,
+                               G[:, :H, :], G[:, H:H2, :], G[:, H2:, :], nT,
                                cache=None if key is None else (ws, key))
         if reset_after:
-            for g_rz, g_n, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t, d_t in steps:
+            for g_rz, g_n, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
                 matmul(w_h, hp, out=G_t)  # (3H, H+1) @ (H+1, B): [a_r/2, a_z/2, W_hn h + b_hn] from h
                 add(g_rz, rz_t, out=rz_t)  # r, z pre-activations / 2, jointly
                 tanh(rz_t, out=rz_t)
@@ -303,12 +301,12 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
                 mul(r_t, hn_t, out=n_t)
                 add(n_t, g_n, out=n_t)
                 tanh(n_t, out=n_t)
-                sub(hp[:H], n_t, out=d_t)  # h - n, kept for the backward
-                mul(d_t, z_t, out=hx)
+                sub(hp[:H], n_t, out=hx)  # h - n (not cached: the backward recomputes it)
+                mul(hx, z_t, out=hx)
                 add(hx, n_t, out=hx)  # n + z (h - n)
         else:
             tmp = ws.get(xp, "tmp", (H, B), dt, dev)
-            for g_rz, g_n, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t, d_t in steps:
+            for g_rz, g_n, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
                 matmul(w_h, hp, out=rz_t)  # (2H, H) @ (H, B)
                 add(g_rz, rz_t, out=rz_t)
                 tanh(rz_t, out=rz_t)
@@ -318,12 +316,12 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
                 matmul(w_n, hn_t, out=tmp)  # (H, H) @ (H, B)
                 add(tmp, g_n, out=n_t)
                 tanh(n_t, out=n_t)
-                sub(hp, n_t, out=d_t)
-                mul(d_t, z_t, out=hx)
+                sub(hp, n_t, out=hx)
+                mul(hx, z_t, out=hx)
                 add(hx, n_t, out=hx)
     h_v = _tbh(xp, hT[:, :H, :])  # (T+1, B, H) view
     cache = FastGRUCache(x=x, h=h_v, r=_tbh(xp, G[:, :H, :]), z=_tbh(xp, G[:, H:H2, :]), n=_tbh(xp, nT),
-                         hn=_tbh(xp, G[:, H2:, :]), reset_after=reset_after, hT=hT, G=G, nT=nT, xT=xT, hmn=hmn)
+                         hn=_tbh(xp, G[:, H2:, :]), reset_after=reset_after, hT=hT, G=G, nT=nT, xT=xT)
     return h_v[1:, ...], (h_v[T, ...],), cache
 
 
@@ -343,8 +341,7 @@ def _gru_factors(xp, o: Ops, c: FastGRUCache, t0: int, t1: int, K, tmp):
     o.mul(kn, K[:, 1], out=kn)  # (1-z)(1-n^2)
     o.mul(krz, G[:, :2], out=krz)  # r(1-r), z(1-z)
     o.mul(K[:, 0], G[:, 2] if c.reset_after else hp, out=K[:, 0])
-    hmn = c.hmn[t0:t1] if c.hmn is not None else o.sub(hp, n_, out=tmp)
-    o.mul(K[:, 1], hmn, out=K[:, 1])
+    o.mul(K[:, 1], o.sub(hp, n_, out=tmp), out=K[:, 1])  # z(1-z)(h_{t-1} - n)
     return K
 
 
