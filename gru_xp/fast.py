@@ -12,7 +12,9 @@ cupy; `_cuda.py` is the only math module that may import cupy):
     here only for NumPy and CuPy: other namespaces run the reference cells;
   * a feature-major layout chosen for the recurrent GEMM and for contiguous gate blocks (see the GRU section);
   * biases folded into the one input-projection GEMM for all T (b_ih + b_hh for r, z; b_hn too when it is
-    additive), weights pre-transposed and contiguous for the recurrent GEMM;
+    additive), weights pre-transposed and contiguous for the recurrent GEMM; the GRU on the CPU goes one step
+    further: x_t and a ones row sit under h_{t-1} in the recurrent GEMM's operand, which so also computes the
+    r, z rows' input projection and biases (no per-step add; only the n rows keep a separate projection);
   * the r and z gates computed jointly on one (B, 2H) slice; sigmoid(a) = 0.5 tanh(a/2) + 0.5 with the /2
     folded into the r, z weight columns (a power-of-two scale: exact), so a sigmoid is 3 in-place ops;
   * backward: the step-independent factors z(1-z)(h_{t-1}-n), (1-z)(1-n^2), r(1-r)·hn are computed for a
@@ -158,12 +160,11 @@ def _gi_buffer(xp, ws: Workspace, T: int, G: int, G4: int, B: int, dt, dev):
     return base, id(base)
 
 
-def _dg_buffer(xp, ws: Workspace, T: int, Tb: int, G: int, G4: int, B: int, dt, dev):
+def _dg_buffer(xp, ws: Workspace, T: int, Tb: int, G4: int, B: int, dt, dev, *, shared: bool):
     """(the backward's gate-grad storage: Tb steps of G4 rows, flat; id of the workspace array behind it).
-    Inside the forward's full-T input-projection buffer when the forward used one (_gi_buffer: memory just
-    touched, shared), else its own buffer."""
-    base = ws.get(xp, "gates", (T * G4 * B,), dt, dev) if T * G * B <= GI_FULL_MAX_ELEMS else \
-        ws.get(xp, "dg", (Tb * G4 * B,), dt, dev)
+    shared: inside the forward's full-T input-projection buffer "gates" (T*G4*B, see _gi_buffer: memory just
+    touched, and dead by now), else a buffer of its own."""
+    base = ws.get(xp, "gates", (T * G4 * B,), dt, dev) if shared else ws.get(xp, "dg", (Tb * G4 * B,), dt, dev)
     return base[: Tb * G4 * B], id(base)
 
 
@@ -206,10 +207,11 @@ class FastGRUCache(GRUCache):
     """GRUCache whose (T, B, .) fields are views of feature-major storage (every step's block contiguous):
     h = hT[:, :H] viewed (T+1, B, H), r, z, hn = views of G, n = view of nT. The reference backward reads it too."""
 
-    hT: Any = None  # (T+1, H+1, B) h_t^T; row H is ones when reset_after (folds b_hn into the recurrent GEMM)
-    G: Any = None  # (T, 3H, B) [r | z | hn] per step
+    hT: Any = None  # (T+1, K, B) rows [h_t (H); x_{t+1} (I); 1] (fold_x), else [h_t (H); 1 when reset_after]
+    G: Any = None  # (T, 3H, B) [r | z | hn] per step (reset_before: hn holds r ⊙ h_{t-1})
     nT: Any = None  # (T, H, B) candidate
-    xT: Any = None  # (T, I+1, B) x_t^T with a ones row (folds the biases into the input GEMM)
+    xT: Any = None  # (T, I+1, B) [x_t; 1] (fold_x: a view of hT's rows H:)
+    fold_x: bool = False  # x_t and the ones row sit in hT: the recurrent GEMM also does the r, z input projection
 
 
 def _cache_buf(xp, ws: Workspace, reuse: bool, name, shape, dt, dev):
@@ -224,12 +226,109 @@ def _tbh(xp, a):
 # ---- GRU ----------------------------------------------------------------------------------------------------
 # Layout: feature-major. Each step's state is h_t^T (H, B) and its gates (3H, B), so every gate is a contiguous
 # block of rows: elementwise ops run on contiguous memory (NumPy is ~8x slower on row-strided slices), and the
-# recurrent GEMM is W_hh (3H, H) @ h^T (H, B) with W_hh in its own layout.
+# recurrent GEMM is W (3H, K) @ u_t (K, B) with W in its own layout.
+# CPU (NumPy): u_t = [h_{t-1}; x_t; 1], so the one recurrent GEMM also does the r, z rows' input projection and
+# all biases: the r, z pre-activations come out whole (no per-step add of a projected input), and only the n rows
+# (whose input part must not be multiplied by r) keep a separate input projection. Costs I+1 more GEMM columns:
+# at I 1 a net 3-4 % of the step saved (seed, H 64), at I 8 about even.
 def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: Workspace | None = None,
                 reuse: bool = False):
     """Same contract as gru.forward: x (T, B, I), (h0 (B, H),) -> y (T, B, H), (h_T,), cache (FastGRUCache).
     `ws` holds the temporaries (a fresh one when None); `reuse=True` also keeps the cache (and so y) in it, valid
     until the next forward on this workspace."""
+    if is_cupy(xp):
+        return _gru_forward_cupy(xp, p, x, state0, reset_after=reset_after, ws=ws, reuse=reuse)
+    T, B, I = x.shape
+    H = p.w_hh.shape[1]
+    (h0,) = state0
+    dev, dt = device_of(x), x.dtype
+    ws = Workspace() if ws is None else ws
+    o = ops_for(xp)
+    H2, H3 = 2 * H, 3 * H
+    K = H + I + 1  # rows of u_t
+    half = o.const(0.5, dt, dev)
+
+    # recurrent weights on u_t. r, z rows: [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid(a) = tanh(a/2)/2 + 1/2);
+    # reset_after, n rows: [W_hn | 0 | b_hn] (the part multiplied by r)
+    w_u = ws.get(xp, "w_u", (H3 if reset_after else H2, K), dt, dev)  # (3H or 2H, K)
+    o.copy(p.w_hh[:H2, :], w_u[:H2, :H])
+    o.copy(p.w_ih[:H2, :], w_u[:H2, H:H + I])
+    o.add(p.b_ih[:H2], p.b_hh[:H2], out=w_u[:H2, H + I])
+    o.mul(w_u[:H2, :], half, out=w_u[:H2, :])
+    if reset_after:
+        o.copy(p.w_hh[H2:, :], w_u[H2:, :H])
+        o.fill(w_u[H2:, H:H + I], 0.0)
+        o.copy(p.b_hh[H2:], w_u[H2:, H + I])
+    else:
+        w_n = p.w_hh[H2:, :]  # (H, H), on r ⊙ h
+    # n rows' input projection on [x_t; 1]: [W_in | b_in (+ b_hn, additive when reset_before)]
+    w_in = ws.get(xp, "w_in", (H, I + 1), dt, dev)  # (H, I+1)
+    o.copy(p.w_ih[H2:, :], w_in[:, :I])
+    if reset_after:
+        o.copy(p.b_ih[H2:], w_in[:, I])
+    else:
+        o.add(p.b_ih[H2:], p.b_hh[H2:], out=w_in[:, I])
+
+    # cache storage (feature-major)
+    hT = _cache_buf(xp, ws, reuse, "hT", (T + 1, K, B), dt, dev)  # (T+1, H+I+1, B) u_{t+1} = [h_t; x_{t+1}; 1]
+    o.copy(xp.matrix_transpose(h0), hT[0, :H, :])
+    o.copy(xp.permute_dims(x, (0, 2, 1)), hT[:T, H:H + I, :])
+    o.fill(hT[T, H:H + I, :], 0.0)  # no input after the last step (never read; kept defined)
+    o.fill(hT[:, H + I, :], 1.0)
+    xT = hT[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
+    G = _cache_buf(xp, ws, reuse, "G", (T, H3, B), dt, dev)  # (T, 3H, B)
+    nT = _cache_buf(xp, ws, reuse, "nT", (T, H, B), dt, dev)  # (T, H, B)
+
+    mul, add, sub, tanh, matmul = o.mul, o.add, o.sub, o.tanh, o.matmul
+    gi_buf = _gi_buffer(xp, ws, T, H, 4 * H, B, dt, dev)  # n rows' input projection, chunks or all T
+    key = (T, reset_after, id(hT), id(G), id(nT)) if reuse else None
+    steps = _chunked_steps(xp, o, w_in, xT, gi_buf, ((0, H),), hT[:T], hT[:T, :H, :], hT[1:, :H, :], G,
+                           G[:, :H2, :], G[:, :H, :], G[:, H:H2, :], G[:, H2:, :], nT,
+                           cache=None if key is None else (ws, key))
+    if reset_after:
+        for g_n, u, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
+            matmul(w_u, u, out=G_t)  # (3H, K) @ (K, B): [a_r/2, a_z/2, W_hn h + b_hn]
+            tanh(rz_t, out=rz_t)  # r, z jointly
+            mul(rz_t, half, out=rz_t)
+            add(rz_t, half, out=rz_t)  # sigmoid
+            mul(r_t, hn_t, out=n_t)
+            add(n_t, g_n, out=n_t)
+            tanh(n_t, out=n_t)
+            sub(hp, n_t, out=hx)  # h - n (not cached: the backward recomputes it)
+            mul(hx, z_t, out=hx)
+            add(hx, n_t, out=hx)  # n + z (h - n)
+    else:
+        tmp = ws.get(xp, "tmp", (H, B), dt, dev)
+        for g_n, u, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
+            matmul(w_u, u, out=rz_t)  # (2H, K) @ (K, B)
+            tanh(rz_t, out=rz_t)
+            mul(rz_t, half, out=rz_t)
+            add(rz_t, half, out=rz_t)
+            mul(r_t, hp, out=hn_t)  # r ⊙ h
+            matmul(w_n, hn_t, out=tmp)  # (H, H) @ (H, B)
+            add(tmp, g_n, out=n_t)
+            tanh(n_t, out=n_t)
+            sub(hp, n_t, out=hx)
+            mul(hx, z_t, out=hx)
+            add(hx, n_t, out=hx)
+    return _gru_outputs(xp, x, hT, G, nT, xT, reset_after, fold_x=True)
+
+
+def _gru_outputs(xp, x, hT, G, nT, xT, reset_after: bool, *, fold_x: bool):
+    """y (T, B, H), (h_T,), FastGRUCache: views of the feature-major storage."""
+    T, H = nT.shape[0], nT.shape[1]
+    h_v = _tbh(xp, hT[:, :H, :])  # (T+1, B, H) view
+    cache = FastGRUCache(x=x, h=h_v, r=_tbh(xp, G[:, :H, :]), z=_tbh(xp, G[:, H:2 * H, :]), n=_tbh(xp, nT),
+                         hn=_tbh(xp, G[:, 2 * H:, :]), reset_after=reset_after, hT=hT, G=G, nT=nT, xT=xT,
+                         fold_x=fold_x)
+    return h_v[1:, ...], (h_v[T, ...],), cache
+
+
+def _gru_forward_cupy(xp, p: CellParams, x, state0, *, reset_after: bool, ws: Workspace | None, reuse: bool):
+    """gru_forward on CuPy: the input projection of all T in one GEMM, the gate math in _cuda's fused kernels
+    (one launch per step besides the GEMM); hT rows [h; 1 when reset_after], x kept in xT."""
+    from . import _cuda
+
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     (h0,) = state0
@@ -256,73 +355,28 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
         w_h = o.mul(p.w_hh[:H2, :], 0.5, out=ws.get(xp, "w_h", (H2, H), dt, dev))  # (2H, H)
         w_n = p.w_hh[H2:, :]  # (H, H)
 
-    # cache storage (feature-major) and the input projection: T small GEMMs in one batched call, biases folded
-    xT = _cache_buf(xp, ws, reuse, "xT", (T, I + 1, B), dt, dev)  # (T, I+1, B)
-    o.copy(xp.permute_dims(x, (0, 2, 1)), xT[:, :I, :])
-    o.fill(xT[:, I, :], 1.0)
+    xT = _input_cache(xp, o, ws, reuse, x, dt, dev)  # (T, I+1, B)
     hT = _cache_buf(xp, ws, reuse, "hT", (T + 1, Hk, B), dt, dev)  # (T+1, H(+1), B)
     G = _cache_buf(xp, ws, reuse, "G", (T, H3, B), dt, dev)  # (T, 3H, B)
     nT = _cache_buf(xp, ws, reuse, "nT", (T, H, B), dt, dev)  # (T, H, B)
     if reset_after:
         o.fill(hT[:, H, :], 1.0)
     o.copy(xp.matrix_transpose(h0), hT[0, :H, :])
-    if is_cupy(xp):
-        from . import _cuda
-
-        flat = ws.get(xp, "gates", (T * 4 * H * B,), dt, dev)  # gi now, the backward's gate grads later
-        gi = xp.reshape(flat[: T * H3 * B], (T, H3, B))  # (T, 3H, B)
-        o.matmul(w_in, xT, out=gi)
-        tmp = None if reset_after else ws.get(xp, "tmp", (H, B), dt, dev)
-        for t in range(T):
-            hp, hx, g_t, G_t = hT[t], hT[t + 1, :H, :], gi[t], G[t]
-            if reset_after:
-                o.matmul(w_h, hp, out=G_t)
-                _cuda.gru_fwd_after(g_t, G_t, hp[:H], nT[t], hx)
-            else:
-                o.matmul(w_h, hp, out=G_t[:H2])
-                _cuda.gru_fwd_before_rz(g_t, G_t, hp)
-                o.matmul(w_n, G_t[H2:], out=tmp)
-                _cuda.gru_fwd_before_n(g_t, tmp, G_t, hp, nT[t], hx)
-    else:
-        mul, add, sub, tanh, matmul = o.mul, o.add, o.sub, o.tanh, o.matmul
-        half = o.const(0.5, dt, dev)
-        gi_buf = _gi_buffer(xp, ws, T, H3, 4 * H, B, dt, dev)  # input projection (biases folded), chunks or all T
-        key = (T, reset_after, id(hT), id(G), id(nT)) if reuse else None
-        steps = _chunked_steps(xp, o, w_in, xT, gi_buf, ((0, H2), (H2, H3)), hT[:T], hT[1:, :H, :], G, G[:, :H2, :],
-                               G[:, :H, :], G[:, H:H2, :], G[:, H2:, :], nT,
-                               cache=None if key is None else (ws, key))
+    flat = ws.get(xp, "gates", (T * 4 * H * B,), dt, dev)  # gi now, the backward's gate grads later
+    gi = xp.reshape(flat[: T * H3 * B], (T, H3, B))  # (T, 3H, B)
+    o.matmul(w_in, xT, out=gi)
+    tmp = None if reset_after else ws.get(xp, "tmp", (H, B), dt, dev)
+    for t in range(T):
+        hp, hx, g_t, G_t = hT[t], hT[t + 1, :H, :], gi[t], G[t]
         if reset_after:
-            for g_rz, g_n, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
-                matmul(w_h, hp, out=G_t)  # (3H, H+1) @ (H+1, B): [a_r/2, a_z/2, W_hn h + b_hn] from h
-                add(g_rz, rz_t, out=rz_t)  # r, z pre-activations / 2, jointly
-                tanh(rz_t, out=rz_t)
-                mul(rz_t, half, out=rz_t)
-                add(rz_t, half, out=rz_t)  # sigmoid
-                mul(r_t, hn_t, out=n_t)
-                add(n_t, g_n, out=n_t)
-                tanh(n_t, out=n_t)
-                sub(hp[:H], n_t, out=hx)  # h - n (not cached: the backward recomputes it)
-                mul(hx, z_t, out=hx)
-                add(hx, n_t, out=hx)  # n + z (h - n)
+            o.matmul(w_h, hp, out=G_t)
+            _cuda.gru_fwd_after(g_t, G_t, hp[:H], nT[t], hx)
         else:
-            tmp = ws.get(xp, "tmp", (H, B), dt, dev)
-            for g_rz, g_n, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
-                matmul(w_h, hp, out=rz_t)  # (2H, H) @ (H, B)
-                add(g_rz, rz_t, out=rz_t)
-                tanh(rz_t, out=rz_t)
-                mul(rz_t, half, out=rz_t)
-                add(rz_t, half, out=rz_t)
-                mul(r_t, hp, out=hn_t)  # r ⊙ h
-                matmul(w_n, hn_t, out=tmp)  # (H, H) @ (H, B)
-                add(tmp, g_n, out=n_t)
-                tanh(n_t, out=n_t)
-                sub(hp, n_t, out=hx)
-                mul(hx, z_t, out=hx)
-                add(hx, n_t, out=hx)
-    h_v = _tbh(xp, hT[:, :H, :])  # (T+1, B, H) view
-    cache = FastGRUCache(x=x, h=h_v, r=_tbh(xp, G[:, :H, :]), z=_tbh(xp, G[:, H:H2, :]), n=_tbh(xp, nT),
-                         hn=_tbh(xp, G[:, H2:, :]), reset_after=reset_after, hT=hT, G=G, nT=nT, xT=xT)
-    return h_v[1:, ...], (h_v[T, ...],), cache
+            o.matmul(w_h, hp, out=G_t[:H2])
+            _cuda.gru_fwd_before_rz(g_t, G_t, hp)
+            o.matmul(w_n, G_t[H2:], out=tmp)
+            _cuda.gru_fwd_before_n(g_t, tmp, G_t, hp, nT[t], hx)
+    return _gru_outputs(xp, x, hT, G, nT, xT, reset_after, fold_x=False)
 
 
 def _gru_factors(xp, o: Ops, c: FastGRUCache, t0: int, t1: int, K, tmp):
@@ -353,27 +407,26 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
 
         return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt)
     T, H, B = c.nT.shape
+    I = c.xT.shape[1] - 1
     dev, dt = device_of(c.x), c.x.dtype
     ws = Workspace() if ws is None else ws
     o = ops_for(xp)
     H2, H3 = 2 * H, 3 * H
-    ra = c.reset_after
-    Hk = c.hT.shape[1]
-    dh = ws.get(xp, "dh", (H, B), dt, dev)  # (H, B) dL/dh_t^T, carried backwards
-    if dstate_T is None or dstate_T[0] is None:
-        o.fill(dh, 0.0)
-    else:
-        o.copy(xp.matrix_transpose(dstate_T[0]), dh)
+    ra, fold = c.reset_after, c.fold_x
+    Kc = c.hT.shape[1]  # columns of the recurrent weight grads: [h | x | 1] (fold_x), [h | 1] or [h]
+    one = H + I if fold else (H if ra else None)  # the ones column (bias grads), if any
+    dh = _state_grad(xp, o, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dL/dh_t^T, carried backwards
     dhp = ws.get(xp, "dhp", (H, B), dt, dev)  # (H, B) the recurrent GEMM's output
     cuda = is_cupy(xp)
     # CPU: chunks sized for the cache; CuPy keeps every gate grad anyway, so only the weight-grad bound applies
     # (at B = H = 256 the cache bound would give 1-step chunks: extra kernel launches for nothing)
     cache_bound = T if cuda else CHUNK_ELEMS // max(1, B * H)
-    chunk = max(1, min(T, cache_bound, DW_CHUNK_ELEMS // (H3 * Hk)))
+    chunk = max(1, min(T, cache_bound, DW_CHUNK_ELEMS // (H3 * Kc)))
     # gate grads of one chunk of steps (all T on CuPy): every use of them (recurrent GEMM, weight grads, input
     # backward) happens within the chunk, while they are in cache; step t lives at row t - off
     Tb = T if cuda else chunk
-    flat, flat_id = _dg_buffer(xp, ws, T, Tb, H3, 4 * H, B, dt, dev)
+    # in the forward's full-T input-projection buffer when it used one (CuPy always does), else their own
+    flat, flat_id = _dg_buffer(xp, ws, T, Tb, 4 * H, B, dt, dev, shared=cuda or T * H * B <= GI_FULL_MAX_ELEMS)
     if ra:  # per step [n_h | r | z | n_i]: dgh = rows 0:3H (gate order n, r, z), dgi = rows H:4H (torch order)
         Dg = xp.reshape(flat, (Tb, 4 * H, B))
         dgh_all, dgi_all = Dg[:, :H3, :], Dg[:, H:, :]
@@ -382,18 +435,21 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
         o.copy(xp.matrix_transpose(p.w_hh[:H2, :]), w_t[:, H:])
         D4 = xp.reshape(flat, (Tb, 4, H, B))
         z_out, ar_out, hn_out, an = D4[:, 2], D4[:, 1], D4[:, 0], D4[:, 3]
-        dw = o.fill(ws.get(xp, "dw", (H3, Hk), dt, dev), 0.0)  # rows n, r, z; last column: db_hh
+        dw = o.fill(ws.get(xp, "dw", (H3, Kc), dt, dev), 0.0)  # rows n, r, z x columns of hT
+        dwn = None
     else:  # per step [r | z | n]
         Dg = xp.reshape(flat[: Tb * H3 * B], (Tb, H3, B))
-        dgi_all = Dg
+        dgh_all, dgi_all = Dg[:, :H2, :], Dg
         w_rz_t = o.copy(xp.matrix_transpose(p.w_hh[:H2, :]), ws.get(xp, "w_rz_t", (H, H2), dt, dev))
         w_n_t = o.copy(xp.matrix_transpose(p.w_hh[H2:, :]), ws.get(xp, "w_n_t", (H, H), dt, dev))
         D4 = xp.reshape(Dg, (Tb, 3, H, B))
         z_out, ar_out, an = D4[:, 1], D4[:, 0], D4[:, 2]
         drh = ws.get(xp, "drh", (H, B), dt, dev)
-        dw = o.fill(ws.get(xp, "dw", (H3, H), dt, dev), 0.0)  # rows r, z (x h), n (x r ⊙ h)
+        dw = o.fill(ws.get(xp, "dw", (H2, Kc), dt, dev), 0.0)  # rows r, z x columns of hT
+        dwn = o.fill(ws.get(xp, "dwn", (H, H), dt, dev), 0.0)  # n rows x (r ⊙ h)
+        dwtn = ws.get(xp, "dwtn", (chunk, H, H), dt, dev)
     dwt = ws.get(xp, "dwt", (chunk,) + tuple(dw.shape), dt, dev)  # per-step dW terms of one chunk
-    zb = ws.get(xp, "zb", (chunk, B, Hk), dt, dev) if B <= DW_COPY_MAX_B else None
+    zb = ws.get(xp, "zb", (chunk, B, Kc), dt, dev) if B <= DW_COPY_MAX_B else None
     K = ws.get(xp, "K", (chunk, 3, H, B), dt, dev)
     ktmp = ws.get(xp, "ktmp", (chunk, H, B), dt, dev)
     hT, G = c.hT, c.G
@@ -404,7 +460,11 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
         o.copy(dh, dhz)
         o.fill(dhp, 0.0)
     mul, add, matmul = o.mul, o.add, o.matmul
-    inb = _InputBackward(xp, o, ws, reuse, p, ((slice(0, H3), slice(0, H3)),), c.xT, H3, chunk)
+    # input backward: dx from all three gate rows; the weight grads from the n rows only when x sits in hT (the
+    # recurrent weight grads above then hold the r, z rows' input weights and biases)
+    n_rows = ((slice(0, H), slice(H2, H3)),)
+    inb = _InputBackward(xp, o, ws, reuse, p, ((slice(0, H3), slice(0, H3)),), c.xT, H3, chunk,
+                         dw_rows=slice(H2, H3) if fold else None, dw_blocks=n_rows if fold else None)
     if not cuda:
         def build():  # step t's views: its factors in K (chunks counted from the end), gate grads, gates
             out = []
@@ -412,7 +472,7 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
                 j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
                 k = K[j]
                 out.append((k[0], k[1], k[2], z_out[j], an[j], ar_out[j], G[t, :H], G[t, H:H2],
-                            hn_out[j] if ra else None, dgh_all[j] if ra else Dg[j, :H2]))
+                            hn_out[j] if ra else None, dgh_all[j]))
             return out
 
         key = (T, chunk, ra, flat_id, id(K), id(G))
@@ -461,30 +521,33 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
                 o.fill(dh, 0.0)
         # this chunk's recurrent weight grads: its steps' GEMMs in one batched call, then one sum
         m = t1 - t0
-        hp_t = _dw_operand(xp, o, hT, t0, t1, zb)  # (m, B, H(+1))
         u0, u1 = t0 - off, t1 - off
-        if ra:
-            matmul(dgh_all[u0:u1], hp_t, out=dwt[:m])  # rows n, r, z; last column db_hh
-        else:
-            matmul(Dg[u0:u1, :H2], hp_t, out=dwt[:m, :H2])
-            matmul(Dg[u0:u1, H2:], xp.permute_dims(G[t0:t1, H2:], (0, 2, 1)), out=dwt[:m, H2:])
-        for j in range(m):  # no temporary (a new (3H, H+1) array per chunk costs page faults)
+        matmul(dgh_all[u0:u1], _dw_operand(xp, o, hT, t0, t1, zb), out=dwt[:m])  # rows x columns of hT
+        for j in range(m):  # no temporary (a new (3H, K) array per chunk costs page faults)
             add(dw, dwt[j], out=dw)
+        if not ra:  # n rows x (r ⊙ h), kept in G's hn slot
+            matmul(Dg[u0:u1, H2:], xp.permute_dims(G[t0:t1, H2:], (0, 2, 1)), out=dwtn[:m])
+            for j in range(m):
+                add(dwn, dwtn[j], out=dwn)
         inb.chunk(t0, t1, dgi_all[u0:u1])
         t1 = t0
     if cuda:
         add(dhz, dhp, out=dh)
 
-    # parameter gradients: recurrent ones accumulated above; input ones from T small GEMMs in one batched call,
-    # biases from the ones rows
+    # parameter gradients from the accumulated blocks. Recurrent: rows [n | r | z] (reset_after) or [r | z] (+ dwn)
+    # x columns [h | x | 1] or [h | 1] or [h]; the ones column is each bias's grad (b_ih = b_hh for r, z)
+    dw_rz, dw_n = (dw[H:], dw[:H, :H]) if ra else (dw, dwn)
+    add(g.w_hh[:H2, :], dw_rz[:, :H], out=g.w_hh[:H2, :])
+    add(g.w_hh[H2:, :], dw_n, out=g.w_hh[H2:, :])
+    if one is not None:
+        add(g.b_hh[:H2], dw_rz[:, one], out=g.b_hh[:H2])
     if ra:
-        add(g.w_hh[:H2, :], dw[H:, :H], out=g.w_hh[:H2, :])
-        add(g.w_hh[H2:, :], dw[:H, :H], out=g.w_hh[H2:, :])
-        add(g.b_hh[:H2], dw[H:, H], out=g.b_hh[:H2])
-        add(g.b_hh[H2:], dw[:H, H], out=g.b_hh[H2:])
-    else:
-        add(g.w_hh, dw, out=g.w_hh)
-    dx = inb.finish(g, b_hh=not ra)  # reset_before: every b_hh row is additive, same grad as b_ih
+        add(g.b_hh[H2:], dw[:H, one], out=g.b_hh[H2:])  # b_hn: inside r ⊙ (...), its own grad
+    if fold:
+        add(g.w_ih[:H2, :], dw_rz[:, H:H + I], out=g.w_ih[:H2, :])
+        add(g.b_ih[:H2], dw_rz[:, one], out=g.b_ih[:H2])
+    # input weights: every row (no fold_x) or the n rows; reset_before: b_hn is additive, same grad as b_in
+    dx = inb.finish(g, b_hh=not ra)
     return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True),)
 
 
@@ -541,19 +604,24 @@ class _InputBackward:
     are written (still in cache; the backward keeps only one chunk of them): dx = W_ih^T dA_t (internal gate
     order), and dW_ih, db_ih (and db_hh: the same grad, both biases add to the pre-activation) from the
     ones-row input, whose chunk is copied to a contiguous (m, B, I+1) operand first when I+1 >= XB_COPY_MIN
-    (~1.5x faster skinny GEMMs). `blocks` maps internal gate rows back to torch's."""
+    (~1.5x faster skinny GEMMs). `blocks` maps internal gate rows back to torch's. The weight grads may cover
+    only some rows: dA[:, dw_rows], mapped back by `dw_blocks` (the GRU's fold_x, whose r, z input weights get
+    their grads from the recurrent GEMM's)."""
 
-    def __init__(self, xp, o: Ops, ws: Workspace, reuse: bool, p: CellParams, blocks, xT, G: int, chunk: int):
+    def __init__(self, xp, o: Ops, ws: Workspace, reuse: bool, p: CellParams, blocks, xT, G: int, chunk: int, *,
+                 dw_rows: slice | None = None, dw_blocks=None):
         T, I1, B = xT.shape
         I = I1 - 1
         dt, dev = xT.dtype, device_of(xT)
-        self.xp, self.o, self.xT, self.blocks, self.I = xp, o, xT, blocks, I
+        self.xp, self.o, self.xT, self.I = xp, o, xT, I
+        self.dw_rows, self.dw_blocks = dw_rows, blocks if dw_blocks is None else dw_blocks
+        Gw = G if dw_rows is None else dw_rows.stop - dw_rows.start  # rows with weight grads
         self.wi_t = ws.get(xp, "w_ih_t", (I, G), dt, dev)  # W_ih^T, internal gate order
         for dst, src in blocks:
             o.copy(xp.matrix_transpose(p.w_ih[src, :]), self.wi_t[:, dst])
         self.dxT = _cache_buf(xp, ws, reuse, "dxT", (T, I, B), dt, dev)
-        self.acc = o.fill(ws.get(xp, "dwi_acc", (G, I + 1), dt, dev), 0.0)  # (G, I+1): W | b
-        self.dwi = ws.get(xp, "dwi", (chunk, G, I + 1), dt, dev)
+        self.acc = o.fill(ws.get(xp, "dwi_acc", (Gw, I + 1), dt, dev), 0.0)  # (Gw, I+1): W | b
+        self.dwi = ws.get(xp, "dwi", (chunk, Gw, I + 1), dt, dev)
         self.xb = ws.get(xp, "xb", (chunk, B, I + 1), dt, dev) if I + 1 >= XB_COPY_MIN else None
 
     def chunk(self, t0: int, t1: int, dA) -> None:
@@ -562,13 +630,14 @@ class _InputBackward:
         xv = xp.permute_dims(self.xT[t0:t1], (0, 2, 1))  # (m, B, I+1)
         if self.xb is not None:
             xv = o.copy(xv, self.xb[:m])
-        o.add(self.acc, xp.sum(o.matmul(dA, xv, out=self.dwi[:m]), axis=0), out=self.acc)
+        dAw = dA if self.dw_rows is None else dA[:, self.dw_rows, :]
+        o.add(self.acc, xp.sum(o.matmul(dAw, xv, out=self.dwi[:m]), axis=0), out=self.acc)
         o.matmul(self.wi_t, dA, out=self.dxT[t0:t1])  # (I, G) @ (m, G, B)
 
     def finish(self, g: CellParams, *, b_hh: bool = True):
         """Accumulate into g; return dx (T, B, I) (a view)."""
         o, I, acc = self.o, self.I, self.acc
-        for dst, src in self.blocks:
+        for dst, src in self.dw_blocks:
             o.add(g.w_ih[src, :], acc[dst, :I], out=g.w_ih[src, :])
             o.add(g.b_ih[src], acc[dst, I], out=g.b_ih[src])
             if b_hh:
@@ -701,7 +770,8 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     dwt, zb, dw_chunk = _dw_buffers(xp, ws, (H4, H), T, B, dt, dev)
     chunk = max(1, min(dw_chunk, CHUNK_ELEMS // max(1, B * H)))
     K = ws.get(xp, "K", (chunk, 5, H, B), dt, dev)
-    flat, flat_id = _dg_buffer(xp, ws, T, chunk, H4, H4, B, dt, dev)  # one chunk's gate grads (t at t - t0)
+    # one chunk's gate grads (step t at t - t0)
+    flat, flat_id = _dg_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=T * H4 * B <= GI_FULL_MAX_ELEMS)
     dA = xp.reshape(flat, (chunk, H4, B))  # pre-activation grads [o | i f g]
     D4 = xp.reshape(flat, (chunk, 4, H, B))
     f_all = c.G[:, 2 * H:H3]

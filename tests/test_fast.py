@@ -236,6 +236,82 @@ def test_cuda_fused_kernels_equal_portable_path(T, B, I, H, reset_after, dtype):
             _close(a, b, dtype, name)
 
 
+class _KernelsOnNumpy:
+    """NumPy stand-ins for _cuda's fused GRU kernels, written from their CUDA bodies (same gate blocks, same
+    in/out arguments): with them and is_cupy() forced true, fast.py's CuPy branch (its own input projection,
+    hT layout without x, all-T gate grads, per-step kernel calls, bookkeeping of the weight grads) runs on the
+    CPU, so its orchestration is tested on every machine; the kernels' CUDA bodies need a GPU (test above)."""
+
+    @staticmethod
+    def _rz(gi, G, H):
+        r = np.tanh(G[:H] + gi[:H]) * 0.5 + 0.5
+        z = np.tanh(G[H:2 * H] + gi[H:2 * H]) * 0.5 + 0.5
+        G[:H], G[H:2 * H] = r, z
+        return r, z
+
+    def gru_fwd_after(self, gi, G, hp, n, hx):
+        H = hp.shape[0]
+        r, z = self._rz(gi, G, H)
+        n[...] = np.tanh(r * G[2 * H:] + gi[2 * H:])
+        hx[...] = (hp - n) * z + n
+
+    def gru_fwd_before_rz(self, gi, G, hp):
+        H = hp.shape[0]
+        r, _ = self._rz(gi, G, H)
+        G[2 * H:] = r * hp
+
+    def gru_fwd_before_n(self, gi, tmp, G, hp, n, hx):
+        H = hp.shape[0]
+        n[...] = np.tanh(tmp + gi[2 * H:])
+        hx[...] = (hp - n) * G[H:2 * H] + n
+
+    def gru_bwd_after(self, dhz, dhp, dy, G, hp, n, D):
+        H = hp.shape[0]
+        dh = dhz + dhp + (0 if dy is None else dy)
+        r, z, hn = G[:H], G[H:2 * H], G[2 * H:]
+        da_n = dh * ((1 - z) * (1 - n * n))
+        D[:H], D[H:2 * H] = da_n * r, da_n * (r * (1 - r) * hn)
+        D[2 * H:3 * H], D[3 * H:] = dh * (z * (1 - z) * (hp - n)), da_n
+        dhz[...] = dh * z
+
+    def gru_bwd_before_zn(self, dhz, dhp, dy, G, hp, n, D, dh):
+        H = hp.shape[0]
+        dh[...] = dhz + dhp + (0 if dy is None else dy)
+        z = G[H:2 * H]
+        D[H:2 * H] = dh * (z * (1 - z) * (hp - n))
+        D[2 * H:3 * H] = dh * ((1 - z) * (1 - n * n))
+
+    def gru_bwd_before_r(self, drh, dh, G, hp, D, dhz):
+        H = hp.shape[0]
+        r = G[:H]
+        D[:H] = drh * (r * (1 - r) * hp)
+        dhz[...] = dh * G[H:2 * H] + drh * r
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
+@pytest.mark.parametrize("with_dy,tbptt", [(True, 0), (False, 0), (True, 3)])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (7, 4, 3, 5), (12, 6, 1, 9)])
+def test_cupy_branch_orchestration_on_numpy(monkeypatch, T, B, I, H, reset_after, with_dy, tbptt):
+    from gru_xp import _cuda
+
+    kernels = _KernelsOnNumpy()
+    for name in ("gru_fwd_after", "gru_fwd_before_rz", "gru_fwd_before_n", "gru_bwd_after", "gru_bwd_before_zn",
+                 "gru_bwd_before_r"):
+        monkeypatch.setattr(_cuda, name, getattr(kernels, name))
+    be = resolve("cpu", "float64")
+    p, x, h0, dy, dhT = _cell_problem(be, T, B, I, H, seed=5)
+    dy = dy if with_dy else None
+    ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after, tbptt=tbptt)
+    monkeypatch.setattr(fast, "is_cupy", lambda xp: True)
+    ws = fast.Workspace()
+    for _ in range(2):  # the second run reuses the workspace
+        got, cache = _cell_run(fast.gru_forward, fast.gru_backward, be, p, x, h0, dy, dhT, reset_after,
+                               tbptt=tbptt, ws=ws, reuse=True)
+        assert not cache.fold_x  # the CuPy layout, not the CPU one
+        for name, a, b in zip(NAMES, got, ref):
+            _close(a, b, "float64", name)
+
+
 @pytest.mark.cuda
 def test_cuda_forecaster_step_equals_cpu():
     ok, why = cuda_available()
