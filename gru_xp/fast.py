@@ -11,10 +11,12 @@ cupy; `_cuda.py` is the only math module that may import cupy):
     workspace / cache slices directly (the cache slice IS the output buffer, no copy); the wrapper dispatches
     here only for NumPy and CuPy: other namespaces run the reference cells;
   * a feature-major layout chosen for the recurrent GEMM and for contiguous gate blocks (see the GRU section);
-  * biases folded into the one input-projection GEMM for all T (b_ih + b_hh for r, z; b_hn too when it is
-    additive), weights pre-transposed and contiguous for the recurrent GEMM; the GRU on the CPU goes one step
-    further: x_t and a ones row sit under h_{t-1} in the recurrent GEMM's operand, which so also computes the
-    r, z rows' input projection and biases (no per-step add; only the n rows keep a separate projection);
+  * the input folded into the recurrent GEMM: its operand is u_t = [h_{t-1}; x_t; 1] (all of them stored as one
+    (T+1, H+I+1, B) array whose rows :H the forward fills with the states), its weights [W_hh | W_ih | b], so
+    one GEMM per step gives whole pre-activations, biases included: no input projection, no per-step add
+    (LSTM, RNN: 5 % of the step at H 64; the GRU's n rows, whose input part is not multiplied by r, keep a
+    separate projection, and its CuPy branch keeps the older layout its fused kernels are written for);
+    the backward's weight-grad GEMM against u_t gives W_hh, W_ih and bias grads at once;
   * the r and z gates computed jointly on one (B, 2H) slice; sigmoid(a) = 0.5 tanh(a/2) + 0.5 with the /2
     folded into the r, z weight columns (a power-of-two scale: exact), so a sigmoid is 3 in-place ops;
   * backward: the step-independent factors z(1-z)(h_{t-1}-n), (1-z)(1-n^2), r(1-r)·hn are computed for a
@@ -227,10 +229,10 @@ def _tbh(xp, a):
 # Layout: feature-major. Each step's state is h_t^T (H, B) and its gates (3H, B), so every gate is a contiguous
 # block of rows: elementwise ops run on contiguous memory (NumPy is ~8x slower on row-strided slices), and the
 # recurrent GEMM is W (3H, K) @ u_t (K, B) with W in its own layout.
-# CPU (NumPy): u_t = [h_{t-1}; x_t; 1], so the one recurrent GEMM also does the r, z rows' input projection and
-# all biases: the r, z pre-activations come out whole (no per-step add of a projected input), and only the n rows
-# (whose input part must not be multiplied by r) keep a separate input projection. Costs I+1 more GEMM columns:
-# at I 1 a net 3-4 % of the step saved (seed, H 64), at I 8 about even.
+# NumPy: u_t = [h_{t-1}; x_t; 1] (see _operand), so the one recurrent GEMM also does the r, z rows' input
+# projection and all biases: the r, z pre-activations come out whole (no per-step add of a projected input), and
+# only the n rows (whose input part must not be multiplied by r) keep a separate input projection. Costs I+1 more
+# GEMM columns: at I 1 a net 3-4 % of the step saved (seed, H 64), at I 8 about 1 %.
 def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: Workspace | None = None,
                 reuse: bool = False):
     """Same contract as gru.forward: x (T, B, I), (h0 (B, H),) -> y (T, B, H), (h_T,), cache (FastGRUCache).
@@ -245,15 +247,13 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     ws = Workspace() if ws is None else ws
     o = ops_for(xp)
     H2, H3 = 2 * H, 3 * H
-    K = H + I + 1  # rows of u_t
+    K = H + I + 1  # rows of the recurrent GEMM's operand u_t = [h_{t-1}; x_t; 1]
     half = o.const(0.5, dt, dev)
 
     # recurrent weights on u_t. r, z rows: [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid(a) = tanh(a/2)/2 + 1/2);
     # reset_after, n rows: [W_hn | 0 | b_hn] (the part multiplied by r)
     w_u = ws.get(xp, "w_u", (H3 if reset_after else H2, K), dt, dev)  # (3H or 2H, K)
-    o.copy(p.w_hh[:H2, :], w_u[:H2, :H])
-    o.copy(p.w_ih[:H2, :], w_u[:H2, H:H + I])
-    o.add(p.b_ih[:H2], p.b_hh[:H2], out=w_u[:H2, H + I])
+    _fold_weights(o, w_u, p, ((slice(0, H2), slice(0, H2)),), H, I)
     o.mul(w_u[:H2, :], half, out=w_u[:H2, :])
     if reset_after:
         o.copy(p.w_hh[H2:, :], w_u[H2:, :H])
@@ -270,11 +270,7 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
         o.add(p.b_ih[H2:], p.b_hh[H2:], out=w_in[:, I])
 
     # cache storage (feature-major)
-    hT = _cache_buf(xp, ws, reuse, "hT", (T + 1, K, B), dt, dev)  # (T+1, H+I+1, B) u_{t+1} = [h_t; x_{t+1}; 1]
-    o.copy(xp.matrix_transpose(h0), hT[0, :H, :])
-    o.copy(xp.permute_dims(x, (0, 2, 1)), hT[:T, H:H + I, :])
-    o.fill(hT[T, H:H + I, :], 0.0)  # no input after the last step (never read; kept defined)
-    o.fill(hT[:, H + I, :], 1.0)
+    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, K, B): hT[t] = u_t = [h_{t-1}; x_t; 1]
     xT = hT[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
     G = _cache_buf(xp, ws, reuse, "G", (T, H3, B), dt, dev)  # (T, 3H, B)
     nT = _cache_buf(xp, ws, reuse, "nT", (T, H, B), dt, dev)  # (T, H, B)
@@ -537,15 +533,15 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     # parameter gradients from the accumulated blocks. Recurrent: rows [n | r | z] (reset_after) or [r | z] (+ dwn)
     # x columns [h | x | 1] or [h | 1] or [h]; the ones column is each bias's grad (b_ih = b_hh for r, z)
     dw_rz, dw_n = (dw[H:], dw[:H, :H]) if ra else (dw, dwn)
-    add(g.w_hh[:H2, :], dw_rz[:, :H], out=g.w_hh[:H2, :])
+    if fold:  # r, z rows: [W_hh | W_ih | b] as folded by the forward
+        _unfold_grads(o, g, dw_rz, ((slice(0, H2), slice(0, H2)),), H, I)
+    else:
+        add(g.w_hh[:H2, :], dw_rz[:, :H], out=g.w_hh[:H2, :])
+        if ra:
+            add(g.b_hh[:H2], dw_rz[:, one], out=g.b_hh[:H2])
     add(g.w_hh[H2:, :], dw_n, out=g.w_hh[H2:, :])
-    if one is not None:
-        add(g.b_hh[:H2], dw_rz[:, one], out=g.b_hh[:H2])
     if ra:
         add(g.b_hh[H2:], dw[:H, one], out=g.b_hh[H2:])  # b_hn: inside r ⊙ (...), its own grad
-    if fold:
-        add(g.w_ih[:H2, :], dw_rz[:, H:H + I], out=g.w_ih[:H2, :])
-        add(g.b_ih[:H2], dw_rz[:, one], out=g.b_ih[:H2])
     # input weights: every row (no fold_x) or the n rows; reset_before: b_hn is additive, same grad as b_in
     dx = inb.finish(g, b_hh=not ra)
     return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True),)
@@ -559,18 +555,35 @@ def _dw_operand(xp, o: Ops, Z, t0: int, t1: int, zb):
     return v if zb is None else o.copy(v, zb[: t1 - t0])
 
 
-def _input_weights(xp, o: Ops, ws: Workspace, p: CellParams, blocks, I: int, dt, dev, *, b_hh: bool = True):
-    """(G, I+1) [W_ih | b_ih (+ b_hh)] with the gate blocks reordered: `blocks` lists (dst row slice, src row
-    slice) pairs."""
-    G = p.w_ih.shape[0]
-    w_in = ws.get(xp, "w_in", (G, I + 1), dt, dev)
+def _operand(xp, o: Ops, ws: Workspace, reuse: bool, x, h0, H: int, dt, dev):
+    """(T+1, H+I+1, B) storage of the recurrent GEMM's operands u_t = [h_{t-1}; x_t; 1] (rows H: of the last one
+    are never read): the states h_t^T = [:, :H] are written by the forward, [x_t; 1] = [:T, H:] is xT."""
+    T, B, I = x.shape
+    u = _cache_buf(xp, ws, reuse, "hT", (T + 1, H + I + 1, B), dt, dev)
+    o.copy(xp.matrix_transpose(h0), u[0, :H, :])
+    o.copy(xp.permute_dims(x, (0, 2, 1)), u[:T, H:H + I, :])
+    o.fill(u[T, H:H + I, :], 0.0)  # no input after the last step (kept defined)
+    o.fill(u[:, H + I, :], 1.0)
+    return u
+
+
+def _fold_weights(o: Ops, w, p: CellParams, blocks, H: int, I: int):
+    """Fill rows of w (G, H+I+1) with [W_hh | W_ih | b_ih + b_hh]: `blocks` lists (row slice of w, torch rows)."""
     for dst, src in blocks:
-        o.copy(p.w_ih[src, :], w_in[dst, :I])
-        if b_hh:
-            o.add(p.b_ih[src], p.b_hh[src], out=w_in[dst, I])
-        else:
-            o.copy(p.b_ih[src], w_in[dst, I])
-    return w_in
+        o.copy(p.w_hh[src, :], w[dst, :H])
+        o.copy(p.w_ih[src, :], w[dst, H:H + I])
+        o.add(p.b_ih[src], p.b_hh[src], out=w[dst, H + I])
+    return w
+
+
+def _unfold_grads(o: Ops, g: CellParams, dw, blocks, H: int, I: int):
+    """The inverse of _fold_weights for gradients: dw (G, H+I+1) rows -> g.w_hh, g.w_ih, g.b_ih, g.b_hh (the two
+    biases add to the same pre-activation: the same grad)."""
+    for dst, src in blocks:
+        o.add(g.w_hh[src, :], dw[dst, :H], out=g.w_hh[src, :])
+        o.add(g.w_ih[src, :], dw[dst, H:H + I], out=g.w_ih[src, :])
+        o.add(g.b_ih[src], dw[dst, H + I], out=g.b_ih[src])
+        o.add(g.b_hh[src], dw[dst, H + I], out=g.b_hh[src])
 
 
 def _input_cache(xp, o: Ops, ws: Workspace, reuse: bool, x, dt, dev):
@@ -605,8 +618,8 @@ class _InputBackward:
     order), and dW_ih, db_ih (and db_hh: the same grad, both biases add to the pre-activation) from the
     ones-row input, whose chunk is copied to a contiguous (m, B, I+1) operand first when I+1 >= XB_COPY_MIN
     (~1.5x faster skinny GEMMs). `blocks` maps internal gate rows back to torch's. The weight grads may cover
-    only some rows: dA[:, dw_rows], mapped back by `dw_blocks` (the GRU's fold_x, whose r, z input weights get
-    their grads from the recurrent GEMM's)."""
+    only some rows, dA[:, dw_rows], mapped back by `dw_blocks`, or none (an empty dw_rows): with x folded into
+    the recurrent GEMM's operand, its weight grads already hold those rows' input weights and biases."""
 
     def __init__(self, xp, o: Ops, ws: Workspace, reuse: bool, p: CellParams, blocks, xT, G: int, chunk: int, *,
                  dw_rows: slice | None = None, dw_blocks=None):
@@ -620,24 +633,28 @@ class _InputBackward:
         for dst, src in blocks:
             o.copy(xp.matrix_transpose(p.w_ih[src, :]), self.wi_t[:, dst])
         self.dxT = _cache_buf(xp, ws, reuse, "dxT", (T, I, B), dt, dev)
-        self.acc = o.fill(ws.get(xp, "dwi_acc", (Gw, I + 1), dt, dev), 0.0)  # (Gw, I+1): W | b
-        self.dwi = ws.get(xp, "dwi", (chunk, Gw, I + 1), dt, dev)
-        self.xb = ws.get(xp, "xb", (chunk, B, I + 1), dt, dev) if I + 1 >= XB_COPY_MIN else None
+        self.weights = Gw > 0
+        if self.weights:
+            self.acc = o.fill(ws.get(xp, "dwi_acc", (Gw, I + 1), dt, dev), 0.0)  # (Gw, I+1): W | b
+            self.dwi = ws.get(xp, "dwi", (chunk, Gw, I + 1), dt, dev)
+            self.xb = ws.get(xp, "xb", (chunk, B, I + 1), dt, dev) if I + 1 >= XB_COPY_MIN else None
 
     def chunk(self, t0: int, t1: int, dA) -> None:
         """dA (t1-t0, G, B): the gate grads of steps t0..t1-1."""
         xp, o, m = self.xp, self.o, t1 - t0
-        xv = xp.permute_dims(self.xT[t0:t1], (0, 2, 1))  # (m, B, I+1)
-        if self.xb is not None:
-            xv = o.copy(xv, self.xb[:m])
-        dAw = dA if self.dw_rows is None else dA[:, self.dw_rows, :]
-        o.add(self.acc, xp.sum(o.matmul(dAw, xv, out=self.dwi[:m]), axis=0), out=self.acc)
+        if self.weights:
+            xv = xp.permute_dims(self.xT[t0:t1], (0, 2, 1))  # (m, B, I+1)
+            if self.xb is not None:
+                xv = o.copy(xv, self.xb[:m])
+            dAw = dA if self.dw_rows is None else dA[:, self.dw_rows, :]
+            o.add(self.acc, xp.sum(o.matmul(dAw, xv, out=self.dwi[:m]), axis=0), out=self.acc)
         o.matmul(self.wi_t, dA, out=self.dxT[t0:t1])  # (I, G) @ (m, G, B)
 
     def finish(self, g: CellParams, *, b_hh: bool = True):
         """Accumulate into g; return dx (T, B, I) (a view)."""
-        o, I, acc = self.o, self.I, self.acc
-        for dst, src in self.dw_blocks:
+        o, I = self.o, self.I
+        for dst, src in self.dw_blocks if self.weights else ():
+            acc = self.acc
             o.add(g.w_ih[src, :], acc[dst, :I], out=g.w_ih[src, :])
             o.add(g.b_ih[src], acc[dst, I], out=g.b_ih[src])
             if b_hh:
@@ -667,11 +684,11 @@ class FastLSTMCache(LSTMCache):
     """LSTMCache whose (T, B, .) fields are views of feature-major storage: h, c = views of hT, cT; o, i, f, g =
     views of G; tc = view of TC. The reference backward reads it too."""
 
-    hT: Any = None  # (T+1, H, B) h_t^T
+    hT: Any = None  # (T+1, H+I+1, B) u_t = [h_{t-1}^T; x_t^T; 1], the recurrent GEMM's operands (see _operand)
     cT: Any = None  # (T+1, H, B) c_t^T
     G: Any = None  # (T, 4H, B) [o | i | f | g] activations per step
     TC: Any = None  # (T, H, B) tanh(c_t)
-    xT: Any = None  # (T, I+1, B) x_t^T with a ones row
+    xT: Any = None  # (T, I+1, B) [x_t^T; 1], a view of hT
 
 
 def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, reuse: bool = False):
@@ -683,31 +700,25 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     ws = Workspace() if ws is None else ws
     o = ops_for(xp)
     H3, H4 = 3 * H, 4 * H
-    blocks = _lstm_blocks(H)
-    w_in = _input_weights(xp, o, ws, p, blocks, I, dt, dev)  # (4H, I+1), b_ih + b_hh folded
-    o.mul(w_in[:H3, :], 0.5, out=w_in[:H3, :])  # o, i, f: sigmoid(a) = tanh(a/2)/2 + 1/2
-    w_h = ws.get(xp, "w_h", (H4, H), dt, dev)
-    for dst, src in blocks:
-        o.copy(p.w_hh[src, :], w_h[dst, :])
-    o.mul(w_h[:H3, :], 0.5, out=w_h[:H3, :])
+    half = o.const(0.5, dt, dev)
+    # the recurrent GEMM does the input projection too: [W_hh | W_ih | b_ih + b_hh] (4H, H+I+1) on
+    # u_t = [h_{t-1}; x_t; 1]; o, i, f rows halved (exact: sigmoid(a) = tanh(a/2)/2 + 1/2)
+    w_u = _fold_weights(o, ws.get(xp, "w_u", (H4, H + I + 1), dt, dev), p, _lstm_blocks(H), H, I)
+    o.mul(w_u[:H3, :], half, out=w_u[:H3, :])
 
-    xT = _input_cache(xp, o, ws, reuse, x, dt, dev)
-    hT = _cache_buf(xp, ws, reuse, "hT", (T + 1, H, B), dt, dev)
+    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): hT[t] = u_t
     cT = _cache_buf(xp, ws, reuse, "cT", (T + 1, H, B), dt, dev)
     G = _cache_buf(xp, ws, reuse, "G", (T, H4, B), dt, dev)
     TC = _cache_buf(xp, ws, reuse, "TC", (T, H, B), dt, dev)
-    o.copy(xp.matrix_transpose(h0), hT[0])
     o.copy(xp.matrix_transpose(c0), cT[0])
-    gi_buf = _gi_buffer(xp, ws, T, H4, H4, B, dt, dev)  # input projection (biases folded), chunks or all T
     tmp = ws.get(xp, "tmp", (H, B), dt, dev)
     mul, add, tanh, matmul = o.mul, o.add, o.tanh, o.matmul
-    half = o.const(0.5, dt, dev)
-    for g_t, hp, hx, cp, cx, A, sig, o_t, i_t, f_t, gg_t, tc_t in _chunked_steps(
-            xp, o, w_in, xT, gi_buf, ((0, H4),), hT[:T], hT[1:], cT[:T], cT[1:], G, G[:, :H3], G[:, :H],
-            G[:, H:2 * H], G[:, 2 * H:H3], G[:, H3:], TC,
-            cache=(ws, (T, id(hT), id(cT), id(G), id(TC))) if reuse else None):
-        matmul(w_h, hp, out=A)  # (4H, H) @ (H, B)
-        add(A, g_t, out=A)
+    step_arrays = (hT[:T], hT[1:, :H], cT[:T], cT[1:], G, G[:, :H3], G[:, :H], G[:, H:2 * H], G[:, 2 * H:H3],
+                   G[:, H3:], TC)
+    steps = ws.views("fwd", (T, id(hT), id(cT), id(G), id(TC)), lambda: list(zip(*step_arrays))) if reuse else \
+        zip(*step_arrays)
+    for u, hx, cp, cx, A, sig, o_t, i_t, f_t, gg_t, tc_t in steps:
+        matmul(w_u, u, out=A)  # (4H, H+I+1) @ (H+I+1, B)
         tanh(A, out=A)  # g, and the three sigmoid gates' tanh(a/2)
         mul(sig, half, out=sig)
         add(sig, half, out=sig)
@@ -716,10 +727,10 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
         add(cx, tmp, out=cx)  # c = f c_{t-1} + i g
         tanh(cx, out=tc_t)
         mul(o_t, tc_t, out=hx)  # h = o tanh(c)
-    h_v, c_v = _tbh(xp, hT), _tbh(xp, cT)
+    h_v, c_v = _tbh(xp, hT[:, :H, :]), _tbh(xp, cT)
     cache = FastLSTMCache(x=x, h=h_v, c=c_v, i=_tbh(xp, G[:, H:2 * H]), f=_tbh(xp, G[:, 2 * H:H3]),
                           g=_tbh(xp, G[:, H3:]), o=_tbh(xp, G[:, :H]), tc=_tbh(xp, TC), hT=hT, cT=cT, G=G, TC=TC,
-                          xT=xT)
+                          xT=hT[:T, H:, :])
     return h_v[1:], (h_v[T], c_v[T]), cache
 
 
@@ -766,8 +777,9 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     w_t = ws.get(xp, "w_hh_t", (H, H4), dt, dev)  # W_hh^T, internal gate order
     for dst, src in blocks:
         o.copy(xp.matrix_transpose(p.w_hh[src, :]), w_t[:, dst])
-    dw = o.fill(ws.get(xp, "dw", (H4, H), dt, dev), 0.0)
-    dwt, zb, dw_chunk = _dw_buffers(xp, ws, (H4, H), T, B, dt, dev)
+    Kc = c.hT.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
+    dw = o.fill(ws.get(xp, "dw", (H4, Kc), dt, dev), 0.0)
+    dwt, zb, dw_chunk = _dw_buffers(xp, ws, (H4, Kc), T, B, dt, dev)
     chunk = max(1, min(dw_chunk, CHUNK_ELEMS // max(1, B * H)))
     K = ws.get(xp, "K", (chunk, 5, H, B), dt, dev)
     # one chunk's gate grads (step t at t - t0)
@@ -786,7 +798,7 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
         return out
 
     step_views = ws.views("bwd", (T, chunk, flat_id, id(K), id(c.G)), build) if reuse else build()
-    inb = _InputBackward(xp, o, ws, reuse, p, blocks, c.xT, H4, chunk)
+    inb = _InputBackward(xp, o, ws, reuse, p, blocks, c.xT, H4, chunk, dw_rows=slice(0, 0))  # dx only
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
@@ -809,21 +821,20 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
         _chunk_dw(xp, o, dA[: t1 - t0], c.hT, t0, t1, dwt, dw, zb)
         inb.chunk(t0, t1, dA[: t1 - t0])
         t1 = t0
-    for dst, src in blocks:
-        add(g.w_hh[src, :], dw[dst, :], out=g.w_hh[src, :])
+    _unfold_grads(o, g, dw, blocks, H, c.xT.shape[1] - 1)
     dx = inb.finish(g)
     return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True), xp.asarray(xp.matrix_transpose(dc), copy=True))
 
 
 # ---- RNN ----------------------------------------------------------------------------------------------------
-# Feature-major h_t^T (H, B); the input projection (biases folded) is written straight into the state storage
-# hT[1:], so a step is GEMM, add, activation in place.
+# Feature-major h_t^T (H, B), x folded into the recurrent GEMM's operand u_t = [h_{t-1}; x_t; 1] (see _operand):
+# the GEMM writes the pre-activation straight into the next state's slot, so a step is GEMM, activation in place.
 @dataclass
 class FastRNNCache(RNNCache):
     """RNNCache whose h is a view of feature-major storage hT. The reference backward reads it too."""
 
-    hT: Any = None  # (T+1, H, B) h_t^T
-    xT: Any = None  # (T, I+1, B) x_t^T with a ones row
+    hT: Any = None  # (T+1, H+I+1, B) u_t = [h_{t-1}^T; x_t^T; 1], the recurrent GEMM's operands
+    xT: Any = None  # (T, I+1, B) [x_t^T; 1], a view of hT
 
 
 def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws: Workspace | None = None,
@@ -837,25 +848,19 @@ def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws:
     dev, dt = device_of(x), x.dtype
     ws = Workspace() if ws is None else ws
     o = ops_for(xp)
-    everything = ((slice(0, H), slice(0, H)),)
-    w_in = _input_weights(xp, o, ws, p, everything, I, dt, dev)  # (H, I+1)
-    xT = _input_cache(xp, o, ws, reuse, x, dt, dev)
-    hT = _cache_buf(xp, ws, reuse, "hT", (T + 1, H, B), dt, dev)
-    o.copy(xp.matrix_transpose(h0), hT[0])
-    o.matmul(w_in, xT, out=hT[1:])  # every step's input projection, in place
-    tmp = ws.get(xp, "tmp", (H, B), dt, dev)
-    w_h = p.w_hh
-    add, matmul = o.add, o.matmul
-    relu = nonlinearity == "relu"
-    for hp, hx in _rows(o, T, hT[:T], hT[1:]):
-        matmul(w_h, hp, out=tmp)  # (H, H) @ (H, B)
-        add(hx, tmp, out=hx)
-        if relu:
-            o.maximum(hx, 0.0, out=hx)
+    w_u = _fold_weights(o, ws.get(xp, "w_u", (H, H + I + 1), dt, dev), p, ((slice(0, H), slice(0, H)),), H, I)
+    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): hT[t] = u_t
+    matmul = o.matmul
+    act = o.tanh if nonlinearity == "tanh" else None
+    zero = o.const(0.0, dt, dev)
+    for u, hx in _rows(o, T, hT[:T], hT[1:, :H]):
+        matmul(w_u, u, out=hx)  # (H, H+I+1) @ (H+I+1, B): the pre-activation, in the next state's slot
+        if act is None:
+            o.maximum(hx, zero, out=hx)
         else:
-            o.tanh(hx, out=hx)
-    h_v = _tbh(xp, hT)
-    return h_v[1:], (h_v[T],), FastRNNCache(x=x, h=h_v, nonlinearity=nonlinearity, hT=hT, xT=xT)
+            act(hx, out=hx)
+    h_v = _tbh(xp, hT[:, :H, :])
+    return h_v[1:], (h_v[T],), FastRNNCache(x=x, h=h_v, nonlinearity=nonlinearity, hT=hT, xT=hT[:T, H:, :])
 
 
 def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
@@ -865,44 +870,44 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
         from . import rnn as ref
 
         return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt)
-    T = c.hT.shape[0] - 1
-    H, B = c.hT.shape[1], c.hT.shape[2]
+    T, Kc, B = c.hT.shape[0] - 1, c.hT.shape[1], c.hT.shape[2]
+    H = p.w_hh.shape[1]
     dev, dt = device_of(c.x), c.x.dtype
     ws = Workspace() if ws is None else ws
     o = ops_for(xp)
     everything = ((slice(0, H), slice(0, H)),)
     dh = _state_grad(xp, o, ws, "dh", dstate_T, 0, (H, B), dt, dev)
     w_t = o.copy(xp.matrix_transpose(p.w_hh), ws.get(xp, "w_hh_t", (H, H), dt, dev))
-    dw = o.fill(ws.get(xp, "dw", (H, H), dt, dev), 0.0)
-    dwt, zb, dw_chunk = _dw_buffers(xp, ws, (H, H), T, B, dt, dev)
+    dw = o.fill(ws.get(xp, "dw", (H, Kc), dt, dev), 0.0)  # [W_hh | W_ih | b] columns
+    dwt, zb, dw_chunk = _dw_buffers(xp, ws, (H, Kc), T, B, dt, dev)
     chunk = max(1, min(dw_chunk, CHUNK_ELEMS // max(1, B * H)))
     K = ws.get(xp, "K", (chunk, H, B), dt, dev)
     dA = ws.get(xp, "dg", (chunk, H, B), dt, dev)  # one chunk's pre-activation grads (step t at t - t0)
     relu = c.nonlinearity == "relu"
     mul, add, matmul = o.mul, o.add, o.matmul
-    inb = _InputBackward(xp, o, ws, reuse, p, everything, c.xT, H, chunk)
+    inb = _InputBackward(xp, o, ws, reuse, p, everything, c.xT, H, chunk, dw_rows=slice(0, 0))  # dx only
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         m = t1 - t0
-        Kc, hc = K[:m], c.hT[t0 + 1:t1 + 1]
+        Km, hc = K[:m], c.hT[t0 + 1:t1 + 1, :H, :]
         if relu:
-            o.sign(hc, out=Kc)  # h >= 0: [h > 0] exactly
+            o.sign(hc, out=Km)  # h >= 0: [h > 0] exactly
         else:
-            o.mul(hc, hc, out=Kc)
-            o.sub(o.const(1.0, dt, dev), Kc, out=Kc)  # 1 - h^2
+            o.mul(hc, hc, out=Km)
+            o.sub(o.const(1.0, dt, dev), Km, out=Km)  # 1 - h^2
         for t in range(t1 - 1, t0 - 1, -1):
             if dy is not None:
                 add(dh, xp.matrix_transpose(dy[t, ...]), out=dh)
             dA_t = dA[t - t0]
-            mul(dh, Kc[t - t0], out=dA_t)
+            mul(dh, Km[t - t0], out=dA_t)
             matmul(w_t, dA_t, out=dh)  # dh_{t-1} (H, H) @ (H, B)
             if tbptt and cut(tbptt, T, t):
                 o.fill(dh, 0.0)
         _chunk_dw(xp, o, dA[:m], c.hT, t0, t1, dwt, dw, zb)
         inb.chunk(t0, t1, dA[:m])
         t1 = t0
-    add(g.w_hh, dw, out=g.w_hh)
+    _unfold_grads(o, g, dw, everything, H, Kc - H - 1)
     dx = inb.finish(g)
     return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True),)
 
