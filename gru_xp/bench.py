@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="also time gru_xp's reference path (fast=False)")
     p.add_argument("--no-extras", action="store_true", help="skip peak memory and T-scaling")
     p.add_argument("--quick", action="store_true", help="3 repeats, short blocks (a smoke run)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="run the whole measurement in N fresh processes, one after the other, and report the "
+                        "medians over them (torch's step time moves ~10%% from process to process; default 1)")
     return p
 
 
@@ -62,6 +65,8 @@ def run(args) -> int:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.repeats is not None and args.repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.processes < 1:
+        raise UserError(f"--processes must be >= 1, got {args.processes}")
     cells = ["gru", "lstm", "rnn"] if args.cells == "all" else [c.strip() for c in args.cells.split(",") if c.strip()]
     bad = [c for c in cells if c not in ("gru", "lstm", "rnn")]
     if bad or not cells:
@@ -70,13 +75,19 @@ def run(args) -> int:
     env = dict(os.environ)
     for v in THREAD_VARS:
         env[v] = str(args.threads)
-    payload = json.dumps({k: getattr(args, k) for k in ("device", "cells", "rows", "threads", "repeats",
-                                                          "min_block", "reference", "no_extras", "quick")})
-    proc = subprocess.run([sys.executable, "-m", "gru_xp.bench", "--worker", payload], env=env,
-                          stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"benchmark worker failed (exit {proc.returncode}); see the messages above")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    cfg = {k: getattr(args, k) for k in ("device", "cells", "rows", "threads", "repeats", "min_block", "reference",
+                                         "no_extras", "quick")}
+    runs = []
+    for i in range(args.processes):
+        if args.processes > 1:
+            print(f"process {i + 1} of {args.processes}", file=sys.stderr, flush=True)
+        payload = json.dumps({**cfg, "no_extras": cfg["no_extras"] or i > 0})  # memory and T scaling: once
+        proc = subprocess.run([sys.executable, "-m", "gru_xp.bench", "--worker", payload], env=env,
+                              stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise UserError(f"benchmark worker failed (exit {proc.returncode}); see the messages above")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    result = combine(runs)
     print(format_table(result))
     if args.json:
         from .checkpoint import write_json
@@ -84,6 +95,30 @@ def run(args) -> int:
         write_json(args.json, result)  # atomic: a killed run never leaves half a results file
         print(f"\nwrote {args.json}")
     return 0
+
+
+def combine(runs: list) -> dict:
+    """One result from the results of several worker processes (same rows, same order): every time and ratio is
+    the median over the processes (ratio: of the per-process ratios), the per-process values are kept beside."""
+    res = dict(runs[0])
+    res["processes"] = len(runs)
+    if len(runs) == 1:
+        return res
+    res["machine"] = {**runs[0]["machine"], "loadavg_end": runs[-1]["machine"]["loadavg_end"]}
+    rows = []
+    for per in zip(*(r["rows"] for r in runs)):
+        row = dict(per[0])
+        for key in ("gru_xp_ms", "torch_ms", "ratio", "ratio_median_of_pairs", "reference_ms", "gru_xp_cpu_ms",
+                    "speedup_vs_cpu"):
+            if key in row:
+                vals = [r[key] for r in per]
+                row[key] = round(_median(vals), 4)
+                row[f"{key}_per_process"] = vals
+        row["timings"] = [r["timings"] for r in per]
+        row["loadavg"] = [r["loadavg"] for r in per]
+        rows.append(row)
+    res["rows"] = rows
+    return res
 
 
 # ---- the worker (child process) -----------------------------------------------------------------------------
@@ -305,7 +340,8 @@ def format_table(res: dict) -> str:
     lines = [f"gru_xp {m['gru_xp']} vs torch {m['torch']} | numpy {m['numpy']} ({m['numpy_blas']}) | "
              f"{res['device']} {m.get('gpu', m['cpu'])} | threads {m['threads']} (os.cpu_count {m['os_cpu_count']}) | "
              f"load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f} | medians of {res['repeats']} "
-             f"interleaved blocks", "",
+             f"interleaved blocks" + (f", then over {res['processes']} processes (ratio: median, min-max)"
+                                      if res.get("processes", 1) > 1 else ""), "",
              "| cell | row | T | B | I | H | gru_xp ms | torch ms | ratio | target |" +
              (" ref ms |" if any("reference_ms" in r for r in res["rows"]) else "") +
              (" CPU ms | GPU speedup |" if any("gru_xp_cpu_ms" in r for r in res["rows"]) else ""),
@@ -316,7 +352,9 @@ def format_table(res: dict) -> str:
         tgt = "" if r["target"] is None else f"<= {r['target']}"
         ok = "" if r["target"] is None else (" ✓" if r["ratio"] <= r["target"] else " ✗")
         line = (f"| {r['cell']}{'' if r['fast_path'] else ' (reference)'} | {r['row']} | {r['T']} | {r['B']} | "
-                f"{r['I']} | {r['H']} | {r['gru_xp_ms']:.2f} | {r['torch_ms']:.2f} | {r['ratio']:.3f}{ok} | {tgt} |")
+                f"{r['I']} | {r['H']} | {r['gru_xp_ms']:.2f} | {r['torch_ms']:.2f} | {r['ratio']:.3f}{ok}"
+                + (f" ({min(r['ratio_per_process']):.3f}-{max(r['ratio_per_process']):.3f})"
+                   if "ratio_per_process" in r else "") + f" | {tgt} |")
         if "reference_ms" in r:
             line += f" {r['reference_ms']:.2f} |"
         if "gru_xp_cpu_ms" in r:

@@ -27,8 +27,9 @@ cupy; `_cuda.py` is the only math module that may import cupy):
     [n_h, r, z] is the recurrent GEMM's operand and [r, z, n_i] is dgi in torch's order, both without copies;
   * parameter gradients: one batched GEMM call per weight (per chunk of steps for the recurrent one, summed
     with in-place adds, no temporaries), bias grads from the ones rows / column;
-  * the input projection is one batched GEMM over all T while small (<= GI_FULL_MAX_ELEMS), else computed a
-    cache-sized chunk of steps ahead of its use (H 128: its (T, G, B) result no longer round-trips to memory);
+  * what input projection is left (the GRU's n rows; all rows on CuPy) is one batched GEMM over all T while
+    small (<= GI_FULL_MAX_ELEMS), else computed a cache-sized chunk of steps ahead of its use (its (T, G, B)
+    result then never round-trips to memory);
   * per-call overheads trimmed: NumPy's own ufuncs/matmul (not the array-api-compat wrappers), cached 0-d
     constants instead of Python floats, per-step view tuples built once per reused workspace.
 LSTM and RNN (below) use the same techniques; see their sections.

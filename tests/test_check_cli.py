@@ -69,7 +69,29 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_bench_user_errors_are_one_line_before_any_child_starts():
-    for args in (["--cells", "foo"], ["--repeats", "0"], ["--threads", "0"]):
+    for args in (["--cells", "foo"], ["--repeats", "0"], ["--threads", "0"], ["--processes", "0"]):
         r = _gru_xp("bench", *args)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("gru-xp: error:") and "Traceback" not in r.stderr
+
+
+def test_bench_combines_processes_by_median():
+    from gru_xp.bench import combine, format_table
+
+    def run(gx, tt, load):
+        row = {"cell": "gru", "row": "H32", "T": 50, "B": 64, "I": 1, "H": 32, "fast_path": True, "gru_xp_ms": gx,
+               "torch_ms": tt, "ratio": gx / tt, "ratio_median_of_pairs": gx / tt, "target": 0.35,
+               "timings": {"gx": gx}, "loadavg": [load]}
+        machine = {"gru_xp": "x", "torch": "t", "numpy": "n", "numpy_blas": "b", "cpu": "c", "threads": 1,
+                   "os_cpu_count": 2, "loadavg_start": [load], "loadavg_end": [load]}
+        return {"machine": machine, "device": "cpu", "repeats": 3, "rows": [row]}
+
+    runs = [run(2.0, 8.0, 0.1), run(2.2, 5.5, 0.2), run(1.9, 6.0, 0.3)]
+    res = combine(runs)
+    r = res["rows"][0]
+    assert res["processes"] == 3 and r["gru_xp_ms"] == 2.0 and r["torch_ms"] == 6.0
+    assert r["ratio"] == round(1.9 / 6.0, 4)  # the median of the per-process ratios 0.25, 0.4, 0.3167
+    assert r["ratio_per_process"] == [0.25, 2.2 / 5.5, 1.9 / 6.0] and len(r["timings"]) == 3
+    assert res["machine"]["loadavg_end"] == [0.3]
+    assert "over 3 processes" in format_table(res) and "(0.250-0.400)" in format_table(res)
+    assert combine(runs[:1])["rows"][0]["ratio"] == 0.25  # one process: unchanged
