@@ -105,19 +105,20 @@ class Recurrent:
         return self.train(False)
 
     # ---- forward, then backward ---------------------------------------------------------------------------
-    def _state0(self, state0, B):
-        """None -> zeros; else each array (L*D, B, H) moved to this backend."""
+    def _state0(self, state0, B, *, keep_none: bool = False):
+        """None -> zeros (keep_none: None, which every cell's backward reads as zeros); else each array
+        (L*D, B, H) moved to this backend."""
         n = self.cell.STATES
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)
         if state0 is None:
-            return tuple(self.backend.zeros(shape) for _ in range(n))
+            return tuple(None if keep_none else self.backend.zeros(shape) for _ in range(n))
         parts = tuple(state0) if isinstance(state0, (tuple, list)) else (state0,)
         if len(parts) != n:
             raise UserError(f"{type(self).__name__} state must be {n} array(s) of shape {shape}, got {len(parts)}")
         out = []
         for a in parts:
             if a is None:
-                out.append(self.backend.zeros(shape))
+                out.append(None if keep_none else self.backend.zeros(shape))
                 continue
             if tuple(a.shape) != shape:
                 raise UserError(f"initial state has shape {tuple(a.shape)}, expected {shape} (layers*directions, B, H)")
@@ -194,7 +195,7 @@ class Recurrent:
         dy = None if dy is None else be.asarray(dy)  # (T, B, D*H); None = zeros, which every cell accepts
         if dy is not None and tuple(dy.shape) != (T, B, D * H):
             raise UserError(f"dy has shape {tuple(dy.shape)}, the last forward produced {(T, B, D * H)}")
-        dsT = self._state0(dstate_n, B)  # zeros where None
+        dsT = self._state0(dstate_n, B, keep_none=True)  # None entries stay None: the cells read them as zeros
         dstate0 = [[None] * (self.num_layers * D) for _ in range(self.cell.STATES)]
         last_dh = [None] * self.num_layers
         for k in range(self.num_layers - 1, -1, -1):
@@ -210,8 +211,8 @@ class Recurrent:
                 p = self._cell_params(self.params, k, d)
                 extra = {"dh_record": rec[d]} if record else ({} if fc is None else {"slot": k * D + d})
                 dx_d, ds0 = (fc or self.cell).backward(xp, p, self._caches[k * D + d], dy_d,
-                                                       tuple(s[k * D + d, ...] for s in dsT), g, tbptt=tbptt,
-                                                       **extra)
+                                                       tuple(None if s is None else s[k * D + d, ...] for s in dsT),
+                                                       g, tbptt=tbptt, **extra)
                 if d:
                     dx_d = xp.flip(dx_d, axis=0)
                 dx = dx_d if dx is None else dx + dx_d  # (T, B, in_k)
