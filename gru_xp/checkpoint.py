@@ -11,7 +11,9 @@ model with wrong numbers.
 Atomicity: a file is written under a temporary name in the target's folder (".NAME.XXXX.tmp"), flushed to disk, then
 renamed onto its name; a run folder is built as ".NAME.tmp-XXXX" and swapped in with one atomic exchange
 (renameat2(RENAME_EXCHANGE) on Linux). A process killed at any moment leaves either the old file/folder or the
-complete new one under the final name, never a half-written one (at worst a stale dot-named temporary beside it).
+complete new one under the final name, never a half-written one (at worst a stale dot-named temporary beside it,
+which the next successful write of the same name removes once it is over STALE_SECONDS old: a younger one may
+belong to a writer still at work).
 """
 from __future__ import annotations
 
@@ -32,6 +34,30 @@ from .errors import UserError
 FORMAT_VERSION = 2  # 1: one model; 2 adds ensembles (meta["model"]["ensemble"] = N > 1: arrays "m{i}.NAME") and
 #                    calendar inputs (meta["pipeline"]["calendar"]); version 1 files are read as before
 META_KEY = "__meta__"
+STALE_SECONDS = 3600  # a temporary this much older than now is left over from a killed writer
+
+
+def _remove_stale(folder: Path, prefix: str, suffix: str = "") -> None:
+    """Best effort: delete `prefix*suffix` temporaries (files or folders) in `folder` older than STALE_SECONDS."""
+    import time
+
+    cutoff = time.time() - STALE_SECONDS
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for e in entries:
+        if not (e.name.startswith(prefix) and e.name.endswith(suffix)):
+            continue
+        try:
+            if e.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                os.unlink(e.path)
+        except OSError:
+            pass
 
 
 def _umask() -> int:
@@ -59,6 +85,7 @@ def atomic_path(path: str | Path, suffix: str = ""):
         except OSError:
             pass
         raise
+    _remove_stale(path.parent, f".{path.name}.", ".tmp")
 
 
 def _fsync(path) -> None:
@@ -222,6 +249,7 @@ def atomic_dir(final: str | Path):
         if final.exists() and _exchange(tmp, final):  # tmp now holds the old run folder
             _fsync(final.parent)
             shutil.rmtree(tmp, ignore_errors=True)
+            _remove_stale(final.parent, f".{final.name}.tmp-")
             return
         old = None
         if final.exists():
@@ -240,3 +268,4 @@ def atomic_dir(final: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remove_stale(final.parent, f".{final.name}.tmp-")  # never ".old-": it may be the only copy of a run

@@ -161,3 +161,28 @@ def test_linux_uses_an_atomic_exchange(tmp_path):
     if not checkpoint._exchange(a, b):
         pytest.skip("this filesystem does not support RENAME_EXCHANGE")
     assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    """A SIGKILL leaves a dot-named temporary; the next successful write of the same name removes it once it is
+    older than STALE_SECONDS, and leaves a young one (a writer may still be at work) and other names alone."""
+    path, run = tmp_path / "x.json", tmp_path / "run"
+    checkpoint.write_json(path, {"v": 1})
+    old_file, young_file = tmp_path / ".x.json.abc123.tmp", tmp_path / ".x.json.def456.tmp"
+    other = tmp_path / ".y.json.a.tmp"
+    old_dir, young_dir, old_aside = tmp_path / ".run.tmp-abc", tmp_path / ".run.tmp-def", tmp_path / ".run.old-abc"
+    for f in (old_file, young_file, other):
+        f.write_text("half")
+    for d in (old_dir, young_dir, old_aside):
+        d.mkdir()
+        (d / "model.npz").write_bytes(b"half")
+    past = time.time() - checkpoint.STALE_SECONDS - 60
+    for q in (old_file, other, old_dir, old_aside):
+        os.utime(q, (past, past))
+    checkpoint.write_json(path, {"v": 2})
+    with checkpoint.atomic_dir(run) as tmp:
+        checkpoint.save(tmp / "model.npz", {"x": np.zeros(2)}, {"model": {}, "pipeline": {}, "config": {}})
+    assert json.loads(path.read_text()) == {"v": 2} and checkpoint.is_run_folder(run)
+    assert not old_file.exists() and not old_dir.exists()
+    assert young_file.exists() and young_dir.exists() and other.exists()
+    assert old_aside.exists()  # a folder moved aside is never deleted: it may be the only copy of a run
