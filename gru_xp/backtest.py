@@ -77,9 +77,7 @@ def make_folds(n: int, cfg: RunConfig, folds: int, season: int) -> list[Fold]:
     for i in range(folds):
         b, e = bounds[i], bounds[i + 1]
         v = b - int(round(cfg.val_ratio * b))
-        tr = np.arange(t0, v - K)  # every target < v
-        va = np.arange(max(t0, v - 1), b - K) if cfg.val_ratio > 0 else np.arange(0)  # targets in [v, b)
-        te = np.arange(max(t0, b - 1), min(e - 1, n - K))  # first target in [b, e)
+        tr, va, te = _data.origins(t0, v, b, e, n, K)  # targets < v; in [v, b) (none if v = b); first in [b, e)
         if te.size < 1:
             raise UserError(f"--folds {folds} is too many: fold {i} (points {b}..{e - 1}) has no forecast origin "
                             f"with --horizon {K}; use fewer folds or a smaller --split-ratio")
@@ -95,12 +93,6 @@ def fold_pipeline(cfg: RunConfig, series, fold: Fold, season: int) -> "_data.Pip
     pipe = _data.make_pipeline(cfg, series, season)  # + calendar features (functions of time, nothing fitted)
     pipe.scaler.fit(pipe.transformed(series.y)[:fold.val_start])
     return pipe
-
-
-def _windows(pipe, y, a, phase=None):
-    if a.size == 0:
-        return np.zeros((0, pipe.seq_length, pipe.n_inputs)), np.zeros((0, pipe.horizon))
-    return pipe.inputs(y, a, phase), pipe.targets(y, a)
 
 
 def _score(y, anchors, model_lv, K, season, scale) -> dict:
@@ -165,8 +157,8 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
         if trained:
             pipe = fold_pipeline(cfg, series, f, season)
             phase = pipe.phases(series)
-            X, Y = _windows(pipe, y, f.train_anchors, phase)
-            Xv, Yv = _windows(pipe, y, f.val_anchors, phase)
+            X, Y = pipe.windows(y, f.train_anchors, phase)
+            Xv, Yv = pipe.windows(y, f.val_anchors, phase)
             for i, model in enumerate(models):
                 if f.index > 0:  # re-initialise the same model in place: parameters, dropout stream; fresh optimizer
                     model.load_state_dict({k: v.copy() for k, v in init_params[i].items()})
@@ -180,7 +172,7 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
             if cfg.shrink and f.val_anchors.size:
                 pipe.fit_shrink(y, f.val_anchors, [_train.predict_scaled(m, Xv) for m in models])
         t2 = time.perf_counter()
-        Xt, _ = _windows(pipe, y, f.test_anchors, phase)
+        Xt, _ = pipe.windows(y, f.test_anchors, phase)
         lv = pipe.invert(y, f.test_anchors, [_train.predict_scaled(m, Xt) for m in models])
         scale = metrics.mase_scale(y[:f.val_start], season)
         p, m = _score(y, f.test_anchors, lv, K, season, scale)

@@ -423,7 +423,9 @@ class Pipeline:
         input step at position i also carries sin/cos of the phase of position i + 1, the step it is followed by
         (target-aligned: the last step carries the phase of the first target t + 1). `phase` (from `phases`) must
         then cover every position up to max(anchors) + 1."""
-        zs = self.scaler.transform(self.transformed(y))
+        return self._inputs(self.scaler.transform(self.transformed(y)), anchors, phase)
+
+    def _inputs(self, zs, anchors, phase) -> np.ndarray:
         idx = np.asarray(anchors)[:, None] + np.arange(-self.seq_length + 1, 1)[None, :]
         x = zs[idx][..., None]
         if not self.calendar:
@@ -434,9 +436,20 @@ class Pipeline:
 
     def targets(self, y, anchors) -> np.ndarray:
         """(N, K) scaled model targets (transformed series) for windows ending at `anchors`."""
-        zs = self.scaler.transform(self.transformed(y))
+        return self._targets(self.scaler.transform(self.transformed(y)), anchors)
+
+    def _targets(self, zs, anchors) -> np.ndarray:
         idx = np.asarray(anchors)[:, None] + np.arange(1, self.horizon + 1)[None, :]
         return zs[idx]
+
+    def windows(self, y, anchors, phase=None) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs (N, L, n_inputs), targets (N, K)) of the windows ending at `anchors` (see inputs, targets),
+        transforming and scaling the series once; empty arrays of those shapes for no anchors."""
+        a = np.asarray(anchors)
+        if a.size == 0:
+            return np.zeros((0, self.seq_length, self.n_inputs)), np.zeros((0, self.horizon))
+        zs = self.scaler.transform(self.transformed(y))
+        return self._inputs(zs, a, phase), self._targets(zs, a)
 
     def invert(self, y, anchors, pred_scaled) -> np.ndarray:
         """Model outputs (N, K) in scaled transformed units -> levels (N, K) on the original scale, undoing each
@@ -538,6 +551,13 @@ def split_points(n: int, split_ratio: float, val_ratio: float) -> tuple[int, int
     return v, s
 
 
+def origins(t0: int, v: int, s: int, e: int, n: int, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forecast origins (window anchors t) by the no-leakage rule, for a series of n points: training windows
+    have every target < v (t + K <= v - 1), validation windows every target in [v, s), test windows their first
+    target in [s, e) (t + 1 >= s, t + 1 < e) and every target in the series; none before t0 (min_anchor)."""
+    return (np.arange(t0, v - K), np.arange(max(t0, v - 1), s - K), np.arange(max(t0, s - 1), min(e - 1, n - K)))
+
+
 def prepare(cfg: RunConfig, series: Series | None = None) -> Prepared:
     """Series -> chronological split -> scaler fitted on the training part -> windows for train / val / test."""
     series = load_series(cfg) if series is None else series
@@ -546,10 +566,7 @@ def prepare(cfg: RunConfig, series: Series | None = None) -> Prepared:
     L, K = cfg.seq_length, cfg.horizon
     pipe = make_pipeline(cfg, series, season)
     v, s = split_points(n, cfg.split_ratio, cfg.val_ratio)
-    t0 = pipe.min_anchor()
-    train_a = np.arange(t0, v - K)  # t + K <= v - 1
-    val_a = np.arange(max(t0, v - 1), s - K)  # t + 1 >= v, t + K <= s - 1
-    test_a = np.arange(max(t0, s - 1), n - K)  # t + 1 >= s
+    train_a, val_a, test_a = origins(pipe.min_anchor(), v, s, n, n, K)
     need = []
     if train_a.size < 1:
         need.append("training")
@@ -564,12 +581,8 @@ def prepare(cfg: RunConfig, series: Series | None = None) -> Prepared:
     pipe.scaler.fit(pipe.transformed(y)[:v])  # training part only: indices < v
     phase = pipe.phases(series)  # deterministic functions of time: nothing is fitted
 
-    def mk(a):
-        if a.size == 0:
-            return Split(a, np.zeros((0, L, pipe.n_inputs)), np.zeros((0, K)))
-        return Split(a, pipe.inputs(y, a, phase), pipe.targets(y, a))
-
-    return Prepared(series, pipe, v, s, mk(train_a), mk(val_a), mk(test_a), phase)
+    train, val, test = (Split(a, *pipe.windows(y, a, phase)) for a in (train_a, val_a, test_a))
+    return Prepared(series, pipe, v, s, train, val, test, phase)
 
 
 def make_pipeline(cfg: RunConfig, series: Series, season: int) -> Pipeline:

@@ -127,11 +127,11 @@ def test_every_builds_one_model_reads_the_csv_once_and_equals_fresh_training(csv
     f = bt.make_folds(len(series.y), cfg, 3, series.season)[2]
     pipe = bt.fold_pipeline(cfg, series, f, series.season)
     fresh = train_mod.build_model(cfg)
-    train_mod.fit(fresh, *bt._windows(pipe, series.y, f.train_anchors), *bt._windows(pipe, series.y, f.val_anchors),
+    train_mod.fit(fresh, *pipe.windows(series.y, f.train_anchors), *pipe.windows(series.y, f.val_anchors),
                   optimizer=train_mod.make_optimizer(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size,
                   clip=cfg.clip, seed=cfg.seed, progress=False)
     lv = pipe.invert(series.y, f.test_anchors,
-                     train_mod.predict_scaled(fresh, bt._windows(pipe, series.y, f.test_anchors)[0]))
+                     train_mod.predict_scaled(fresh, pipe.windows(series.y, f.test_anchors)[0]))
     np.testing.assert_allclose(r.predictions["model"][r.predictions["fold"] == 2], lv, rtol=1e-6)
 
 
