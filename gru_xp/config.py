@@ -249,14 +249,18 @@ def read_toml(path: str | Path) -> dict:
     return flat
 
 
-def make_config(config_file: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
-    """Defaults <- TOML <- overrides (flag values; None means 'not given')."""
-    values: dict = {}
-    source = "command line"
-    if config_file is not None:
-        values = read_toml(config_file)
-        source = str(resolve_config_path(str(config_file)))
-    kw = {k: _coerce(k, v, source) for k, v in values.items()}
+def config_base(config_file: str | Path | None) -> dict:
+    """The TOML's settings, read and checked once (a sweep builds many configs on one base): {} for None."""
+    if config_file is None:
+        return {}
+    source = str(resolve_config_path(str(config_file)))
+    return {k: _coerce(k, v, source) for k, v in read_toml(config_file).items()}
+
+
+def make_config(config_file: str | Path | None = None, overrides: dict | None = None, *,
+                base: dict | None = None) -> RunConfig:
+    """Defaults <- TOML (or `base`, from config_base) <- overrides (flag values; None means 'not given')."""
+    kw = dict(config_base(config_file) if base is None else base)
     for k, v in (overrides or {}).items():
         if v is None:
             continue

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .metrics import fmt as _fmt
-from .config import CONFIG_DIR, FIELDS, PROJECT_ROOT, RunConfig, _suggest, from_dict, make_config, resolve_config_path
+from .config import (CONFIG_DIR, FIELDS, PROJECT_ROOT, RunConfig, _suggest, config_base, from_dict, make_config,
+                     resolve_config_path)
 from .errors import UserError
 
 OUTPUT_ONLY = ("name", "out", "plots", "quiet", "diagnostics")  # settings that do not change a result: not keyed
@@ -160,6 +161,8 @@ def build_tasks(config_file: str | Path | None, grid: dict, data_glob: str | Non
     files = expand_data(data_glob) if data_glob else [None]
     if data_glob and "data" in grid:
         raise UserError("both --data and a 'data' grid key given; use one of them")
+    base = config_base(config_file)  # the TOML read once
+    fingerprints: dict = {}  # each data file hashed once (a grid reuses a few files many times)
     tasks, seen = [], {}
     for point in points:
         for f in files:
@@ -167,12 +170,15 @@ def build_tasks(config_file: str | Path | None, grid: dict, data_glob: str | Non
             if f is not None:
                 ov["data"] = f
             try:
-                cfg = make_config(config_file, ov)
+                cfg = make_config(None, ov, base=base)
             except UserError as e:
                 where = " ".join(f"{k}={_short(v)}" for k, v in {**point, **({"data": f} if f else {})}.items())
                 raise UserError(f"grid point {where}: {e}") from None
             settings = cfg.to_dict()
-            sha, path = data_fingerprint(cfg)
+            fp_key = (cfg.data, cfg.sine_length, cfg.sine_period, cfg.sine_noise, cfg.seed)
+            if fp_key not in fingerprints:
+                fingerprints[fp_key] = data_fingerprint(cfg)
+            sha, path = fingerprints[fp_key]
             key = task_key(settings, sha)
             full_point = {**point, **({"data": f} if f is not None else {})}
             if key in seen:  # e.g. two identical files, or a grid listing a value twice

@@ -79,6 +79,20 @@ def test_grid_validation(tmp_path, base):
     assert S.pick_device("cpu") == "cpu"
 
 
+def test_build_tasks_reads_the_config_once_and_hashes_each_data_file_once(tmp_path, base, monkeypatch):
+    import gru_xp.config as C
+    import gru_xp.data as D
+
+    csvs = [_write(tmp_path / f"s{i}.csv", "y\n" + "\n".join(str(i + 0.1 * k) for k in range(80))) for i in range(2)]
+    reads, hashes = [], []
+    real_read, real_hash = C.read_toml, D.sha256_file
+    monkeypatch.setattr(C, "read_toml", lambda p: reads.append(p) or real_read(p))
+    monkeypatch.setattr(D, "sha256_file", lambda p: hashes.append(p) or real_hash(p))
+    tasks = S.build_tasks(base, {"lr": [0.01, 0.02, 0.03], "hidden_size": [4, 8]}, str(tmp_path / "s*.csv"))
+    assert len(tasks) == 12 and len(reads) == 1 and sorted(map(str, hashes)) == sorted(map(str, csvs))
+    assert len({t.key for t in tasks}) == 12 and {t.data_sha256 for t in tasks} == {real_hash(c) for c in csvs}
+
+
 # ---- the sweep on a LocalCluster vs serially -------------------------------------------------------------------
 def test_localcluster_equals_serial_failures_and_rerun(tmp_path, base):
     # 6 tasks: seq_length 400 is longer than the 120-point series -> 2 failures, 4 successes
