@@ -271,8 +271,9 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     for label, config, ov, seeds in jobs:
         recs, preds = [], []
+        inner = inner_data(config, ov, tmpdir) if a.inner else {}  # the same pre-test file for every seed
         for sd in seeds:
-            rec, p = one_run(config, {**ov, **inner_data(config, ov, tmpdir)} if a.inner else ov, sd)
+            rec, p = one_run(config, {**ov, **inner}, sd)
             recs.append(rec)
             preds.append(p)
             if a.verbose:
