@@ -75,6 +75,8 @@ class FitState:
     shuffle_rng: dict  # numpy bit_generator.state of the minibatch shuffler
     dropout_rng: dict  # numpy bit_generator.state of the model's dropout generator (model.rnn._rng)
     data_sha256: str = ""  # the series it was trained on (checked on resume)
+    member: int = 0  # an ensemble's member that was interrupted (0 for a single model)
+    done: list = field(default_factory=list)  # [(params {name: host array}, History)] of the members before it
 
 
 def build_model(cfg: RunConfig, device=None, input_size: int | None = None, seed: int | None = None) -> Forecaster:
@@ -138,7 +140,16 @@ def restore_optimizer(opt, st: dict, be) -> None:
 
 
 # ---- Ctrl-C: finish the epoch, then stop ------------------------------------------------------------------------
-TEST_SIGINT_ENV = "GRU_XP_TEST_SIGINT_AT_EPOCH"  # test hook: send ourselves SIGINT during this epoch
+TEST_SIGINT_ENV = "GRU_XP_TEST_SIGINT_AT_EPOCH"  # test hook: send ourselves SIGINT during epoch E ("E"), or
+#                                                   during epoch E of the fit whose seed is S ("E@S": one member)
+
+
+def _hook_epoch(seed: int) -> int:
+    hook = os.environ.get(TEST_SIGINT_ENV, "").strip()
+    epoch, _, want = hook.partition("@")
+    if not epoch.isdigit() or (want and not (want.strip().lstrip("-").isdigit() and int(want) == seed)):
+        return 0
+    return int(epoch)
 
 
 class _SigintLatch:
@@ -222,8 +233,7 @@ def fit(model: Forecaster, X, Y, X_val=None, Y_val=None, *, optimizer=None, epoc
                                                              for k, v in state.best_params.items()}
         bad_epochs, first = int(state.bad_epochs), state.epoch + 1
     seconds_before = hist.seconds
-    hook = os.environ.get(TEST_SIGINT_ENV, "")
-    hook_epoch = int(hook) if hook.strip().isdigit() else 0
+    hook_epoch = _hook_epoch(seed)
     t_start = time.perf_counter()
 
     def restore_best():
@@ -402,8 +412,9 @@ def run(cfg: RunConfig, *, save: bool = True, progress: bool | None = None, log=
     the resume state are written, then TrainingInterrupted is raised (see `fit`)."""
     t0 = time.perf_counter()
     be = resolve(cfg.device, cfg.dtype, verbose=not cfg.quiet)
-    if resume is not None and cfg.ensemble > 1:
-        raise UserError(f"--resume is not supported for --ensemble {cfg.ensemble} runs; start a new run")
+    if resume is not None and not (0 <= resume.member < cfg.ensemble and len(resume.done) == resume.member):
+        raise UserError(f"the resume state does not fit this run's ensemble of {cfg.ensemble} (member "
+                        f"{resume.member}, {len(resume.done)} finished); start a new run")
     prep = prepare(cfg)
     if resume is not None and resume.data_sha256 and resume.data_sha256 != prep.series.sha256:
         raise UserError(f"the data {cfg.data!r} changed since this run started (sha256 differs); restore the "
@@ -427,14 +438,22 @@ def run(cfg: RunConfig, *, save: bool = True, progress: bool | None = None, log=
     for i in range(cfg.ensemble):  # member i: seed + i for its initial weights and its minibatch order
         model = build_model(cfg, device=be, input_size=prep.pipeline.n_inputs, seed=cfg.seed + i)
         desc = cfg.name if cfg.ensemble == 1 else f"{cfg.name} {i + 1}/{cfg.ensemble}"
+        if resume is not None and i < resume.member:  # finished before the interruption: exactly as it ended
+            params, hist = resume.done[i]
+            model.load_state_dict(params)
+            model.eval()
+            if hist.diverged_epoch and diverged is None:
+                diverged = TrainingDiverged(_diverged_message(hist), epoch=hist.diverged_epoch, history=hist)
+            models.append(model)
+            hists.append(hist)
+            continue
         try:
-            hist = _fit_member(cfg, prep, model, cfg.seed + i, progress, desc, resume, interruptible)
+            hist = _fit_member(cfg, prep, model, cfg.seed + i, progress, desc,
+                               resume if resume is not None and i == resume.member else None, interruptible)
         except TrainingInterrupted as e:
-            if cfg.ensemble > 1:
-                e.args = (f"interrupted while training ensemble member {i + 1} of {cfg.ensemble}; nothing saved "
-                          f"(--resume is not supported for ensembles); start the run again",)
-                raise
-            _save_interrupted(e, cfg, prep, be, out, t0)
+            e.state.member = i
+            e.state.done = [({k: _host_copy(v) for k, v in m.params.items()}, h) for m, h in zip(models, hists)]
+            _save_interrupted(e, cfg, prep, be, out, t0, cfg.ensemble)
             raise
         except TrainingDiverged as e:
             if e.history is None or e.history.best_epoch == 0:
@@ -471,19 +490,26 @@ def _fit_member(cfg: RunConfig, prep: Prepared, model: Forecaster, seed: int, pr
 
 
 def _save_interrupted(e: TrainingInterrupted, cfg: RunConfig, prep: Prepared, be, out: Path | None,
-                      t0: float) -> None:
-    """A single-model run stopped by Ctrl-C: write its best checkpoint + resume state and reword the message."""
+                      t0: float, n_members: int = 1) -> None:
+    """A run stopped by Ctrl-C: write its best checkpoint + resume state and reword the message. In an ensemble the
+    members finished before the interrupted one are saved whole, and the resume state continues from there."""
     e.state.data_sha256 = prep.series.sha256
     ep, best = e.state.epoch, e.state.history.best_epoch
+    who = "" if n_members == 1 else f" of ensemble member {e.state.member + 1}/{n_members}"
     if out is None:
-        e.args = (f"interrupted at epoch {ep}; nothing saved (save=False)",)
+        e.args = (f"interrupted at epoch {ep}{who}; nothing saved (save=False)",)
         return
     d = failed_out(out, "interrupted")
     with _deferred_sigint():  # a second Ctrl-C must not cut the save short
         write_interrupted(d, cfg, prep, e.state, be, time.perf_counter() - t0)
     e.out_dir = d
-    e.args = (f"interrupted at epoch {ep}; best checkpoint (epoch {best}) and resume state saved in {d}; "
+    e.args = (f"interrupted at epoch {ep}{who}; best checkpoint (epoch {best}) and resume state saved in {d}; "
               f"resume with: gru-xp train --resume {d}",)
+
+
+def _diverged_message(h: History) -> str:
+    return (f"training diverged at epoch {h.diverged_epoch}; kept the best checkpoint (epoch {h.best_epoch}, loss "
+            f"{h.best_loss:.4g}); lower --lr, set --clip 1, or use --optimizer adam")
 
 
 def _finish_run(cfg: RunConfig, result: RunResult, be, out: Path | None, diverged, hist: History, t0: float,
@@ -592,11 +618,22 @@ def write_interrupted(out: Path, cfg: RunConfig, prep: Prepared, st: FitState, b
     meta = _meta(cfg, prep, be, seconds, st.history, "interrupted")
     meta["run"]["epochs_run"] = st.epoch
     best = st.best_params if st.best_params is not None else st.params
+    # model.npz: the members there are so far (the finished ones, then the interrupted one's best epoch)
+    members = [p for p, _ in st.done] + [best]
+    meta["model"].pop("ensemble", None)
+    if len(members) > 1:
+        meta["model"]["ensemble"] = len(members)
+        meta["run"]["members_saved"] = len(members)
+    saved = members[0] if len(members) == 1 else {f"m{i}.{k}": v for i, p in enumerate(members) for k, v in p.items()}
     arrays = {**{f"param/{k}": v for k, v in st.params.items()},
               **{f"best/{k}": v for k, v in (st.best_params or {}).items()},
               **{f"opt/{k}": v for k, v in st.optimizer["arrays"].items()},
               "hist/train_loss": np.asarray(st.history.train_loss, dtype=np.float64),
               "hist/val_loss": np.asarray(st.history.val_loss, dtype=np.float64)}
+    for j, (p, dh) in enumerate(st.done):
+        arrays.update({f"done/{j}.{k}": v for k, v in p.items()})
+        arrays[f"donehist/{j}.train_loss"] = np.asarray(dh.train_loss, dtype=np.float64)
+        arrays[f"donehist/{j}.val_loss"] = np.asarray(dh.val_loss, dtype=np.float64)
     h = st.history
     rmeta = {"kind": RESUME_KIND, "epoch": st.epoch, "bad_epochs": st.bad_epochs,
              "best_epoch": h.best_epoch, "best_loss": h.best_loss if math.isfinite(h.best_loss) else None,
@@ -604,11 +641,15 @@ def write_interrupted(out: Path, cfg: RunConfig, prep: Prepared, st: FitState, b
              "resumed_at": h.resumed_at, "has_best": st.best_params is not None,
              "optimizer": {"kind": st.optimizer["kind"], "t": st.optimizer["t"]},
              "rng": {"shuffle": st.shuffle_rng, "dropout": st.dropout_rng}, "data_sha256": st.data_sha256,
-             "config": cfg.to_dict()}
+             "config": cfg.to_dict(), "member": st.member,
+             "done": [{"best_epoch": d.best_epoch, "best_loss": d.best_loss if math.isfinite(d.best_loss) else None,
+                       "stopped_early": d.stopped_early, "seconds": d.seconds, "diverged_epoch": d.diverged_epoch,
+                       "resumed_at": d.resumed_at} for _, d in st.done]}
     with checkpoint.atomic_dir(out) as tmp:
-        checkpoint.save(tmp / "model.npz", best, meta)
+        checkpoint.save(tmp / "model.npz", saved, meta)
         checkpoint.write_json(tmp / "config.json", metrics.jsonable({**meta, "format_version": checkpoint.FORMAT_VERSION}))
-        checkpoint.write_json(tmp / "history.json", _history_json(st.history, "interrupted"))
+        checkpoint.write_json(tmp / "history.json",
+                              _history_json(st.history, "interrupted", [d for _, d in st.done] + [st.history]))
         checkpoint.save(tmp / "resume.npz", arrays, rmeta)
         checkpoint.write_json(tmp / "resume.json", metrics.jsonable(
             {"format_version": checkpoint.FORMAT_VERSION, **rmeta,
@@ -632,19 +673,32 @@ def load_resume(run_dir) -> tuple[RunConfig, FitState]:
         raise UserError(f"--resume {d}: resume.npz is not a gru-xp resume state; start a new run")
     try:
         cfg = from_dict(m["config"])
-        groups: dict = {"param": {}, "best": {}, "opt": {}, "hist": {}}
+        groups: dict = {"param": {}, "best": {}, "opt": {}, "hist": {}, "done": {}, "donehist": {}}
         for key, a in arrays.items():
             g, _, name = key.partition("/")
             groups[g][name] = a
-        hist = History([float(v) for v in groups["hist"]["train_loss"]], [float(v) for v in groups["hist"]["val_loss"]],
-                       int(m["best_epoch"]), math.inf if m["best_loss"] is None else float(m["best_loss"]),
-                       bool(m["stopped_early"]), float(m["seconds"]), int(m["diverged_epoch"]), int(m["resumed_at"]))
+
+        def history(losses: dict, h: dict) -> History:
+            return History([float(v) for v in losses["train_loss"]], [float(v) for v in losses["val_loss"]],
+                           int(h["best_epoch"]), math.inf if h["best_loss"] is None else float(h["best_loss"]),
+                           bool(h["stopped_early"]), float(h["seconds"]), int(h["diverged_epoch"]),
+                           int(h["resumed_at"]))
+
+        hist = history(groups["hist"], m)
         epoch = int(m["epoch"])
         if epoch < 1 or len(hist.train_loss) != epoch or len(hist.val_loss) != epoch or not groups["param"]:
             raise ValueError("history length does not match the epoch")
+        done = []  # an ensemble's members finished before the interrupted one (older files: none)
+        for j, h in enumerate(m.get("done", [])):
+            p = {k.partition(".")[2]: a for k, a in groups["done"].items() if k.partition(".")[0] == str(j)}
+            losses = {k.partition(".")[2]: a for k, a in groups["donehist"].items() if k.partition(".")[0] == str(j)}
+            if not p:
+                raise ValueError(f"finished member {j} has no parameters")
+            done.append((p, history(losses, h)))
         st = FitState(epoch, groups["param"], groups["best"] if m["has_best"] else None, hist, int(m["bad_epochs"]),
                       {"kind": m["optimizer"]["kind"], "t": int(m["optimizer"]["t"]), "arrays": groups["opt"]},
-                      m["rng"]["shuffle"], m["rng"]["dropout"], str(m.get("data_sha256", "")))
+                      m["rng"]["shuffle"], m["rng"]["dropout"], str(m.get("data_sha256", "")), int(m.get("member", 0)),
+                      done)
     except UserError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:

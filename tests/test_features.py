@@ -13,7 +13,8 @@ from gru_xp.cli import main
 from gru_xp.config import make_config
 from gru_xp.data import load_series, prepare
 from gru_xp.errors import TrainingInterrupted, UserError
-from gru_xp.train import TEST_SIGINT_ENV, forecast, load_run, predict_run, predict_scaled, run
+from gru_xp.train import (TEST_SIGINT_ENV, forecast, load_resume, load_run, predict_run, predict_scaled,
+                            resume_run, run)
 
 
 def monthly_csv(tmp_path, n=96, start="2001-03-01"):
@@ -178,15 +179,23 @@ def test_old_format_1_single_model_checkpoints_still_load(tmp_path):
     np.testing.assert_array_equal(fc, forecast(r.model, r.data.pipeline, series.y, 3))
 
 
-def test_ensemble_interrupt_and_resume_are_refused_in_one_line(tmp_path, monkeypatch):
+def test_ensemble_with_calendar_interrupted_then_resumed_equals_the_whole_run(tmp_path, monkeypatch):
+    """Off the main thread (the flag path of the Ctrl-C latch), float32, calendar inputs: the first member is
+    interrupted at epoch 2; the resumed run's metrics equal those of a run never interrupted."""
     path = monthly_csv(tmp_path)
+    whole = run(cfg_for(path, ensemble=2, out=str(tmp_path / "whole")), save=True, interruptible=False)
     monkeypatch.setenv(TEST_SIGINT_ENV, "2")
-    with pytest.raises(TrainingInterrupted, match="not supported for ensembles"):
+    with pytest.raises(TrainingInterrupted, match="interrupted at epoch 2 of ensemble member 1/2") as ei:
         run(cfg_for(path, ensemble=2, out=str(tmp_path / "run")), save=True, interruptible=False)
-    assert not (tmp_path / "run").exists()
+    assert ei.value.out_dir == tmp_path / "run" and ei.value.state.member == 0 and ei.value.state.done == []
     monkeypatch.delenv(TEST_SIGINT_ENV)
-    with pytest.raises(UserError, match="--resume is not supported for --ensemble 2"):
-        run(cfg_for(path, ensemble=2), save=False, resume=object())
+    cfg, st = load_resume(tmp_path / "run")
+    resumed = resume_run(tmp_path / "run", interruptible=False)
+    assert resumed.metrics == whole.metrics and resumed.status == "ok"
+    # a resume state that does not fit the run's ensemble is a one-line error
+    st.member = 2
+    with pytest.raises(UserError, match="does not fit this run's ensemble of 2"):
+        run(cfg, save=False, resume=st)
 
 
 @pytest.mark.parametrize("args, fragment", [

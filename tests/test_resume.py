@@ -92,6 +92,31 @@ def test_interrupted_twice_then_resumed_from_python(tmp_path, monkeypatch):
     assert_identical(tmp_path / "full", cut)
 
 
+@pytest.mark.parametrize("cut_member", [1, 3])
+def test_ensemble_interrupted_in_any_member_then_resumed_is_bit_identical(tmp_path, capsys, monkeypatch,
+                                                                          cut_member):
+    """Ctrl-C while member k of 3 trains: members 1..k-1 are saved whole, member k's resume state beside them;
+    the partial folder predicts with the k members it has; --resume ends bit-identical to an uninterrupted run."""
+    args = [*BASE, "--epochs", "5", "--ensemble", "3", "--seed", "7"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["train", *args, "--out", str(full)]) == 0
+    monkeypatch.setenv(TEST_SIGINT_ENV, f"3@{7 + cut_member - 1}")  # epoch 3 of the member with that seed
+    capsys.readouterr()
+    assert main(["train", *args, "--out", str(cut)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"gru-xp: interrupted at epoch 3 of ensemble member {cut_member}/3;"), err[-1]
+    _, st = load_resume(cut)
+    assert st.member == cut_member - 1 and len(st.done) == cut_member - 1 and st.epoch == 3
+    p, meta = checkpoint.load(cut / "model.npz")
+    assert meta["model"].get("ensemble", 1) == cut_member  # the members there are so far
+    assert main(["predict", "--run", str(cut), "--horizon", "2", "--out", str(tmp_path / "p.csv")]) == 0
+    monkeypatch.delenv(TEST_SIGINT_ENV)
+    assert main(["train", "--resume", str(cut)]) == 0
+    assert checkpoint.run_status(cut) == "ok" and not (cut / "resume.npz").exists()
+    assert_identical(full, cut)
+    assert [m["train_loss"] for m in history(full)["members"]] == [m["train_loss"] for m in history(cut)["members"]]
+
+
 def test_resume_rejects_changed_settings_and_bad_folders(tmp_path, capsys, monkeypatch):
     cut = tmp_path / "cut"
     monkeypatch.setenv(TEST_SIGINT_ENV, "2")
