@@ -260,7 +260,8 @@ def config_base(config_file: str | Path | None) -> dict:
 def make_config(config_file: str | Path | None = None, overrides: dict | None = None, *,
                 base: dict | None = None) -> RunConfig:
     """Defaults <- TOML (or `base`, from config_base) <- overrides (flag values; None means 'not given')."""
-    kw = dict(config_base(config_file) if base is None else base)
+    kw = {k: list(v) if isinstance(v, list) else v  # a shared base's lists are never shared by two configs
+          for k, v in (config_base(config_file) if base is None else base).items()}
     for k, v in (overrides or {}).items():
         if v is None:
             continue

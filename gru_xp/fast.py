@@ -11,12 +11,12 @@ cupy; `_cuda.py` is the only math module that may import cupy):
     workspace / cache slices directly (the cache slice IS the output buffer, no copy); the wrapper dispatches
     here only for NumPy and CuPy: other namespaces run the reference cells;
   * a feature-major layout chosen for the recurrent GEMM and for contiguous gate blocks (see the GRU section);
-  * the input folded into the recurrent GEMM: its operand is u_t = [h_{t-1}; x_t; 1] (all of them stored as one
-    (T+1, H+I+1, B) array whose rows :H the forward fills with the states), its weights [W_hh | W_ih | b], so
-    one GEMM per step gives whole pre-activations, biases included: no input projection, no per-step add
-    (LSTM, RNN: 5 % of the step at H 64; the GRU's n rows, whose input part is not multiplied by r, keep a
-    separate projection, and its CuPy branch keeps the older layout its fused kernels are written for);
-    the backward's weight-grad GEMM against u_t gives W_hh, W_ih and bias grads at once;
+  * the input folded into the recurrent GEMM: step t's operand is [h; x[t]; 1], h the state before the step (all
+    of them stored as one (T+1, H+I+1, B) array whose rows :H the forward fills with the states), its weights
+    [W_hh | W_ih | b], so one GEMM per step gives whole pre-activations, biases included: no input projection, no
+    per-step add (LSTM, RNN: 5 % of the step at H 64; the GRU's n rows, whose input part is not multiplied by r,
+    keep a separate projection, and its CuPy branch keeps the older layout its fused kernels are written for);
+    the backward's weight-grad GEMM against those operands gives W_hh, W_ih and bias grads at once;
   * the r and z gates computed jointly on one (B, 2H) slice; sigmoid(a) = 0.5 tanh(a/2) + 0.5 with the /2
     folded into the r, z weight columns (a power-of-two scale: exact), so a sigmoid is 3 in-place ops;
   * backward: the step-independent factors z(1-z)(h_{t-1}-n), (1-z)(1-n^2), r(1-r)·hn are computed for a
@@ -165,8 +165,8 @@ def _gi_buffer(xp, ws: Workspace, T: int, G: int, G4: int, B: int, dt, dev):
 
 def _dg_buffer(xp, ws: Workspace, T: int, Tb: int, G4: int, B: int, dt, dev, *, shared: bool):
     """(the backward's gate-grad storage: Tb steps of G4 rows, flat; id of the workspace array behind it).
-    shared: inside the forward's full-T input-projection buffer "gates" (T*G4*B, see _gi_buffer: memory just
-    touched, and dead by now), else a buffer of its own."""
+    shared: inside the buffer "gates" (T*G4*B) that the GRU forward's full-T input projection used (_gi_buffer:
+    memory just touched, and dead by now), else a buffer of its own."""
     base = ws.get(xp, "gates", (T * G4 * B,), dt, dev) if shared else ws.get(xp, "dg", (Tb * G4 * B,), dt, dev)
     return base[: Tb * G4 * B], id(base)
 
@@ -210,7 +210,7 @@ class FastGRUCache(GRUCache):
     """GRUCache whose (T, B, .) fields are views of feature-major storage (every step's block contiguous):
     h = hT[:, :H] viewed (T+1, B, H), r, z, hn = views of G, n = view of nT. The reference backward reads it too."""
 
-    hT: Any = None  # (T+1, K, B) rows [h_t (H); x_{t+1} (I); 1] (fold_x), else [h_t (H); 1 when reset_after]
+    hT: Any = None  # (T+1, K, B) hT[t] = [state after t steps (H); x[t] (I); 1] (fold_x), else [state; 1 if ra]
     G: Any = None  # (T, 3H, B) [r | z | hn] per step (reset_before: hn holds r ⊙ h_{t-1})
     nT: Any = None  # (T, H, B) candidate
     xT: Any = None  # (T, I+1, B) [x_t; 1] (fold_x: a view of hT's rows H:)
@@ -229,8 +229,8 @@ def _tbh(xp, a):
 # ---- GRU ----------------------------------------------------------------------------------------------------
 # Layout: feature-major. Each step's state is h_t^T (H, B) and its gates (3H, B), so every gate is a contiguous
 # block of rows: elementwise ops run on contiguous memory (NumPy is ~8x slower on row-strided slices), and the
-# recurrent GEMM is W (3H, K) @ u_t (K, B) with W in its own layout.
-# NumPy: u_t = [h_{t-1}; x_t; 1] (see _operand), so the one recurrent GEMM also does the r, z rows' input
+# recurrent GEMM is W (3H, K) @ hT[t] (K, B) with W in its own layout.
+# NumPy: step t's operand is [h; x[t]; 1] (see _operand), so the one recurrent GEMM also does the r, z rows' input
 # projection and all biases: the r, z pre-activations come out whole (no per-step add of a projected input), and
 # only the n rows (whose input part must not be multiplied by r) keep a separate input projection. Costs I+1 more
 # GEMM columns: at I 1 a net 3-4 % of the step saved (seed, H 64), at I 8 about 1 %.
@@ -248,10 +248,10 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     ws = Workspace() if ws is None else ws
     o = ops_for(xp)
     H2, H3 = 2 * H, 3 * H
-    K = H + I + 1  # rows of the recurrent GEMM's operand u_t = [h_{t-1}; x_t; 1]
+    K = H + I + 1  # rows of the recurrent GEMM's operand [h; x[t]; 1]
     half = o.const(0.5, dt, dev)
 
-    # recurrent weights on u_t. r, z rows: [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid(a) = tanh(a/2)/2 + 1/2);
+    # recurrent weights on [h; x[t]; 1]. r, z rows: [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid via tanh(a/2));
     # reset_after, n rows: [W_hn | 0 | b_hn] (the part multiplied by r)
     w_u = ws.get(xp, "w_u", (H3 if reset_after else H2, K), dt, dev)  # (3H or 2H, K)
     _fold_weights(o, w_u, p, ((slice(0, H2), slice(0, H2)),), H, I)
@@ -271,7 +271,7 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
         o.add(p.b_ih[H2:], p.b_hh[H2:], out=w_in[:, I])
 
     # cache storage (feature-major)
-    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, K, B): hT[t] = u_t = [h_{t-1}; x_t; 1]
+    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, K, B): step t's operand is hT[t]
     xT = hT[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
     G = _cache_buf(xp, ws, reuse, "G", (T, H3, B), dt, dev)  # (T, 3H, B)
     nT = _cache_buf(xp, ws, reuse, "nT", (T, H, B), dt, dev)  # (T, H, B)
@@ -557,8 +557,9 @@ def _dw_operand(xp, o: Ops, Z, t0: int, t1: int, zb):
 
 
 def _operand(xp, o: Ops, ws: Workspace, reuse: bool, x, h0, H: int, dt, dev):
-    """(T+1, H+I+1, B) storage of the recurrent GEMM's operands u_t = [h_{t-1}; x_t; 1] (rows H: of the last one
-    are never read): the states h_t^T = [:, :H] are written by the forward, [x_t; 1] = [:T, H:] is xT."""
+    """(T+1, H+I+1, B) storage of the recurrent GEMM's operands: hT[t] = [h; x[t]; 1] is step t's (0-based), h the
+    state after t steps (hT[0, :H] = h0^T; the forward writes step t's new state into hT[t+1, :H]); hT[:T, H:] =
+    [x[t]; 1] is xT; rows H: of hT[T] are never read."""
     T, B, I = x.shape
     u = _cache_buf(xp, ws, reuse, "hT", (T + 1, H + I + 1, B), dt, dev)
     o.copy(xp.matrix_transpose(h0), u[0, :H, :])
@@ -685,7 +686,7 @@ class FastLSTMCache(LSTMCache):
     """LSTMCache whose (T, B, .) fields are views of feature-major storage: h, c = views of hT, cT; o, i, f, g =
     views of G; tc = view of TC. The reference backward reads it too."""
 
-    hT: Any = None  # (T+1, H+I+1, B) u_t = [h_{t-1}^T; x_t^T; 1], the recurrent GEMM's operands (see _operand)
+    hT: Any = None  # (T+1, H+I+1, B) hT[t] = [state after t steps; x[t]; 1], the recurrent GEMM's operands
     cT: Any = None  # (T+1, H, B) c_t^T
     G: Any = None  # (T, 4H, B) [o | i | f | g] activations per step
     TC: Any = None  # (T, H, B) tanh(c_t)
@@ -703,11 +704,11 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     H3, H4 = 3 * H, 4 * H
     half = o.const(0.5, dt, dev)
     # the recurrent GEMM does the input projection too: [W_hh | W_ih | b_ih + b_hh] (4H, H+I+1) on
-    # u_t = [h_{t-1}; x_t; 1]; o, i, f rows halved (exact: sigmoid(a) = tanh(a/2)/2 + 1/2)
+    # step t's [h; x[t]; 1]; o, i, f rows halved (exact: sigmoid(a) = tanh(a/2)/2 + 1/2)
     w_u = _fold_weights(o, ws.get(xp, "w_u", (H4, H + I + 1), dt, dev), p, _lstm_blocks(H), H, I)
     o.mul(w_u[:H3, :], half, out=w_u[:H3, :])
 
-    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): hT[t] = u_t
+    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's operand is hT[t]
     cT = _cache_buf(xp, ws, reuse, "cT", (T + 1, H, B), dt, dev)
     G = _cache_buf(xp, ws, reuse, "G", (T, H4, B), dt, dev)
     TC = _cache_buf(xp, ws, reuse, "TC", (T, H, B), dt, dev)
@@ -784,7 +785,7 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     chunk = max(1, min(dw_chunk, CHUNK_ELEMS // max(1, B * H)))
     K = ws.get(xp, "K", (chunk, 5, H, B), dt, dev)
     # one chunk's gate grads (step t at t - t0)
-    flat, flat_id = _dg_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=T * H4 * B <= GI_FULL_MAX_ELEMS)
+    flat, flat_id = _dg_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=False)
     dA = xp.reshape(flat, (chunk, H4, B))  # pre-activation grads [o | i f g]
     D4 = xp.reshape(flat, (chunk, 4, H, B))
     f_all = c.G[:, 2 * H:H3]
@@ -828,13 +829,13 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
 
 
 # ---- RNN ----------------------------------------------------------------------------------------------------
-# Feature-major h_t^T (H, B), x folded into the recurrent GEMM's operand u_t = [h_{t-1}; x_t; 1] (see _operand):
+# Feature-major h_t^T (H, B), x folded into the recurrent GEMM's operand [h; x[t]; 1] (see _operand):
 # the GEMM writes the pre-activation straight into the next state's slot, so a step is GEMM, activation in place.
 @dataclass
 class FastRNNCache(RNNCache):
     """RNNCache whose h is a view of feature-major storage hT. The reference backward reads it too."""
 
-    hT: Any = None  # (T+1, H+I+1, B) u_t = [h_{t-1}^T; x_t^T; 1], the recurrent GEMM's operands
+    hT: Any = None  # (T+1, H+I+1, B) hT[t] = [state after t steps; x[t]; 1], the recurrent GEMM's operands
     xT: Any = None  # (T, I+1, B) [x_t^T; 1], a view of hT
 
 
@@ -850,7 +851,7 @@ def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws:
     ws = Workspace() if ws is None else ws
     o = ops_for(xp)
     w_u = _fold_weights(o, ws.get(xp, "w_u", (H, H + I + 1), dt, dev), p, ((slice(0, H), slice(0, H)),), H, I)
-    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): hT[t] = u_t
+    hT = _operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's operand is hT[t]
     matmul = o.matmul
     act = o.tanh if nonlinearity == "tanh" else None
     zero = o.const(0.0, dt, dev)

@@ -175,7 +175,8 @@ def build_tasks(config_file: str | Path | None, grid: dict, data_glob: str | Non
                 where = " ".join(f"{k}={_short(v)}" for k, v in {**point, **({"data": f} if f else {})}.items())
                 raise UserError(f"grid point {where}: {e}") from None
             settings = cfg.to_dict()
-            fp_key = (cfg.data, cfg.sine_length, cfg.sine_period, cfg.sine_noise, cfg.seed)
+            sine = str(cfg.data).strip().lower() == "sine"  # the generator's settings are its data
+            fp_key = (cfg.data, cfg.sine_length, cfg.sine_period, cfg.sine_noise, cfg.seed) if sine else cfg.data
             if fp_key not in fingerprints:
                 fingerprints[fp_key] = data_fingerprint(cfg)
             sha, path = fingerprints[fp_key]

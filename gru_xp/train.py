@@ -77,6 +77,7 @@ class FitState:
     data_sha256: str = ""  # the series it was trained on (checked on resume)
     member: int = 0  # an ensemble's member that was interrupted (0 for a single model)
     done: list = field(default_factory=list)  # [(params {name: host array}, History)] of the members before it
+    diverged_message: str = ""  # the first of those that diverged: its message (the run ends with it)
 
 
 def build_model(cfg: RunConfig, device=None, input_size: int | None = None, seed: int | None = None) -> Forecaster:
@@ -442,8 +443,10 @@ def run(cfg: RunConfig, *, save: bool = True, progress: bool | None = None, log=
             params, hist = resume.done[i]
             model.load_state_dict(params)
             model.eval()
-            if hist.diverged_epoch and diverged is None:
-                diverged = TrainingDiverged(_diverged_message(hist), epoch=hist.diverged_epoch, history=hist)
+            if hist.diverged_epoch and diverged is None:  # the message it stopped with, as without the cut
+                diverged = TrainingDiverged(resume.diverged_message or f"training diverged at epoch "
+                                            f"{hist.diverged_epoch} (ensemble member {i + 1})",
+                                            epoch=hist.diverged_epoch, history=hist)
             models.append(model)
             hists.append(hist)
             continue
@@ -453,6 +456,7 @@ def run(cfg: RunConfig, *, save: bool = True, progress: bool | None = None, log=
         except TrainingInterrupted as e:
             e.state.member = i
             e.state.done = [({k: _host_copy(v) for k, v in m.params.items()}, h) for m, h in zip(models, hists)]
+            e.state.diverged_message = "" if diverged is None else str(diverged)
             _save_interrupted(e, cfg, prep, be, out, t0, cfg.ensemble)
             raise
         except TrainingDiverged as e:
@@ -506,10 +510,6 @@ def _save_interrupted(e: TrainingInterrupted, cfg: RunConfig, prep: Prepared, be
     e.args = (f"interrupted at epoch {ep}{who}; best checkpoint (epoch {best}) and resume state saved in {d}; "
               f"resume with: gru-xp train --resume {d}",)
 
-
-def _diverged_message(h: History) -> str:
-    return (f"training diverged at epoch {h.diverged_epoch}; kept the best checkpoint (epoch {h.best_epoch}, loss "
-            f"{h.best_loss:.4g}); lower --lr, set --clip 1, or use --optimizer adam")
 
 
 def _finish_run(cfg: RunConfig, result: RunResult, be, out: Path | None, diverged, hist: History, t0: float,
@@ -623,7 +623,8 @@ def write_interrupted(out: Path, cfg: RunConfig, prep: Prepared, st: FitState, b
     meta["model"].pop("ensemble", None)
     if len(members) > 1:
         meta["model"]["ensemble"] = len(members)
-        meta["run"]["members_saved"] = len(members)
+    if cfg.ensemble > 1:  # the run fields above describe the interrupted member, model.npz holds all so far
+        meta["run"]["interrupted_member"], meta["run"]["members_saved"] = st.member + 1, len(members)
     saved = members[0] if len(members) == 1 else {f"m{i}.{k}": v for i, p in enumerate(members) for k, v in p.items()}
     arrays = {**{f"param/{k}": v for k, v in st.params.items()},
               **{f"best/{k}": v for k, v in (st.best_params or {}).items()},
@@ -641,7 +642,7 @@ def write_interrupted(out: Path, cfg: RunConfig, prep: Prepared, st: FitState, b
              "resumed_at": h.resumed_at, "has_best": st.best_params is not None,
              "optimizer": {"kind": st.optimizer["kind"], "t": st.optimizer["t"]},
              "rng": {"shuffle": st.shuffle_rng, "dropout": st.dropout_rng}, "data_sha256": st.data_sha256,
-             "config": cfg.to_dict(), "member": st.member,
+             "config": cfg.to_dict(), "member": st.member, "diverged_message": st.diverged_message,
              "done": [{"best_epoch": d.best_epoch, "best_loss": d.best_loss if math.isfinite(d.best_loss) else None,
                        "stopped_early": d.stopped_early, "seconds": d.seconds, "diverged_epoch": d.diverged_epoch,
                        "resumed_at": d.resumed_at} for _, d in st.done]}
@@ -698,7 +699,7 @@ def load_resume(run_dir) -> tuple[RunConfig, FitState]:
         st = FitState(epoch, groups["param"], groups["best"] if m["has_best"] else None, hist, int(m["bad_epochs"]),
                       {"kind": m["optimizer"]["kind"], "t": int(m["optimizer"]["t"]), "arrays": groups["opt"]},
                       m["rng"]["shuffle"], m["rng"]["dropout"], str(m.get("data_sha256", "")), int(m.get("member", 0)),
-                      done)
+                      done, str(m.get("diverged_message", "")))
     except UserError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -719,6 +720,11 @@ def resume_run(run_dir, overrides: dict | None = None, **kw) -> RunResult:
         raise UserError(f"{flags} cannot be changed when resuming (the run's settings are saved in "
                         f"{Path(run_dir) / 'resume.json'}); allowed with --resume: "
                         f"{', '.join('--' + k.replace('_', '-') for k in RESUME_FLAGS)}; or start a new run")
+    changed = [k for k in ("epochs", "patience") if k in ov and ov[k] != getattr(cfg, k)]
+    if st.member > 0 and changed:
+        flags = " and ".join("--" + k for k in changed)
+        raise UserError(f"{flags} cannot change when resuming this ensemble: members 1 to {st.member} already "
+                        f"finished with the saved settings; resume without {flags}, or start a new run")
     cfg = from_dict({**cfg.to_dict(), **ov, "out": str(ov.get("out") or run_dir)})
     if cfg.epochs <= st.epoch:
         raise UserError(f"--epochs {cfg.epochs} is not more than the {st.epoch} epochs already run; "

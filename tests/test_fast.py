@@ -294,10 +294,13 @@ class _KernelsOnNumpy:
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
 @pytest.mark.parametrize("with_dy,tbptt", [(True, 0), (False, 0), (True, 3)])
-@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (7, 4, 3, 5), (12, 6, 1, 9)])
-def test_cupy_branch_orchestration_on_numpy(monkeypatch, T, B, I, H, reset_after, with_dy, tbptt):
+@pytest.mark.parametrize("T,B,I,H,dw_chunk_elems", [(1, 1, 1, 1, None), (7, 4, 3, 5, None), (12, 6, 1, 9, None),
+                                                   (12, 6, 1, 9, 1)])  # 1: weight grads one step per chunk
+def test_cupy_branch_orchestration_on_numpy(monkeypatch, T, B, I, H, dw_chunk_elems, reset_after, with_dy, tbptt):
     from gru_xp import _cuda
 
+    if dw_chunk_elems is not None:
+        monkeypatch.setattr(fast, "DW_CHUNK_ELEMS", dw_chunk_elems)
     kernels = _KernelsOnNumpy()
     for name in ("gru_fwd_after", "gru_fwd_before_rz", "gru_fwd_before_n", "gru_bwd_after", "gru_bwd_before_zn",
                  "gru_bwd_before_r"):

@@ -109,12 +109,51 @@ def test_ensemble_interrupted_in_any_member_then_resumed_is_bit_identical(tmp_pa
     assert st.member == cut_member - 1 and len(st.done) == cut_member - 1 and st.epoch == 3
     p, meta = checkpoint.load(cut / "model.npz")
     assert meta["model"].get("ensemble", 1) == cut_member  # the members there are so far
+    assert meta["run"]["interrupted_member"] == cut_member and meta["run"]["members_saved"] == cut_member
     assert main(["predict", "--run", str(cut), "--horizon", "2", "--out", str(tmp_path / "p.csv")]) == 0
     monkeypatch.delenv(TEST_SIGINT_ENV)
     assert main(["train", "--resume", str(cut)]) == 0
     assert checkpoint.run_status(cut) == "ok" and not (cut / "resume.npz").exists()
     assert_identical(full, cut)
     assert [m["train_loss"] for m in history(full)["members"]] == [m["train_loss"] for m in history(cut)["members"]]
+
+
+def test_ensemble_resume_keeps_a_finished_members_divergence_and_refuses_new_epochs(tmp_path, capsys,
+                                                                                    monkeypatch):
+    """Member 1 of 2 diverges (forced: its fit ends in TrainingDiverged after a finite epoch), member 2 is cut:
+    the resumed run ends with the same divergence message and status as an uninterrupted one; changing --epochs
+    when resuming such an ensemble is a one-line error (member 1 finished with the saved settings)."""
+    import gru_xp.train as T
+    from gru_xp.errors import TrainingDiverged
+
+    real = T._fit_member
+
+    def member_1_diverges(cfg, prep, model, seed, *a, **k):
+        hist = real(cfg, prep, model, seed, *a, **k)
+        if seed == cfg.seed:
+            hist.diverged_epoch = len(hist.train_loss)
+            raise TrainingDiverged(f"training diverged (train loss nan) at epoch {hist.diverged_epoch}; kept the best "
+                                   f"checkpoint (epoch {hist.best_epoch}, loss 1); forced", epoch=hist.diverged_epoch,
+                                   history=hist)
+        return hist
+
+    monkeypatch.setattr(T, "_fit_member", member_1_diverges)
+    args = [*BASE, "--epochs", "4", "--ensemble", "2", "--seed", "7"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["train", *args, "--out", str(full)]) == 3
+    want = capsys.readouterr().err.strip().splitlines()[-1]
+    monkeypatch.setenv(TEST_SIGINT_ENV, "2@8")
+    assert main(["train", *args, "--out", str(cut)]) == 130
+    monkeypatch.delenv(TEST_SIGINT_ENV)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(cut), "--epochs", "6"]) == 2
+    e = capsys.readouterr().err.strip()
+    assert "\n" not in e and "--epochs cannot change when resuming this ensemble" in e, e
+    assert main(["train", "--resume", str(cut)]) == 3
+    got = capsys.readouterr().err.strip().splitlines()[-1]
+    assert got == want.replace(str(full), str(cut)) and "forced" in got
+    assert_identical(full, cut)
+    assert json.loads((cut / "config.json").read_text())["run"]["status"] == "diverged"
 
 
 def test_resume_rejects_changed_settings_and_bad_folders(tmp_path, capsys, monkeypatch):

@@ -88,9 +88,12 @@ def test_build_tasks_reads_the_config_once_and_hashes_each_data_file_once(tmp_pa
     real_read, real_hash = C.read_toml, D.sha256_file
     monkeypatch.setattr(C, "read_toml", lambda p: reads.append(p) or real_read(p))
     monkeypatch.setattr(D, "sha256_file", lambda p: hashes.append(p) or real_hash(p))
-    tasks = S.build_tasks(base, {"lr": [0.01, 0.02, 0.03], "hidden_size": [4, 8]}, str(tmp_path / "s*.csv"))
+    tasks = S.build_tasks(base, {"lr": [0.01, 0.02, 0.03], "seed": [1, 2]}, str(tmp_path / "s*.csv"))
     assert len(tasks) == 12 and len(reads) == 1 and sorted(map(str, hashes)) == sorted(map(str, csvs))
     assert len({t.key for t in tasks}) == 12 and {t.data_sha256 for t in tasks} == {real_hash(c) for c in csvs}
+    # sine data: the generator's settings (seed included) are the data
+    sine = S.build_tasks(base, {"seed": [1, 2, 1]})
+    assert len(sine) == 2 and sine[0].data_sha256 != sine[1].data_sha256
 
 
 # ---- the sweep on a LocalCluster vs serially -------------------------------------------------------------------
