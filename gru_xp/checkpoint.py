@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,8 +40,6 @@ STALE_SECONDS = 3600  # a temporary this much older than now is left over from a
 
 def _remove_stale(folder: Path, prefix: str, suffix: str = "") -> None:
     """Best effort: delete `prefix*suffix` temporaries (files or folders) in `folder` older than STALE_SECONDS."""
-    import time
-
     cutoff = time.time() - STALE_SECONDS
     try:
         entries = list(os.scandir(folder))

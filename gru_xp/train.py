@@ -578,11 +578,12 @@ def _history_json(hist: History, status: str, members: list | None = None) -> di
     return metrics.jsonable(d)
 
 
-def member_params(models: list) -> dict:
-    """Parameters to save: a single model's own names; an ensemble's prefixed "m{i}." per member."""
-    if len(models) == 1:
-        return dict(models[0].params)
-    return {f"m{i}.{k}": v for i, m in enumerate(models) for k, v in m.params.items()}
+def member_params(params: list) -> dict:
+    """Arrays to save from each member's {name: array}: a single model's own names; an ensemble's prefixed "m{i}."
+    per member."""
+    if len(params) == 1:
+        return dict(params[0])
+    return {f"m{i}.{k}": v for i, p in enumerate(params) for k, v in p.items()}
 
 
 def write_run(out: Path, r: RunResult, be, seconds: float) -> None:
@@ -593,7 +594,7 @@ def write_run(out: Path, r: RunResult, be, seconds: float) -> None:
         meta["run"]["members"] = [{"seed": cfg.seed + i, "epochs_run": len(h.train_loss), "best_epoch": h.best_epoch,
                                    "stopped_early": h.stopped_early} for i, h in enumerate(r.histories)]
     with checkpoint.atomic_dir(out) as tmp:
-        checkpoint.save(tmp / "model.npz", member_params(models), meta)
+        checkpoint.save(tmp / "model.npz", member_params([m.params for m in models]), meta)
         checkpoint.write_json(tmp / "config.json", metrics.jsonable({**meta, "format_version": checkpoint.FORMAT_VERSION}))
         checkpoint.write_json(tmp / "metrics.json", metrics.jsonable(r.metrics))
         checkpoint.write_json(tmp / "history.json", _history_json(r.history, r.status, r.histories))
@@ -625,7 +626,6 @@ def write_interrupted(out: Path, cfg: RunConfig, prep: Prepared, st: FitState, b
         meta["model"]["ensemble"] = len(members)
     if cfg.ensemble > 1:  # the run fields above describe the interrupted member, model.npz holds all so far
         meta["run"]["interrupted_member"], meta["run"]["members_saved"] = st.member + 1, len(members)
-    saved = members[0] if len(members) == 1 else {f"m{i}.{k}": v for i, p in enumerate(members) for k, v in p.items()}
     arrays = {**{f"param/{k}": v for k, v in st.params.items()},
               **{f"best/{k}": v for k, v in (st.best_params or {}).items()},
               **{f"opt/{k}": v for k, v in st.optimizer["arrays"].items()},
@@ -647,7 +647,7 @@ def write_interrupted(out: Path, cfg: RunConfig, prep: Prepared, st: FitState, b
                        "stopped_early": d.stopped_early, "seconds": d.seconds, "diverged_epoch": d.diverged_epoch,
                        "resumed_at": d.resumed_at} for _, d in st.done]}
     with checkpoint.atomic_dir(out) as tmp:
-        checkpoint.save(tmp / "model.npz", saved, meta)
+        checkpoint.save(tmp / "model.npz", member_params(members), meta)
         checkpoint.write_json(tmp / "config.json", metrics.jsonable({**meta, "format_version": checkpoint.FORMAT_VERSION}))
         checkpoint.write_json(tmp / "history.json",
                               _history_json(st.history, "interrupted", [d for _, d in st.done] + [st.history]))
