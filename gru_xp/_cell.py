@@ -31,14 +31,15 @@ def input_projection(xp, p: CellParams, x):
     return xp.reshape(gi, (T, B, G))
 
 
-def input_backward(xp, p: CellParams, x, dgi, g: CellParams):
-    """Backward of `input_projection`: accumulates dW_ih, db_ih; returns dx (T, B, I). One GEMM each."""
+def input_backward(xp, p: CellParams, x, dgi, g: CellParams, *, dx: bool = True):
+    """Backward of `input_projection`: accumulates dW_ih, db_ih; returns dx (T, B, I) (None when dx=False: the
+    grad of the model's input, which training never needs). One GEMM each."""
     T, B, I = x.shape
     G = dgi.shape[-1]
     dgi2 = xp.reshape(dgi, (T * B, G))  # (T*B, G)
     g.w_ih += xp.matrix_transpose(dgi2) @ xp.reshape(x, (T * B, I))  # (G, I)
     g.b_ih += xp.sum(dgi2, axis=0)  # (G,)
-    return xp.reshape(dgi2 @ p.w_ih, (T, B, I))  # (T, B, I)
+    return xp.reshape(dgi2 @ p.w_ih, (T, B, I)) if dx else None  # (T, B, I)
 
 
 def recurrent_weight_grads(xp, dgh, hprev):

@@ -283,31 +283,32 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
                            G[:, :H2, :], G[:, :H, :], G[:, H:H2, :], G[:, H2:, :], nT,
                            cache=None if key is None else (ws, key))
     if reset_after:
+        # NumPy only (CuPy has its own branch), so `out` is passed positionally: ~40 ns a call less than out=
         for g_n, u, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
-            matmul(w_u, u, out=G_t)  # (3H, K) @ (K, B): [a_r/2, a_z/2, W_hn h + b_hn]
-            tanh(rz_t, out=rz_t)  # r, z jointly
-            mul(rz_t, half, out=rz_t)
-            add(rz_t, half, out=rz_t)  # sigmoid
-            mul(r_t, hn_t, out=n_t)
-            add(n_t, g_n, out=n_t)
-            tanh(n_t, out=n_t)
-            sub(hp, n_t, out=hx)  # h - n (not cached: the backward recomputes it)
-            mul(hx, z_t, out=hx)
-            add(hx, n_t, out=hx)  # n + z (h - n)
+            matmul(w_u, u, G_t)  # (3H, K) @ (K, B): [a_r/2, a_z/2, W_hn h + b_hn]
+            tanh(rz_t, rz_t)  # r, z jointly
+            mul(rz_t, half, rz_t)
+            add(rz_t, half, rz_t)  # sigmoid
+            mul(r_t, hn_t, n_t)
+            add(n_t, g_n, n_t)
+            tanh(n_t, n_t)
+            sub(hp, n_t, hx)  # h - n (not cached: the backward recomputes it)
+            mul(hx, z_t, hx)
+            add(hx, n_t, hx)  # n + z (h - n)
     else:
         tmp = ws.get(xp, "tmp", (H, B), dt, dev)
         for g_n, u, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
-            matmul(w_u, u, out=rz_t)  # (2H, K) @ (K, B)
-            tanh(rz_t, out=rz_t)
-            mul(rz_t, half, out=rz_t)
-            add(rz_t, half, out=rz_t)
-            mul(r_t, hp, out=hn_t)  # r ⊙ h
-            matmul(w_n, hn_t, out=tmp)  # (H, H) @ (H, B)
-            add(tmp, g_n, out=n_t)
-            tanh(n_t, out=n_t)
-            sub(hp, n_t, out=hx)
-            mul(hx, z_t, out=hx)
-            add(hx, n_t, out=hx)
+            matmul(w_u, u, rz_t)  # (2H, K) @ (K, B)
+            tanh(rz_t, rz_t)
+            mul(rz_t, half, rz_t)
+            add(rz_t, half, rz_t)
+            mul(r_t, hp, hn_t)  # r ⊙ h
+            matmul(w_n, hn_t, tmp)  # (H, H) @ (H, B)
+            add(tmp, g_n, n_t)
+            tanh(n_t, n_t)
+            sub(hp, n_t, hx)
+            mul(hx, z_t, hx)
+            add(hx, n_t, hx)
     return _gru_outputs(xp, x, hT, G, nT, xT, reset_after, fold_x=True)
 
 
@@ -397,12 +398,12 @@ def _gru_factors(xp, o: Ops, c: FastGRUCache, t0: int, t1: int, K, tmp):
 
 
 def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
-                 ws: Workspace | None = None, reuse: bool = False):
+                 input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False):
     """Same contract as gru.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
     if not isinstance(c, FastGRUCache):
         from . import gru as ref
 
-        return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt)
+        return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
     T, H, B = c.nT.shape
     I = c.xT.shape[1] - 1
     dev, dt = device_of(c.x), c.x.dtype
@@ -461,7 +462,8 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     # recurrent weight grads above then hold the r, z rows' input weights and biases)
     n_rows = ((slice(0, H), slice(H2, H3)),)
     inb = _InputBackward(xp, o, ws, reuse, p, ((slice(0, H3), slice(0, H3)),), c.xT, H3, chunk,
-                         dw_rows=slice(H2, H3) if fold else None, dw_blocks=n_rows if fold else None)
+                         dw_rows=slice(H2, H3) if fold else None, dw_blocks=n_rows if fold else None,
+                         dx=input_grad)
     if not cuda:
         def build():  # step t's views: its factors in K (chunks counted from the end), gate grads, gates
             out = []
@@ -497,23 +499,23 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
                 continue
             k0, k1, k2, z_o, an_t, ar_o, r_t, z_t, hn_o, dgh_t = step_views[t]
             if dy_t is not None:
-                add(dh, dy_t, out=dh)
-            mul(dh, k1, out=z_o)  # da_z  (two calls: a broadcast one is slower for small H*B)
-            mul(dh, k2, out=an_t)  # da_n
+                add(dh, dy_t, dh)
+            mul(dh, k1, z_o)  # da_z  (two calls: a broadcast one is slower for small H*B); NumPy: out positional
+            mul(dh, k2, an_t)  # da_n
             if ra:
-                mul(an_t, k0, out=ar_o)  # da_r = da_n · hn · r(1-r)
-                mul(an_t, r_t, out=hn_o)  # da_n ⊙ r: the n row of dgh
-                matmul(w_t, dgh_t, out=dhp)  # (H, 3H) @ (3H, B)
-                mul(dh, z_t, out=dh)
-                add(dh, dhp, out=dh)
+                mul(an_t, k0, ar_o)  # da_r = da_n · hn · r(1-r)
+                mul(an_t, r_t, hn_o)  # da_n ⊙ r: the n row of dgh
+                matmul(w_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
+                mul(dh, z_t, dh)
+                add(dh, dhp, dh)
             else:
-                matmul(w_n_t, an_t, out=drh)  # d(r ⊙ h) (H, B)
-                mul(drh, k0, out=ar_o)  # da_r = drh · h · r(1-r)
-                matmul(w_rz_t, dgh_t, out=dhp)  # (H, 2H) @ (2H, B)
-                mul(drh, r_t, out=drh)
-                add(dhp, drh, out=dhp)
-                mul(dh, z_t, out=dh)
-                add(dh, dhp, out=dh)
+                matmul(w_n_t, an_t, drh)  # d(r ⊙ h) (H, B)
+                mul(drh, k0, ar_o)  # da_r = drh · h · r(1-r)
+                matmul(w_rz_t, dgh_t, dhp)  # (H, 2H) @ (2H, B)
+                mul(drh, r_t, drh)
+                add(dhp, drh, dhp)
+                mul(dh, z_t, dh)
+                add(dh, dhp, dh)
             if tbptt and cut(tbptt, T, t):
                 o.fill(dh, 0.0)
         # this chunk's recurrent weight grads: its steps' GEMMs in one batched call, then one sum
@@ -621,20 +623,22 @@ class _InputBackward:
     ones-row input, whose chunk is copied to a contiguous (m, B, I+1) operand first when I+1 >= XB_COPY_MIN
     (~1.5x faster skinny GEMMs). `blocks` maps internal gate rows back to torch's. The weight grads may cover
     only some rows, dA[:, dw_rows], mapped back by `dw_blocks`, or none (an empty dw_rows): with x folded into
-    the recurrent GEMM's operand, its weight grads already hold those rows' input weights and biases."""
+    the recurrent GEMM's operand, its weight grads already hold those rows' input weights and biases.
+    dx=False: no dx (nobody needs the grad of the model's input in training; torch skips it too), finish -> None."""
 
     def __init__(self, xp, o: Ops, ws: Workspace, reuse: bool, p: CellParams, blocks, xT, G: int, chunk: int, *,
-                 dw_rows: slice | None = None, dw_blocks=None):
+                 dw_rows: slice | None = None, dw_blocks=None, dx: bool = True):
         T, I1, B = xT.shape
         I = I1 - 1
         dt, dev = xT.dtype, device_of(xT)
         self.xp, self.o, self.xT, self.I = xp, o, xT, I
         self.dw_rows, self.dw_blocks = dw_rows, blocks if dw_blocks is None else dw_blocks
         Gw = G if dw_rows is None else dw_rows.stop - dw_rows.start  # rows with weight grads
-        self.wi_t = ws.get(xp, "w_ih_t", (I, G), dt, dev)  # W_ih^T, internal gate order
-        for dst, src in blocks:
-            o.copy(xp.matrix_transpose(p.w_ih[src, :]), self.wi_t[:, dst])
-        self.dxT = _cache_buf(xp, ws, reuse, "dxT", (T, I, B), dt, dev)
+        self.dxT = _cache_buf(xp, ws, reuse, "dxT", (T, I, B), dt, dev) if dx else None
+        if dx:
+            self.wi_t = ws.get(xp, "w_ih_t", (I, G), dt, dev)  # W_ih^T, internal gate order
+            for dst, src in blocks:
+                o.copy(xp.matrix_transpose(p.w_ih[src, :]), self.wi_t[:, dst])
         self.weights = Gw > 0
         if self.weights:
             self.acc = o.fill(ws.get(xp, "dwi_acc", (Gw, I + 1), dt, dev), 0.0)  # (Gw, I+1): W | b
@@ -650,10 +654,11 @@ class _InputBackward:
                 xv = o.copy(xv, self.xb[:m])
             dAw = dA if self.dw_rows is None else dA[:, self.dw_rows, :]
             o.add(self.acc, xp.sum(o.matmul(dAw, xv, out=self.dwi[:m]), axis=0), out=self.acc)
-        o.matmul(self.wi_t, dA, out=self.dxT[t0:t1])  # (I, G) @ (m, G, B)
+        if self.dxT is not None:
+            o.matmul(self.wi_t, dA, out=self.dxT[t0:t1])  # (I, G) @ (m, G, B)
 
     def finish(self, g: CellParams, *, b_hh: bool = True):
-        """Accumulate into g; return dx (T, B, I) (a view)."""
+        """Accumulate into g; return dx (T, B, I) (a view), or None when built with dx=False."""
         o, I = self.o, self.I
         for dst, src in self.dw_blocks if self.weights else ():
             acc = self.acc
@@ -661,7 +666,7 @@ class _InputBackward:
             o.add(g.b_ih[src], acc[dst, I], out=g.b_ih[src])
             if b_hh:
                 o.add(g.b_hh[src], acc[dst, I], out=g.b_hh[src])
-        return self.xp.permute_dims(self.dxT, (0, 2, 1))
+        return None if self.dxT is None else self.xp.permute_dims(self.dxT, (0, 2, 1))
 
 
 def _state_grad(xp, o: Ops, ws: Workspace, name: str, dstate_T, k: int, shape, dt, dev):
@@ -761,12 +766,12 @@ def _lstm_factors(xp, o: Ops, c: FastLSTMCache, t0: int, t1: int, K):
 
 
 def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
-                  ws: Workspace | None = None, reuse: bool = False):
+                  input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False):
     """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
     if not isinstance(c, FastLSTMCache):
         from . import lstm as ref
 
-        return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt)
+        return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
     T, H, B = c.TC.shape
     dev, dt = device_of(c.x), c.x.dtype
     ws = Workspace() if ws is None else ws
@@ -800,7 +805,8 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
         return out
 
     step_views = ws.views("bwd", (T, chunk, flat_id, id(K), id(c.G)), build) if reuse else build()
-    inb = _InputBackward(xp, o, ws, reuse, p, blocks, c.xT, H4, chunk, dw_rows=slice(0, 0))  # dx only
+    inb = _InputBackward(xp, o, ws, reuse, p, blocks, c.xT, H4, chunk, dw_rows=slice(0, 0),  # dx only
+                         dx=input_grad)
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
@@ -866,12 +872,12 @@ def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws:
 
 
 def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
-                 ws: Workspace | None = None, reuse: bool = False):
+                 input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False):
     """Same contract as rnn.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
     if not isinstance(c, FastRNNCache):
         from . import rnn as ref
 
-        return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt)
+        return ref.backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
     T, Kc, B = c.hT.shape[0] - 1, c.hT.shape[1], c.hT.shape[2]
     H = p.w_hh.shape[1]
     dev, dt = device_of(c.x), c.x.dtype
@@ -887,7 +893,8 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     dA = ws.get(xp, "dg", (chunk, H, B), dt, dev)  # one chunk's pre-activation grads (step t at t - t0)
     relu = c.nonlinearity == "relu"
     mul, add, matmul = o.mul, o.add, o.matmul
-    inb = _InputBackward(xp, o, ws, reuse, p, everything, c.xT, H, chunk, dw_rows=slice(0, 0))  # dx only
+    inb = _InputBackward(xp, o, ws, reuse, p, everything, c.xT, H, chunk, dw_rows=slice(0, 0),  # dx only
+                         dx=input_grad)
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
@@ -933,8 +940,9 @@ class FastCell:
     def forward(self, xp, p, x, state0, *, slot=0, **opts):
         return self._fwd(xp, p, x, state0, ws=self._ws(slot), reuse=self.reuse, **opts)
 
-    def backward(self, xp, p, cache, dy, dstate_T, g, *, tbptt: int = 0, slot=0):
-        return self._bwd(xp, p, cache, dy, dstate_T, g, tbptt=tbptt, ws=self._ws(slot), reuse=self.reuse)
+    def backward(self, xp, p, cache, dy, dstate_T, g, *, tbptt: int = 0, input_grad: bool = True, slot=0):
+        return self._bwd(xp, p, cache, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, ws=self._ws(slot),
+                         reuse=self.reuse)
 
     def nbytes(self) -> int:
         return sum(ws.nbytes() for ws in self.workspaces.values())

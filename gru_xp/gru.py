@@ -82,9 +82,11 @@ def forward(xp, p: CellParams, x, state0, *, reset_after: bool = True):
     return h[1:, ...], (h[T, ...],), cache
 
 
-def backward(xp, p: CellParams, c: GRUCache, dy, dstate_T, g: CellParams, *, tbptt: int = 0, dh_record=None):
+def backward(xp, p: CellParams, c: GRUCache, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
+             dh_record=None, input_grad: bool = True):
     """dy (T, B, H) or None (zeros),
     dstate_T = (dh_T (B, H),) or None -> dx (T, B, I), (dh0 (B, H),). Accumulates into g.
+    input_grad=False: dx is not computed (None), as when nothing upstream needs it (a model's input).
     dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it."""
     T, B, H = c.r.shape
     dev, dt = device_of(c.x), c.x.dtype
@@ -120,5 +122,5 @@ def backward(xp, p: CellParams, c: GRUCache, dy, dstate_T, g: CellParams, *, tbp
         dw, db = xp.concat([dw_rz, dw_n], axis=0), xp.concat([db_rz, db_n], axis=0)
     g.w_hh += dw
     g.b_hh += db
-    dx = input_backward(xp, p, c.x, dgi, g)  # (T, B, I)
+    dx = input_backward(xp, p, c.x, dgi, g, dx=input_grad)  # (T, B, I) or None
     return dx, (dh,)

@@ -73,9 +73,11 @@ def forward(xp, p: CellParams, x, state0):
     return h[1:, ...], (h[T, ...], c[T, ...]), cache
 
 
-def backward(xp, p: CellParams, cc: LSTMCache, dy, dstate_T, gr: CellParams, *, tbptt: int = 0, dh_record=None):
+def backward(xp, p: CellParams, cc: LSTMCache, dy, dstate_T, gr: CellParams, *, tbptt: int = 0,
+             dh_record=None, input_grad: bool = True):
     """dy (T, B, H) or None (zeros),
     dstate_T = (dh_T, dc_T) (either may be None) -> dx (T, B, I), (dh0, dc0). Accumulates into gr.
+    input_grad=False: dx is not computed (None), as when nothing upstream needs it (a model's input).
     dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it."""
     T, B, H = cc.i.shape
     dev, dt = device_of(cc.x), cc.x.dtype
@@ -103,5 +105,5 @@ def backward(xp, p: CellParams, cc: LSTMCache, dy, dstate_T, gr: CellParams, *, 
     dw, db = recurrent_weight_grads(xp, da, cc.h[:T, ...])  # (4H, H), (4H,)
     gr.w_hh += dw
     gr.b_hh += db
-    dx = input_backward(xp, p, cc.x, da, gr)  # (T, B, I)
+    dx = input_backward(xp, p, cc.x, da, gr, dx=input_grad)  # (T, B, I) or None
     return dx, (dh, dc)

@@ -103,8 +103,9 @@ class Forecaster:
         self._feat = self._last_hidden(state_n)  # (B, D*H)
         return head.linear_forward(xp, self.head["weight"], self.head["bias"], self._feat)
 
-    def backward(self, dpred, *, tbptt: int = 0):
-        """dpred (B, K) -> accumulates every parameter gradient; returns dx (T, B, I)."""
+    def backward(self, dpred, *, tbptt: int = 0, input_grad: bool = True):
+        """dpred (B, K) -> accumulates every parameter gradient; returns dx (T, B, I) (None if not input_grad:
+        then it is not computed)."""
         xp, rnn = self.backend.xp, self.rnn
         dfeat = head.linear_backward(xp, self.head["weight"], self._feat, dpred, self.head_grads["weight"],
                                      self.head_grads["bias"])  # (B, D*H)
@@ -114,7 +115,7 @@ class Forecaster:
         for d in range(D):
             dh_n[(L - 1) * D + d, ...] = dfeat[:, d * H:(d + 1) * H]
         dstate = dh_n if rnn.cell.STATES == 1 else (dh_n, None)
-        dx, _ = rnn.backward(None, dstate, tbptt=tbptt)
+        dx, _ = rnn.backward(None, dstate, tbptt=tbptt, input_grad=input_grad)
         return dx
 
     def loss_and_grads(self, x, y, *, tbptt: int = 0):
@@ -123,5 +124,5 @@ class Forecaster:
         self.zero_grad()
         pred = self.forward(x)
         loss = head.mse(xp, pred, y)
-        self.backward(head.mse_backward(xp, pred, y), tbptt=tbptt)
+        self.backward(head.mse_backward(xp, pred, y), tbptt=tbptt, input_grad=False)  # dx: nobody reads it
         return loss

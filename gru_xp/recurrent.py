@@ -178,9 +178,12 @@ class Recurrent:
         self._T, self._B = T, B
         return inp, (states[0] if self.cell.STATES == 1 else states)
 
-    def backward(self, dy, dstate_n=None, *, tbptt: int = 0, record: bool | None = None, **kw):
+    def backward(self, dy, dstate_n=None, *, tbptt: int = 0, record: bool | None = None, input_grad: bool = True,
+                 **kw):
         """Gradients of the last forward. dy (T, B, D*H) (None = zeros), dstate_n like state_n (None = zeros).
         Accumulates parameter grads into self.grads; returns dx (T, B, I), dstate0 (like state0).
+        input_grad=False: dx (the grad of the input x) is not computed and None is returned in its place; the
+        parameter grads are the same (training needs only them: the first layer skips its dx GEMM).
         record (default: self.record_dh): also store dL/dh_t of every layer in self.last_dh, a list over layers
         of (T, B, D*H) arrays in time order (diagnostics)."""
         dstate_n = kw.pop("dh_n", dstate_n)
@@ -210,12 +213,14 @@ class Recurrent:
                 g = self._cell_params(self.grads, k, d)
                 p = self._cell_params(self.params, k, d)
                 extra = {"dh_record": rec[d]} if record else ({} if fc is None else {"slot": k * D + d})
+                need_dx = input_grad or k > 0  # the layers above the first need it: it is the next dy
                 dx_d, ds0 = (fc or self.cell).backward(xp, p, self._caches[k * D + d], dy_d,
                                                        tuple(None if s is None else s[k * D + d, ...] for s in dsT),
-                                                       g, tbptt=tbptt, **extra)
-                if d:
-                    dx_d = xp.flip(dx_d, axis=0)
-                dx = dx_d if dx is None else dx + dx_d  # (T, B, in_k)
+                                                       g, tbptt=tbptt, input_grad=need_dx, **extra)
+                if need_dx:
+                    if d:
+                        dx_d = xp.flip(dx_d, axis=0)
+                    dx = dx_d if dx is None else dx + dx_d  # (T, B, in_k)
                 for i, s in enumerate(ds0):
                     dstate0[i][k * D + d] = s
             if record:

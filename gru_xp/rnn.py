@@ -50,9 +50,11 @@ def forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh"):
     return h[1:, ...], (h[T, ...],), RNNCache(x=x, h=h, nonlinearity=nonlinearity)
 
 
-def backward(xp, p: CellParams, c: RNNCache, dy, dstate_T, g: CellParams, *, tbptt: int = 0, dh_record=None):
+def backward(xp, p: CellParams, c: RNNCache, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
+             dh_record=None, input_grad: bool = True):
     """dy (T, B, H) or None (zeros),
     dstate_T = (dh_T (B, H),) or None -> dx (T, B, I), (dh0 (B, H),). Accumulates into g.
+    input_grad=False: dx is not computed (None), as when nothing upstream needs it (a model's input).
     dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it."""
     T, B, _ = c.x.shape
     H = p.w_hh.shape[1]
@@ -72,5 +74,5 @@ def backward(xp, p: CellParams, c: RNNCache, dy, dstate_T, g: CellParams, *, tbp
     dw, db = recurrent_weight_grads(xp, da, c.h[:T, ...])  # (H, H), (H,)
     g.w_hh += dw
     g.b_hh += db
-    dx = input_backward(xp, p, c.x, da, g)  # (T, B, I)
+    dx = input_backward(xp, p, c.x, da, g, dx=input_grad)  # (T, B, I) or None
     return dx, (dh,)

@@ -47,6 +47,35 @@ def test_model_step_matches_torch(layers, bi, K):
         assert rel_err(g, tg[k].numpy()) <= 1e-10, k
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+def test_model_backward_dx_matches_torch_and_input_grad_false_skips_it(fast):
+    """Forecaster.backward returns dL/dx (torch's x.grad); input_grad=False (what loss_and_grads uses) returns None
+    and the same parameter grads."""
+    T, B, I, H, K = 5, 4, 3, 4, 2
+    m = Forecaster("gru", I, H, K, num_layers=2, bidirectional=True, dtype="float64", seed=2)
+    m.rnn.fast = fast
+    rng = np.random.default_rng(1)
+    m.load_state_dict({k: rng.normal(size=tuple(v.shape)) * 0.5 for k, v in m.params.items()})
+    x, y = rng.normal(size=(T, B, I)), rng.normal(size=(B, K))
+    rnn, lin = _torch_twin(m)
+    xt = torch.tensor(x, requires_grad=True)
+    _, hn = rnn(xt)
+    lt = ((lin(torch.cat([hn[-2], hn[-1]], -1)) - torch.tensor(y)) ** 2).mean()
+    lt.backward()
+    grads = {}
+    for input_grad in (True, False):
+        m.zero_grad()
+        pred = m.forward(x)
+        dx = m.backward(head.mse_backward(m.backend.xp, pred, y), input_grad=input_grad)
+        grads[input_grad] = {k: np.array(v) for k, v in m.grads.items()}
+        if input_grad:
+            assert rel_err(np.asarray(dx), xt.grad.numpy()) <= 1e-10
+        else:
+            assert dx is None
+    for k in grads[True]:
+        assert np.array_equal(grads[True][k], grads[False][k]), k
+
+
 def test_head_and_loss_finite_differences():
     xp = resolve("cpu", "float64").xp
     rng = np.random.default_rng(1)

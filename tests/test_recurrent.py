@@ -312,3 +312,28 @@ def test_dy_none_is_zeros_in_every_cell(make, fast):
                     *[np.array(g) for g in layer.grads.values()]])
     for a, b in zip(*out):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gru_xp.GRU(2, 3, num_layers=2, bidirectional=True, dtype="float64", seed=0),
+    lambda: gru_xp.GRU(2, 3, reset_after=False, dtype="float64", seed=0),
+    lambda: gru_xp.LSTM(2, 3, num_layers=2, bidirectional=True, dtype="float64", seed=0),
+    lambda: gru_xp.RNN(2, 3, num_layers=2, dtype="float64", seed=0),
+], ids=["gru-stacked-bi", "gru-reset-before", "lstm-stacked-bi", "rnn-stacked"])
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+def test_input_grad_false_skips_only_dx(make, fast):
+    """backward(..., input_grad=False) returns None for dx and exactly the same dstate0 and parameter grads (the
+    layers above the first still pass their dx down)."""
+    out = {}
+    for input_grad in (True, False):
+        layer = make()
+        layer.fast = fast
+        randomize_params(layer, seed=5)
+        x, s0, dy, ds = random_problem(layer, 4, 2, seed=6)
+        layer.forward(x, s0)
+        dx, ds0 = layer.backward(dy, ds, tbptt=3, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        out[input_grad] = [np.asarray(a) for a in states(ds0)] + [np.array(g) for g in layer.grads.values()]
+    assert len(out[True]) == len(out[False])
+    for a, b in zip(out[True], out[False]):
+        assert np.array_equal(a, b)

@@ -69,8 +69,8 @@ def test_finite_differences_see_a_wrong_backward(monkeypatch):
     randomize_params(layer, seed=1)
     orig = m.input_backward
 
-    def wrong(xp, p, x, dgi, g):
-        return orig(xp, p, x, dgi * 1.001, g)
+    def wrong(xp, p, x, dgi, g, **kw):
+        return orig(xp, p, x, dgi * 1.001, g, **kw)
 
     monkeypatch.setattr(m, "input_backward", wrong)
     res = finite_difference(layer, *random_problem(layer, 3, 2, seed=2))
