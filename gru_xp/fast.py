@@ -634,8 +634,9 @@ class _InputBackward:
         self.xp, self.o, self.xT, self.I = xp, o, xT, I
         self.dw_rows, self.dw_blocks = dw_rows, blocks if dw_blocks is None else dw_blocks
         Gw = G if dw_rows is None else dw_rows.stop - dw_rows.start  # rows with weight grads
-        self.dxT = _cache_buf(xp, ws, reuse, "dxT", (T, I, B), dt, dev) if dx else None
+        self.dxT = None
         if dx:
+            self.dxT = _cache_buf(xp, ws, reuse, "dxT", (T, I, B), dt, dev)
             self.wi_t = ws.get(xp, "w_ih_t", (I, G), dt, dev)  # W_ih^T, internal gate order
             for dst, src in blocks:
                 o.copy(xp.matrix_transpose(p.w_ih[src, :]), self.wi_t[:, dst])
