@@ -169,8 +169,8 @@ def _problem(T, B, I, seed=0):
 
 
 def _gx_step(cell, T, B, I, H, device, fast=True):
-    from .model import Forecaster
-    from .optim import Adam
+    from .nn.forecaster import Forecaster
+    from .nn.optim import Adam
 
     m = Forecaster(cell, I, H, 1, device=device, dtype="float32", seed=0)
     m.rnn.fast = fast
@@ -189,7 +189,7 @@ def _gx_step(cell, T, B, I, H, device, fast=True):
 
 def _sync_for(backend):
     if backend.name == "cupy":
-        from . import _cuda
+        from .nn.fast import _cuda
 
         return _cuda.synchronize
     return lambda: None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import _backend_spec, resolve, to_host
-from .recurrent import Recurrent
+from .nn.recurrent import Recurrent
 
 
 def rel_err(a, b) -> float:
@@ -105,7 +105,7 @@ class Row:
 
 def _layers(device: str):
     """(label, factory) for every cell and option `gru-xp check` proves."""
-    from .recurrent import GRU, LSTM, RNN
+    from .nn.recurrent import GRU, LSTM, RNN
 
     yield "GRU reset_after=True", lambda: GRU(3, 4, reset_after=True, device=device, dtype="float64", seed=0)
     yield "GRU reset_after=False", lambda: GRU(3, 4, reset_after=False, device=device, dtype="float64", seed=0)
@@ -181,7 +181,7 @@ def _torch_rows(device: str) -> list[Row]:
 
 def _device_rows(device: str) -> list[Row]:
     """The same seeded layer and data on NumPy and on `device`: outputs and gradients agree."""
-    from .recurrent import GRU
+    from .nn.recurrent import GRU
 
     rows = []
     for dtype, limit in (("float64", 1e-10), ("float32", 1e-4)):

@@ -83,7 +83,7 @@ def record(target, x, y=None, *, dy=None, dstate_n=None, tbptt: int = 0) -> Diag
     target: a Forecaster (x (T, B, I), y (B, K) targets, MSE loss) or a recurrent layer (GRU/LSTM/RNN: either
     y (T, B, D*H) targets of its output sequence with an MSE loss, or explicit upstream gradients dy and/or
     dstate_n). The target's parameter gradients and training mode are left as they were."""
-    from . import head
+    from .nn import losses
 
     layer = target.rnn if _is_model(target) else target
     if not hasattr(layer, "_caches"):
@@ -101,14 +101,14 @@ def record(target, x, y=None, *, dy=None, dstate_n=None, tbptt: int = 0) -> Diag
                 raise UserError("record(model, x, y): the model's targets y (B, K) are needed for its loss")
             pred = target.forward(x)
             yt = be.asarray(y)
-            loss = float(to_host(head.mse(xp, pred, yt)))
-            target.backward(head.mse_backward(xp, pred, yt), tbptt=tbptt)
+            loss = float(to_host(losses.mse(xp, pred, yt)))
+            target.backward(losses.mse_backward(xp, pred, yt), tbptt=tbptt)
         else:
             out, _ = layer.forward(x)
             if y is not None:
                 yt = be.asarray(y)
-                loss = float(to_host(head.mse(xp, out, yt)))
-                dy = head.mse_backward(xp, out, yt)
+                loss = float(to_host(losses.mse(xp, out, yt)))
+                dy = losses.mse_backward(xp, out, yt)
             elif dy is None and dstate_n is None:
                 raise UserError("record(layer, x, ...): give targets y for the output sequence, or dy / dstate_n")
             layer.backward(dy, dstate_n, tbptt=tbptt)
@@ -212,8 +212,8 @@ def vanishing_gradient_experiment(T: int = 100, hidden: int = 32, batch: int = 3
 
     Returns {"task", "T", "hidden", "train_steps", "repeats", "steps" (T,), "curves" {cell: (T,)},
     "raw" {cell: (T,)}, "loss" {cell: float (mean over repeats)}, "ratio_first_to_last" {cell: float}}."""
-    from .model import Forecaster
-    from .optim import Adam
+    from .nn.forecaster import Forecaster
+    from .nn.optim import Adam
 
     if T < 2:
         raise UserError(f"the vanishing-gradient experiment needs T >= 2, got {T}")

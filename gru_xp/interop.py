@@ -87,7 +87,7 @@ def keras_lstm_state_dict(kernel, recurrent_kernel, bias=None) -> dict:
 def from_keras_gru(kernel, recurrent_kernel, bias=None, reset_after: bool = True, *, device="cpu",
                    dtype="float32"):
     """A one-layer gru_xp.GRU holding a Keras GRU's weights (e.g. `from_keras_gru(*keras_layer.get_weights())`)."""
-    from .recurrent import GRU
+    from .nn.recurrent import GRU
 
     sd = keras_gru_state_dict(kernel, recurrent_kernel, bias, reset_after)
     I, H = sd["weight_ih_l0"].shape[1], sd["weight_hh_l0"].shape[1]
@@ -98,7 +98,7 @@ def from_keras_gru(kernel, recurrent_kernel, bias=None, reset_after: bool = True
 
 def from_keras_lstm(kernel, recurrent_kernel, bias=None, *, device="cpu", dtype="float32"):
     """A one-layer gru_xp.LSTM holding a Keras LSTM's weights (e.g. `from_keras_lstm(*keras_layer.get_weights())`)."""
-    from .recurrent import LSTM
+    from .nn.recurrent import LSTM
 
     sd = keras_lstm_state_dict(kernel, recurrent_kernel, bias)
     I, H = sd["weight_ih_l0"].shape[1], sd["weight_hh_l0"].shape[1]

@@ -32,8 +32,8 @@ from .data import n_inputs as data_n_inputs
 from .data import (Pipeline, Prepared, Series, actuals, future_labels, load_series, naive, prepare,
                    seasonal_naive)
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
-from .model import Forecaster
-from .optim import OPTIMIZERS, clip_grad_norm
+from .nn.forecaster import Forecaster
+from .nn.optim import OPTIMIZERS, clip_grad_norm
 
 
 @dataclass

@@ -30,7 +30,7 @@ def test_check_on_a_non_default_device_compares_against_numpy():
 
 
 def test_check_fails_with_exit_1_when_a_gradient_is_wrong():
-    code = ("import sys, gru_xp.gru as g\n"
+    code = ("import sys, gru_xp.nn.gru as g\n"
             "orig = g.recurrent_weight_grads\n"
             "g.recurrent_weight_grads = lambda xp, d, h: (lambda w, b: (w * 1.01, b))(*orig(xp, d, h))\n"
             "from gru_xp.cli import main\nsys.exit(main(['check']))\n")

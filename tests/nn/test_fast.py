@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 import gru_xp
-from gru_xp import fast
-from gru_xp import gru as gru_ref
-from gru_xp._cell import CellParams
+from gru_xp.nn import fast
+from gru_xp.nn.fast import _common, gru as fgru, lstm as flstm, rnn as frnn
+from gru_xp.nn import gru as gru_ref
+from gru_xp.nn._cell import CellParams
 from gru_xp.backend import cuda_available, resolve, to_host
 from gru_xp.model import Forecaster
-from gru_xp.optim import Adam
+from gru_xp.nn.optim import Adam
 
 SHAPES = [  # T, B, I, H
     (1, 1, 1, 1),
@@ -70,7 +71,7 @@ def test_gru_cell_fast_equals_reference(T, B, I, H, reset_after, dtype):
     be = resolve("cpu", dtype)
     p, x, h0, dy, dhT = _cell_problem(be, T, B, I, H)
     ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after)
-    got, cache = _cell_run(fast.gru_forward, fast.gru_backward, be, p, x, h0, dy, dhT, reset_after)
+    got, cache = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, dy, dhT, reset_after)
     for name, a, b in zip(NAMES, got, ref):
         _close(a, b, dtype, name)
     assert isinstance(cache, gru_ref.GRUCache)  # typed dataclass, stacked (T, B, .) views
@@ -85,13 +86,13 @@ def test_gru_cell_fast_tbptt_and_no_dy(reset_after, tbptt):
     T, B, I, H = 8, 3, 2, 4
     p, x, h0, dy, dhT = _cell_problem(be, T, B, I, H, seed=3)
     ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after, tbptt=tbptt)
-    got, _ = _cell_run(fast.gru_forward, fast.gru_backward, be, p, x, h0, dy, dhT, reset_after, tbptt=tbptt)
+    got, _ = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, dy, dhT, reset_after, tbptt=tbptt)
     for name, a, b in zip(NAMES, got, ref):
         _close(a, b, "float64", name)
     # dy=None means zeros
     zeros = be.zeros((T, B, H))
     ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, zeros, dhT, reset_after)
-    got, _ = _cell_run(fast.gru_forward, fast.gru_backward, be, p, x, h0, None, dhT, reset_after)
+    got, _ = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, None, dhT, reset_after)
     for name, a, b in zip(NAMES, got, ref):
         _close(a, b, "float64", name)
 
@@ -101,7 +102,7 @@ def test_fast_cache_feeds_the_reference_backward(reset_after):
     be = resolve("cpu", "float64")
     p, x, h0, dy, dhT = _cell_problem(be, 6, 3, 2, 5, seed=7)
     ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after)
-    got, _ = _cell_run(fast.gru_forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after)
+    got, _ = _cell_run(fgru.gru_forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after)
     for name, a, b in zip(NAMES, got, ref):
         _close(a, b, "float64", name)
 
@@ -115,7 +116,7 @@ def test_workspaces_reused_across_calls_and_shapes():
         ra = i != 5  # the cached step views must follow the convention too
         p, x, h0, dy, dhT = _cell_problem(be, T, B, I, H, seed=i)
         ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, ra)
-        got, _ = _cell_run(fast.gru_forward, fast.gru_backward, be, p, x, h0, dy, dhT, ra, ws=ws, reuse=True)
+        got, _ = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, dy, dhT, ra, ws=ws, reuse=True)
         for name, a, b in zip(NAMES, got, ref):
             _close(a, b, "float64", name)
     assert ws.nbytes() > 0
@@ -150,7 +151,7 @@ def test_wrapper_fast_equals_reference_stacked_bidirectional(L, bi, reset_after,
         runs.append(_layer_run(layer, x, None, None, None))  # zeros states, dy=None
         if fast_on:
             assert layer._fast_cell() is not None
-            assert isinstance(layer._caches[0], fast.FastGRUCache)
+            assert isinstance(layer._caches[0], fgru.FastGRUCache)
         else:
             assert layer._fast_cell() is None
     ref, got = runs[:2], runs[2:]
@@ -234,7 +235,7 @@ def test_cuda_fused_kernels_equal_portable_path(T, B, I, H, reset_after, dtype):
     ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, cpu, p, x, h0, dy, dhT, reset_after, tbptt=2)
     gp = CellParams(*(gpu.asarray(a) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
     for dy_g in (gpu.asarray(dy),):
-        got, _ = _cell_run(fast.gru_forward, fast.gru_backward, gpu, gp, gpu.asarray(x), gpu.asarray(h0), dy_g,
+        got, _ = _cell_run(fgru.gru_forward, fgru.gru_backward, gpu, gp, gpu.asarray(x), gpu.asarray(h0), dy_g,
                            gpu.asarray(dhT), reset_after, tbptt=2)
         for name, a, b in zip(NAMES, got, ref):
             _close(a, b, dtype, name)
@@ -297,10 +298,10 @@ class _KernelsOnNumpy:
 @pytest.mark.parametrize("T,B,I,H,dw_chunk_elems", [(1, 1, 1, 1, None), (7, 4, 3, 5, None), (12, 6, 1, 9, None),
                                                    (12, 6, 1, 9, 1)])  # 1: weight grads one step per chunk
 def test_cupy_branch_orchestration_on_numpy(monkeypatch, T, B, I, H, dw_chunk_elems, reset_after, with_dy, tbptt):
-    from gru_xp import _cuda
+    from gru_xp.nn.fast import _cuda
 
     if dw_chunk_elems is not None:
-        monkeypatch.setattr(fast, "DW_CHUNK_ELEMS", dw_chunk_elems)
+        monkeypatch.setattr(fgru, "DW_CHUNK_ELEMS", dw_chunk_elems)
     kernels = _KernelsOnNumpy()
     for name in ("gru_fwd_after", "gru_fwd_before_rz", "gru_fwd_before_n", "gru_bwd_after", "gru_bwd_before_zn",
                  "gru_bwd_before_r"):
@@ -309,10 +310,10 @@ def test_cupy_branch_orchestration_on_numpy(monkeypatch, T, B, I, H, dw_chunk_el
     p, x, h0, dy, dhT = _cell_problem(be, T, B, I, H, seed=5)
     dy = dy if with_dy else None
     ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after, tbptt=tbptt)
-    monkeypatch.setattr(fast, "is_cupy", lambda xp: True)
+    monkeypatch.setattr(fgru, "is_cupy", lambda xp: True)
     ws = fast.Workspace()
     for _ in range(2):  # the second run reuses the workspace
-        got, cache = _cell_run(fast.gru_forward, fast.gru_backward, be, p, x, h0, dy, dhT, reset_after,
+        got, cache = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, dy, dhT, reset_after,
                                tbptt=tbptt, ws=ws, reuse=True)
         assert not cache.fold_x  # the CuPy layout, not the CPU one
         for name, a, b in zip(NAMES, got, ref):
@@ -337,13 +338,13 @@ def test_cuda_forecaster_step_equals_cpu():
 
 
 # ---- LSTM and RNN fast paths ---------------------------------------------------------------------------------
-from gru_xp import lstm as lstm_ref  # noqa: E402
-from gru_xp import rnn as rnn_ref  # noqa: E402
+from gru_xp.nn import lstm as lstm_ref  # noqa: E402
+from gru_xp.nn import rnn as rnn_ref  # noqa: E402
 
 CELLS = {  # name -> (reference module, fast forward, fast backward, cell options, layer class and kwargs)
-    "lstm": (lstm_ref, fast.lstm_forward, fast.lstm_backward, {}),
-    "rnn_tanh": (rnn_ref, fast.rnn_forward, fast.rnn_backward, {"nonlinearity": "tanh"}),
-    "rnn_relu": (rnn_ref, fast.rnn_forward, fast.rnn_backward, {"nonlinearity": "relu"}),
+    "lstm": (lstm_ref, flstm.lstm_forward, flstm.lstm_backward, {}),
+    "rnn_tanh": (rnn_ref, frnn.rnn_forward, frnn.rnn_backward, {"nonlinearity": "tanh"}),
+    "rnn_relu": (rnn_ref, frnn.rnn_forward, frnn.rnn_backward, {"nonlinearity": "relu"}),
 }
 
 
@@ -479,7 +480,7 @@ def test_lstm_rnn_wrapper_fast_equals_reference_stacked_bidirectional(cell, L, b
         if fast_on:
             fc = layer._fast_cell()
             assert fc is not None and fc.ref is layer.cell
-            assert isinstance(layer._caches[0], fast.FastLSTMCache if cell == "lstm" else fast.FastRNNCache)
+            assert isinstance(layer._caches[0], flstm.FastLSTMCache if cell == "lstm" else frnn.FastRNNCache)
         else:
             assert layer._fast_cell() is None
     ref, got = runs[:3], runs[3:]
@@ -499,7 +500,7 @@ def test_ops_resolve_the_wrapped_library_functions():
     """Ops takes multiply/matmul/... from the library the array-api-compat namespace wraps (no wrapper layer);
     same values as the namespace's own functions."""
     xp = resolve("cpu", "float64").xp
-    o = fast.Ops(xp)
+    o = _common.Ops(xp)
     assert o.matmul is np.matmul and o.mul is np.multiply and o.sign is np.sign
     a, b = np.arange(6.0).reshape(2, 3), np.arange(6.0).reshape(3, 2)
     out = np.empty((2, 2))
@@ -512,7 +513,7 @@ def test_ops_refuse_a_namespace_without_out():
     import array_api_strict
 
     with pytest.raises(ValueError, match="out="):
-        fast.Ops(array_api_strict)
+        _common.Ops(array_api_strict)
 
 
 @pytest.mark.parametrize("cell", ["gru_after", "gru_before", "lstm", "rnn_tanh", "rnn_relu"])
@@ -524,11 +525,13 @@ def test_chunked_paths_equal_reference(cell, tiny, reuse, monkeypatch):
     if tiny:
         for name, v in (("CHUNK_ELEMS", 24), ("DW_CHUNK_ELEMS", 200), ("GI_CHUNK_ELEMS", 40),
                         ("GI_FULL_MAX_ELEMS", 0), ("DW_COPY_MAX_B", 0), ("XB_COPY_MIN", 1)):
-            monkeypatch.setattr(fast, name, v)
+            for mod in (_common, fgru, flstm, frnn):  # each module that reads the constant
+                if hasattr(mod, name):
+                    monkeypatch.setattr(mod, name, v)
     be = resolve("cpu", "float64")
     T, B, I, H = (13, 3, 2, 4) if tiny else (13, 64, 2, 64)
     if cell.startswith("gru"):
-        mod, ffwd, fbwd, opts = gru_ref, fast.gru_forward, fast.gru_backward, {"reset_after": cell == "gru_after"}
+        mod, ffwd, fbwd, opts = gru_ref, fgru.gru_forward, fgru.gru_backward, {"reset_after": cell == "gru_after"}
     else:
         mod, ffwd, fbwd, opts = CELLS[cell]
     ws = fast.Workspace()

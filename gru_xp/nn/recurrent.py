@@ -15,8 +15,8 @@ from . import gru as gru_cell
 from . import lstm as lstm_cell
 from . import rnn as rnn_cell
 from ._cell import CellParams
-from .backend import Backend, resolve
-from .errors import UserError
+from ..backend import Backend, resolve
+from ..errors import UserError
 
 
 class Recurrent:

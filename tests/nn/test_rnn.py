@@ -63,7 +63,7 @@ def test_relu_finite_differences_cover_both_sides_of_the_kink():
 
 
 def test_finite_differences_see_a_wrong_backward(monkeypatch):
-    import gru_xp.rnn as m
+    import gru_xp.nn.rnn as m
 
     layer = gru_xp.RNN(2, 3, dtype="float64", seed=0)
     randomize_params(layer, seed=1)

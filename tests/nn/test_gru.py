@@ -40,7 +40,7 @@ def test_finite_differences(reset_after, T, B, I, H, fast):
 
 def test_finite_differences_see_a_wrong_backward(monkeypatch):
     """The check can fail: perturb one term of the backward and it must notice."""
-    import gru_xp.gru as g
+    import gru_xp.nn.gru as g
 
     layer = gru_xp.GRU(2, 3, dtype="float64", seed=0)
     layer.fast = False  # the reference path (the fast path is proven equal to it in test_fast.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_seeded_init_is_bit_identical(device, dtype):
 
 def test_model_step_matches_numpy(device):
     """GRU -> head -> MSE -> Adam update, float32 on every namespace."""
-    from gru_xp.optim import Adam, clip_grad_norm
+    from gru_xp.nn.optim import Adam, clip_grad_norm
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(9, 4, 2)).astype("float32"), rng.normal(size=(4, 3)).astype("float32")
@@ -113,20 +114,33 @@ def test_bad_backend_arguments(device, dtype, match):
         resolve(device, dtype)
 
 
-MATH_MODULES = ["_cell.py", "gru.py", "lstm.py", "rnn.py", "recurrent.py", "head.py", "optim.py", "model.py",
-                "fast.py"]
+NN_DIR = pathlib.Path(gru_xp.__file__).parent / "nn"
+MATH_MODULES = sorted(str(p.relative_to(NN_DIR)) for p in NN_DIR.rglob("*.py"))
+CUDA_MODULE = "fast/_cuda.py"  # the one math module that may import cupy
+
+
+def _imports(path: pathlib.Path) -> list[str]:
+    """Absolute names of every module `path` imports (function-level imports too; relative ones resolved)."""
+    package = ["gru_xp", "nn", *path.relative_to(NN_DIR).parent.parts]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            out.append(".".join(base + ([node.module] if node.module else [])))
+    return out
 
 
 @pytest.mark.parametrize("name", MATH_MODULES)
-def test_math_modules_never_import_numpy_or_cupy(name):
-    path = pathlib.Path(gru_xp.__file__).parent / name
-    if not path.exists():
-        pytest.skip(f"{name} not present")
-    for node in ast.walk(ast.parse(path.read_text())):
-        mods = []
-        if isinstance(node, ast.Import):
-            mods = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            mods = [node.module or ""]
-        for m in mods:
-            assert m.split(".")[0] not in ("numpy", "cupy"), f"{name} imports {m}"
+def test_math_floor_imports_only_the_floor_backend_errors_and_stdlib(name):
+    """The folder rule: a module in gru_xp/nn/ imports gru_xp.nn.*, gru_xp.backend, gru_xp.errors, the standard
+    library and array_api_compat; cupy only in fast/_cuda.py; never numpy, pandas, matplotlib, tqdm or torch."""
+    assert len(MATH_MODULES) >= 10
+    allowed_ext = set(sys.stdlib_module_names) | {"array_api_compat"} | ({"cupy", "cupyx"} if name == CUDA_MODULE else set())
+    for mod in _imports(NN_DIR / name):
+        top = mod.split(".")[0]
+        if top == "gru_xp":
+            assert mod.startswith("gru_xp.nn") or mod in ("gru_xp.backend", "gru_xp.errors"), f"{name} imports {mod}"
+        else:
+            assert top in allowed_ext, f"{name} (math floor) imports {mod}"

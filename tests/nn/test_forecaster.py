@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gru_xp import head, optim
+from gru_xp.nn import head, losses, optim
 from gru_xp.backend import resolve
 from gru_xp.check import rel_err
 from gru_xp.model import Forecaster
@@ -66,7 +66,7 @@ def test_model_backward_dx_matches_torch_and_input_grad_false_skips_it(fast):
     for input_grad in (True, False):
         m.zero_grad()
         pred = m.forward(x)
-        dx = m.backward(head.mse_backward(m.backend.xp, pred, y), input_grad=input_grad)
+        dx = m.backward(losses.mse_backward(m.backend.xp, pred, y), input_grad=input_grad)
         grads[input_grad] = {k: np.array(v) for k, v in m.grads.items()}
         if input_grad:
             assert rel_err(np.asarray(dx), xt.grad.numpy()) <= 1e-10
@@ -82,11 +82,11 @@ def test_head_and_loss_finite_differences():
     w, b, h, t = rng.normal(size=(3, 5)), rng.normal(size=3), rng.normal(size=(4, 5)), rng.normal(size=(4, 3))
 
     def f(w, b, h):
-        return float(head.mse(xp, head.linear_forward(xp, w, b, h), t))
+        return float(losses.mse(xp, head.linear_forward(xp, w, b, h), t))
 
     gw, gb = np.zeros_like(w), np.zeros_like(b)
     pred = head.linear_forward(xp, w, b, h)
-    dh = head.linear_backward(xp, w, h, head.mse_backward(xp, pred, t), gw, gb)
+    dh = head.linear_backward(xp, w, h, losses.mse_backward(xp, pred, t), gw, gb)
     eps = 1e-6
     for arr, grad in ((w, gw), (b, gb), (h, dh)):
         num = np.zeros_like(arr)

@@ -1,0 +1,48 @@
+"""The fast path: twins of the reference cells (nn/gru.py, nn/lstm.py, nn/rnn.py), name for name, same contract,
+built for speed and tested against them. `fast_cell_for` picks the twin of a reference cell module."""
+from __future__ import annotations
+
+from . import gru, lstm, rnn
+from ._common import Workspace, supports_out
+
+
+# ---- dispatch -----------------------------------------------------------------------------------------------
+class FastCell:
+    """A cell with the reference module's interface (GATES, STATES, forward, backward) plus a `slot` keyword:
+    one Workspace per (layer, direction) slot. `reuse` keeps caches and outputs in the workspaces too."""
+
+    def __init__(self, ref, fwd, bwd, reuse: bool = False):
+        self.ref, self._fwd, self._bwd, self.reuse = ref, fwd, bwd, reuse
+        self.GATES, self.STATES = ref.GATES, ref.STATES
+        self.workspaces: dict = {}
+
+    def _ws(self, slot) -> Workspace:
+        ws = self.workspaces.get(slot)
+        if ws is None:
+            ws = self.workspaces[slot] = Workspace()
+        return ws
+
+    def forward(self, xp, p, x, state0, *, slot=0, **opts):
+        return self._fwd(xp, p, x, state0, ws=self._ws(slot), reuse=self.reuse, **opts)
+
+    def backward(self, xp, p, cache, dy, dstate_T, g, *, tbptt: int = 0, input_grad: bool = True, slot=0):
+        return self._bwd(xp, p, cache, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, ws=self._ws(slot),
+                         reuse=self.reuse)
+
+    def nbytes(self) -> int:
+        return sum(ws.nbytes() for ws in self.workspaces.values())
+
+
+def fast_cell_for(cell_module, xp, *, reuse: bool = False):
+    """The fast twin of a reference cell module for namespace xp, or None (then the reference runs)."""
+    if not supports_out(xp):
+        return None
+    name = getattr(cell_module, "__name__", "").rsplit(".", 1)[-1]
+    impl = _IMPLS.get(name)
+    if impl is None:
+        return None
+    return FastCell(cell_module, *impl, reuse=reuse)
+
+
+_IMPLS = {"gru": (gru.gru_forward, gru.gru_backward), "lstm": (lstm.lstm_forward, lstm.lstm_backward),
+          "rnn": (rnn.rnn_forward, rnn.rnn_backward)}

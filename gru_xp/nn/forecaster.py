@@ -1,0 +1,128 @@
+"""A forecaster: recurrent layer(s) -> linear head on the last hidden state -> K outputs.
+
+Legend: T time steps, B batch, I input features, H hidden, D directions, K horizon.
+The head reads the last layer's final state of each direction (forward: h at T-1, reverse: h at 0), which is
+what a sequence-to-one model wants; its gradient enters the recurrent layer as dstate_n.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+from . import head, losses
+from ..errors import UserError
+from .recurrent import GRU, LSTM, RNN, Recurrent
+
+
+def build_recurrent(cell: str, input_size, hidden_size, **kw) -> Recurrent:
+    cells = {"gru": GRU, "lstm": LSTM, "rnn": RNN}
+    if cell not in cells:
+        raise UserError(f"unknown cell {cell!r}: use one of {', '.join(cells)}")
+    if cell != "gru":
+        kw.pop("reset_after", None)
+    if cell != "rnn":
+        kw.pop("nonlinearity", None)
+    return cells[cell](input_size, hidden_size, **kw)
+
+
+class Forecaster:
+    def __init__(self, cell: str = "gru", input_size: int = 1, hidden_size: int = 32, horizon: int = 1, *,
+                 num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, reset_after: bool = True,
+                 nonlinearity: str = "tanh", device="cpu", dtype="float32", seed: int = 0, fast: bool = True):
+        try:
+            ok = not isinstance(horizon, bool) and operator.index(horizon) >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            raise UserError(f"horizon must be a positive integer, got {horizon!r}")
+        self.cell = cell
+        self.rnn = build_recurrent(cell, input_size, hidden_size, num_layers=num_layers,
+                                   bidirectional=bidirectional, dropout=dropout, reset_after=reset_after,
+                                   nonlinearity=nonlinearity, device=device, dtype=dtype, seed=seed)
+        self.backend = self.rnn.backend
+        # fast: the fast path (fast.py) where the backend supports it; its outputs never leave the model, so its
+        # caches may live in workspaces reused from step to step. fast=False: the reference cells.
+        self.rnn.fast, self.rnn.reuse_buffers = bool(fast), True
+        self.horizon = horizon
+        F = self.rnn.num_directions * hidden_size
+        rng = self.backend.rng(None if seed is None else seed + 1)
+        bound = 1.0 / math.sqrt(F)
+        self.head = {"weight": self.backend.uniform(rng, (horizon, F), bound),  # (K, F)
+                     "bias": self.backend.uniform(rng, (horizon,), bound)}  # (K,)
+        self.head_grads = {k: self.backend.zeros(v.shape) for k, v in self.head.items()}
+
+    # flat views, rebuilt on each call so that load_state_dict (which swaps arrays) is never stale
+    @property
+    def params(self) -> dict:
+        return {**{f"rnn.{k}": v for k, v in self.rnn.params.items()}, **{f"head.{k}": v for k, v in self.head.items()}}
+
+    @property
+    def grads(self) -> dict:
+        return {**{f"rnn.{k}": v for k, v in self.rnn.grads.items()},
+                **{f"head.{k}": v for k, v in self.head_grads.items()}}
+
+    def state_dict(self) -> dict:
+        xp = self.backend.xp
+        return {k: xp.asarray(v, copy=True) for k, v in self.params.items()}
+
+    def load_state_dict(self, sd) -> None:
+        if not hasattr(sd, "keys") or not hasattr(sd, "__getitem__"):
+            raise UserError(f"state dict must be a mapping of parameter names to arrays, got {type(sd).__name__}; "
+                            "pass model.state_dict() or the arrays of a model.npz")
+        want = {k: tuple(v.shape) for k, v in self.params.items()}
+        bad = sorted(set(want) ^ set(sd)) or [k for k in want if tuple(getattr(sd[k], "shape", ())) != want[k]]
+        if bad:
+            raise UserError(f"checkpoint does not fit this model (mismatch in {bad[:4]}); "
+                            "train a new model or load it with the settings it was trained with")
+        self.rnn.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
+        for k in self.head:
+            self.head[k] = self.backend.asarray(sd[f"head.{k}"])
+
+    def zero_grad(self) -> None:
+        for g in self.grads.values():
+            g *= 0.0
+
+    def train(self, mode: bool = True):
+        self.rnn.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _last_hidden(self, state_n):
+        h_n = state_n if self.rnn.cell.STATES == 1 else state_n[0]  # (L*D, B, H)
+        D = self.rnn.num_directions
+        xp = self.backend.xp
+        last = [h_n[h_n.shape[0] - D + d, ...] for d in range(D)]  # D x (B, H)
+        return last[0] if D == 1 else xp.concat(last, axis=-1)  # (B, D*H)
+
+    def forward(self, x):
+        """x (T, B, I) -> pred (B, K)."""
+        xp = self.backend.xp
+        _, state_n = self.rnn.forward(x)
+        self._feat = self._last_hidden(state_n)  # (B, D*H)
+        return head.linear_forward(xp, self.head["weight"], self.head["bias"], self._feat)
+
+    def backward(self, dpred, *, tbptt: int = 0, input_grad: bool = True):
+        """dpred (B, K) -> accumulates every parameter gradient; returns dx (T, B, I) (None if not input_grad:
+        then it is not computed)."""
+        xp, rnn = self.backend.xp, self.rnn
+        dfeat = head.linear_backward(xp, self.head["weight"], self._feat, dpred, self.head_grads["weight"],
+                                     self.head_grads["bias"])  # (B, D*H)
+        L, D, H = rnn.num_layers, rnn.num_directions, rnn.hidden_size
+        B = dfeat.shape[0]
+        dh_n = self.backend.zeros((L * D, B, H))
+        for d in range(D):
+            dh_n[(L - 1) * D + d, ...] = dfeat[:, d * H:(d + 1) * H]
+        dstate = dh_n if rnn.cell.STATES == 1 else (dh_n, None)
+        dx, _ = rnn.backward(None, dstate, tbptt=tbptt, input_grad=input_grad)
+        return dx
+
+    def loss_and_grads(self, x, y, *, tbptt: int = 0):
+        """One full model step without the update: zero grads, forward, MSE, backward. Returns the loss (0-d)."""
+        xp = self.backend.xp
+        self.zero_grad()
+        pred = self.forward(x)
+        loss = losses.mse(xp, pred, y)
+        self.backward(losses.mse_backward(xp, pred, y), tbptt=tbptt, input_grad=False)  # dx: nobody reads it
+        return loss
