@@ -1,6 +1,6 @@
 """Forecast quality of shipped configs over several seeds, beside the naive and seasonal-naive baselines.
 
-Each (config, overrides) is trained once per seed with gru_xp.train.run(save=False); validation and test metrics
+Each (config, overrides) is trained once per seed with gru_xp.runs.run(save=False); validation and test metrics
 (original scale) of the model and both baselines are collected, with the model/baseline RMSE ratios and wall time.
 Per config the table gives the mean, spread (std) and worst seed of each test ratio, and, as an extra row, the
 seed ensemble (test forecasts of all seeds averaged; no selection on test anywhere).
@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from gru_xp import checkpoint, metrics  # noqa: E402
 from gru_xp.config import make_config  # noqa: E402
-from gru_xp.train import run  # noqa: E402
+from gru_xp.runs import run  # noqa: E402
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "quality.json"
 

@@ -73,6 +73,29 @@ class Backend:
     def np_dtype(self):
         return np.dtype(self.dtype_name)
 
+    @property
+    def spec(self) -> str:
+        """The device string that resolves to the same namespace and device (e.g. to change the dtype)."""
+        if self.name == "numpy":
+            return "cpu"
+        if self.name == "cupy":
+            return f"cuda:{self.device.id}"
+        if self.name == "array_api_strict":
+            return "strict:" + str(self.device).split("'")[1]
+        return f"torch:{self.device}"
+
+    def synchronize(self) -> None:
+        """Wait until the device has finished the work queued so far (benchmarks and timing only: the training
+        loop syncs by reading its epoch loss, never by calling this)."""
+        if self.name == "cupy":
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()
+        elif self.name == "torch" and getattr(self.device, "type", "cpu") == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
     def describe(self) -> str:
         if self.name == "cupy":
             import cupy
@@ -133,7 +156,7 @@ def resolve(device="cpu", dtype="float32", verbose: bool = False) -> Backend:
     if isinstance(device, Backend):
         if device.dtype_name == dtype_name:
             return device
-        device = _backend_spec(device)
+        device = device.spec
     if not isinstance(device, str):
         raise UserError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'auto'")
     spec = device.strip().lower()
@@ -172,14 +195,3 @@ def resolve(device="cpu", dtype="float32", verbose: bool = False) -> Backend:
         xp = array_namespace(torch.empty(0))
         return Backend(xp, torch.device(arg or "cpu"), getattr(torch, dtype_name), "torch", dtype_name)
     raise UserError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'auto'")
-
-
-def _backend_spec(b: Backend) -> str:
-    """The device string that resolves to the same namespace and device as `b` (used to change dtype)."""
-    if b.name == "numpy":
-        return "cpu"
-    if b.name == "cupy":
-        return f"cuda:{b.device.id}"
-    if b.name == "array_api_strict":
-        return "strict:" + str(b.device).split("'")[1]
-    return f"torch:{b.device}"

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, metrics
+from . import checkpoint, metrics, plots
 from . import data as _data
-from . import train as _train
-from .backend import resolve, to_host
-from .config import RunConfig
+from .backend import resolve
+from .config import RunConfig, add_config_flags, make_config, overrides
+from .runs import build_model, make_optimizer, predict_scaled
+from .train import fit, host_params
 from .errors import UserError
 
 RETRAIN = ("every", "once")
@@ -143,9 +144,9 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
         progress = not cfg.quiet and sys.stderr.isatty()
 
     # the one model of the whole backtest (with --ensemble N: N models, seeds seed .. seed+N-1, averaged)
-    models = [_train.build_model(cfg, device=be, seed=cfg.seed + i) for i in range(cfg.ensemble)]
-    init_params = [{k: np.array(to_host(v), copy=True) for k, v in m.params.items()} for m in models]  # host copies
-    init_rngs = [copy.deepcopy(getattr(m.rnn, "_rng", None)) for m in models]  # dropout generators, as fresh
+    models = [build_model(cfg, device=be, seed=cfg.seed + i) for i in range(cfg.ensemble)]
+    init_params = [host_params(m) for m in models]  # host copies
+    init_rngs = [copy.deepcopy(m.rnn.rng) for m in models]  # dropout generators, as fresh
 
     labels = series.labels()
     fold_out, preds, secs_train, secs_eval = [], [], [], []
@@ -162,18 +163,17 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
             for i, model in enumerate(models):
                 if f.index > 0:  # re-initialise the same model in place: parameters, dropout stream; fresh optimizer
                     model.load_state_dict({k: v.copy() for k, v in init_params[i].items()})
-                    if init_rngs[i] is not None:
-                        model.rnn._rng = copy.deepcopy(init_rngs[i])
+                    model.rnn.rng = copy.deepcopy(init_rngs[i])
                 who = "" if len(models) == 1 else f" member {i + 1}/{len(models)}"
-                h = _train.fit(model, X, Y, Xv, Yv, optimizer=_train.make_optimizer(cfg), epochs=cfg.epochs,
+                h = fit(model, X, Y, Xv, Yv, optimizer=make_optimizer(cfg), epochs=cfg.epochs,
                                batch_size=cfg.batch_size, patience=cfg.patience, clip=cfg.clip, tbptt=cfg.tbptt,
                                seed=cfg.seed + i, progress=progress, desc=f"{cfg.name} fold {f.index}{who}")
                 hist = h if hist is None else hist  # the first member's history is reported
             if cfg.shrink and f.val_anchors.size:
-                pipe.fit_shrink(y, f.val_anchors, [_train.predict_scaled(m, Xv) for m in models])
+                pipe.fit_shrink(y, f.val_anchors, [predict_scaled(m, Xv) for m in models])
         t2 = time.perf_counter()
         Xt, _ = pipe.windows(y, f.test_anchors, phase)
-        lv = pipe.invert(y, f.test_anchors, [_train.predict_scaled(m, Xt) for m in models])
+        lv = pipe.invert(y, f.test_anchors, [predict_scaled(m, Xt) for m in models])
         scale = metrics.mase_scale(y[:f.val_start], season)
         p, m = _score(y, f.test_anchors, lv, K, season, scale)
         t3 = time.perf_counter()
@@ -238,39 +238,6 @@ def format_table(r: BacktestResult) -> str:
     return "\n".join(lines)
 
 
-def plot_backtest(path, r: BacktestResult, context: int | None = None) -> None:
-    """Actual vs model vs baselines (1 step ahead from each origin) over the folds, fold boundaries marked."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    from matplotlib.figure import Figure
-
-    from .plots import _x
-
-    y, labels = r.series.y, r.series.labels()
-    b = r.boundaries
-    ctx = max(0, b[0] - (context if context is not None else max(r.config.seq_length, (b[-1] - b[0]) // 3)))
-    x = _x(labels)
-    p = r.predictions
-    t = p["anchors"] + 1
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(x[ctx:], y[ctx:], color="black", lw=1.3, label="actual")
-    ax.plot(x[t], p["model"][:, 0], color="tab:red", lw=1.1, label="model")
-    ax.plot(x[t], p["naive"][:, 0], color="tab:gray", lw=1, ls="--", label="naive")
-    season = r.config.season or r.series.season
-    if season > 1:
-        ax.plot(x[t], p["seasonal_naive"][:, 0], color="tab:orange", lw=1, ls=":", label=f"seasonal naive ({season})")
-    for i, bi in enumerate(b[:-1]):
-        ax.axvline(x[bi], color="tab:blue", lw=0.8, ls="--", alpha=0.7)
-        ax.text(x[bi], 1.0, f" fold {i}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
-                color="tab:blue")
-    ax.set_title(f"Walk-forward backtest ({len(b) - 1} folds, retrain {r.retrain}): 1 step ahead")
-    ax.legend(loc="best", fontsize=8)
-    with checkpoint.atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-
-
 def default_out(cfg: RunConfig) -> Path:
     return Path("runs") / f"backtest-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -288,7 +255,7 @@ def write_backtest(out, r: BacktestResult) -> Path:
     except OSError as e:
         raise UserError(f"cannot create {out}: {e.strerror}; choose another --out") from None
     if r.config.plots:
-        plot_backtest(out / "backtest.png", r)
+        plots.backtest(out / "backtest.png", r)
     checkpoint.write_json(out / "backtest.json", r.to_dict())
     r.out_dir = out
     return out
@@ -297,20 +264,15 @@ def write_backtest(out, r: BacktestResult) -> Path:
 # ==== command line ============================================================================================
 def add_arguments(parser) -> None:
     """Flags of `gru-xp backtest`: --config, --folds, --retrain, and every train flag as an override."""
-    from .cli import _add_config_flags
-
     parser.add_argument("--config", default=None,
                         help="TOML config (path or name in configs/; default configs/default.toml)")
     parser.add_argument("--folds", default="4", metavar="N", help="number of folds = forecast blocks (default 4)")
     parser.add_argument("--retrain", default="every", metavar="every|once",
                         help="every: re-fit the same model per fold (default); once: fit on fold 0 only")
-    _add_config_flags(parser)
+    add_config_flags(parser)
 
 
 def run_cli(args) -> int:
-    from .cli import _overrides
-    from .config import make_config
-
     try:
         folds = int(str(args.folds).strip())
     except ValueError:
@@ -320,7 +282,7 @@ def run_cli(args) -> int:
     retrain = str(args.retrain).strip().lower()
     if retrain not in RETRAIN:
         raise UserError(f"--retrain must be one of {', '.join(RETRAIN)}, got {args.retrain!r}")
-    cfg = make_config(args.config if args.config is not None else "default", _overrides(args))
+    cfg = make_config(args.config if args.config is not None else "default", overrides(args))
     r = backtest(cfg, folds, retrain)
     out = write_backtest(Path(cfg.out) if cfg.out else default_out(cfg), r)
     if not cfg.quiet:

@@ -188,11 +188,7 @@ def _gx_step(cell, T, B, I, H, device, fast=True):
 
 
 def _sync_for(backend):
-    if backend.name == "cupy":
-        from .nn.fast import _cuda
-
-        return _cuda.synchronize
-    return lambda: None
+    return backend.synchronize
 
 
 def _torch_step(cell, T, B, I, H, device):
@@ -265,7 +261,7 @@ def _peak_memory(cell, T, B, I, H) -> dict:
         later = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
         key = "fast" if fast else "reference"
-        fc = m.rnn._fast_cell()
+        fc = m.rnn.fast_cell()
         out[key] = {"first_step_peak_bytes": first, "later_step_peak_bytes_above_live": later,
                     "workspace_bytes": fc.nbytes() if (fast and fc is not None) else 0}
         out[key]["first_step_peak_over_cache"] = round(first / out["cache_bytes_TB4H"], 3)
@@ -305,7 +301,7 @@ def _worker(cfg: dict) -> dict:
             t = _interleaved(sides, repeats, min_block)
             pairs = [a / b for a, b in zip(t["gru_xp"]["blocks_ms"], t["torch"]["blocks_ms"])]
             row = {"cell": cell, "row": name, "T": T, "B": B, "I": I, "H": H,
-                   "fast_path": m.rnn._fast_cell() is not None,
+                   "fast_path": m.rnn.fast_cell() is not None,
                    "gru_xp_ms": round(t["gru_xp"]["median_ms"], 4), "torch_ms": round(t["torch"]["median_ms"], 4),
                    "ratio": round(t["gru_xp"]["median_ms"] / t["torch"]["median_ms"], 4),
                    "ratio_median_of_pairs": round(_median(pairs), 4),

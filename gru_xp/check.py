@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import _backend_spec, resolve, to_host
+from .backend import resolve, to_host
 from .nn.recurrent import Recurrent
 
 
@@ -119,7 +119,7 @@ def _paths(make):
     for fast in (False, True):
         layer = make()
         layer.fast = fast
-        if fast and layer._fast_cell() is None:
+        if fast and layer.fast_cell() is None:
             continue  # no fast path on this namespace: the reference row covers it
         yield ("fast" if fast else "reference"), layer
 
@@ -203,7 +203,7 @@ def _device_rows(device: str) -> list[Row]:
 
 def run_checks(device: str = "cpu") -> list[Row]:
     be = resolve(device, "float64", verbose=True)
-    spec = _backend_spec(be)  # keeps cuda:N and strict:NAME
+    spec = be.spec  # keeps cuda:N and strict:NAME
     rows = _fd_rows(spec) + _torch_rows("cpu")
     if spec != "cpu":
         rows += _device_rows(spec)

@@ -177,9 +177,6 @@ def is_run_folder(p: Path) -> bool:
     return p.is_dir() and (p / "model.npz").is_file()
 
 
-RESUME_FILES = ("resume.npz", "resume.json")
-
-
 def run_status(p: Path) -> str | None:
     """None (not a run folder), "ok" (a completed run), "interrupted" (holds a resume state) or "diverged"."""
     p = Path(p)

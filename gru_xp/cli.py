@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .config import add_config_flags, make_config, overrides
 from .errors import UserError
 
 
@@ -18,64 +19,16 @@ def _cmd_check(args) -> int:
 
 
 # ---- train / predict -------------------------------------------------------------------------------------------
-SEED_ALIASES = {"data": ["--data_file"], "split_ratio": ["--split_ratio"], "seq_length": ["--seq_length"],
-                "hidden_size": ["--hidden_size"], "epochs": ["--num_epochs"], "lr": ["--learning_rate"]}
-HELP = {
-    "data": "CSV path (bare names are looked up in data/) or 'sine'", "target": "target column (default: Close, or "
-    "the one non-date column)", "date": "date column (default Date/DATE; 'none' = row order)",
-    "missing": "missing target values: error|drop|ffill|interpolate", "split_ratio": "train+validation fraction",
-    "val_ratio": "validation tail fraction of the train+validation part", "seq_length": "input window length",
-    "horizon": "K outputs of the direct head", "shrink": "shrink forecasts toward naive by a factor fitted on validation", "log": "model log(y) (y > 0), inverted before metrics", "difference": "difference lags, e.g. 1 or 12 or 1,12 (0 = none)",
-    "scaler": "standard|minmax|none (fitted on training data only)", "season": "seasonal-naive lag (0 = infer)",
-    "cell": "gru|lstm|rnn", "layers": "stacked recurrent layers", "reset_after": "GRU convention (PyTorch/Keras v3 "
-    "vs the original paper)", "optimizer": "adam|sgd", "lr": "learning rate", "batch_size": "minibatch size (0 = "
-    "full batch)", "patience": "early-stopping patience in epochs (0 = off)", "clip": "global gradient-norm clip "
-    "(0 = off)", "tbptt": "truncated BPTT window (0 = full)", "device": "cpu|cuda|cuda:N|auto",
-    "out": "run folder (default runs/<name>-<timestamp>)", "quiet": "no progress bar or table",
-    "diagnostics": "record per-step gradient norms and gate statistics to diagnostics.png/.json",
-    "calendar": "extra inputs: sin/cos of the season's phase at each step's target (month, quarter, weekday; "
-    "else row index modulo --season)",
-    "ensemble": "train N models (seeds SEED..SEED+N-1, each early-stopped) and average their forecasts on the "
-    "original scale (default 1)",
-}
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from dataclasses import fields
-
-    from .config import RunConfig
-
-    for f in fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag] + SEED_ALIASES.get(f.name, [])
-        if f.name == "epochs":
-            names.append("--num-epochs")
-        if isinstance(f.default, bool):
-            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=HELP.get(f.name))
-        else:
-            p.add_argument(*names, dest=f.name, default=None, metavar=f.name.upper(), help=HELP.get(f.name))
-
-
-def _overrides(args) -> dict:
-    from dataclasses import fields
-
-    from .config import RunConfig
-
-    return {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
-
-
 def _cmd_train(args) -> int:
-    from .config import make_config
-    from .train import resume_run, run
+    from .runs import resume_run, run
 
     if getattr(args, "resume", None) is not None:
         if args.config is not None:
             raise UserError("--config cannot be combined with --resume: the run's own config is used; drop --config")
-        resume_run(args.resume, _overrides(args))
+        resume_run(args.resume, overrides(args))
         return 0
     cfg_file = args.config if args.config is not None else "default"
-    cfg = make_config(cfg_file, _overrides(args))
+    cfg = make_config(cfg_file, overrides(args))
     run(cfg)
     return 0
 
@@ -84,7 +37,7 @@ def _cmd_predict(args) -> int:
     import pandas as pd
 
     from .checkpoint import write_text
-    from .train import predict_run
+    from .runs import predict_run
 
     steps = None
     if args.horizon is not None:
@@ -107,13 +60,14 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_vanishing(args) -> int:
-    from .diagnostics import format_vanishing, plot_vanishing, vanishing_gradient_experiment
+    from . import plots
+    from .diagnostics import format_vanishing, vanishing_gradient_experiment
 
     r = vanishing_gradient_experiment(T=args.T, hidden=args.hidden, batch=args.batch, seed=args.seed,
                                       device=args.device, dtype=args.dtype, train_steps=args.train_steps, lr=args.lr,
                                       repeats=args.repeats)
     print(format_vanishing(r))
-    print(f"plot: {plot_vanishing(r, args.out)}")
+    print(f"plot: {plots.vanishing(r, args.out)}")
     return 0
 
 
@@ -185,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="DIR",
                    help="continue an interrupted run from its folder (its saved config; only --epochs, --patience, "
                         "--device, --out, --quiet, --plots, --diagnostics may be given)")
-    _add_config_flags(t)
+    add_config_flags(t)
     t.set_defaults(func=_cmd_train)
 
     f = sub.add_parser("predict", help="forecast past the end of a series with a trained run")

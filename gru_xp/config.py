@@ -1,9 +1,13 @@
 """One RunConfig: defaults <- TOML file <- command-line flags, validated once; every mistake is a UserError.
 
 TOML keys are the field names below (flat, snake_case); unknown keys get the closest valid key suggested.
+The command-line flags of every command that takes a RunConfig (train, backtest, ...) are added by
+`add_config_flags` and read back by `overrides`. The choices of cell, optimizer and nonlinearity are the math
+floor's registries (nn.recurrent.CELLS, nn.optim.OPTIMIZERS, nn.rnn.NONLINEARITIES).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
@@ -13,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .nn.optim import OPTIMIZERS as OPTIMIZER_REGISTRY
+from .nn.recurrent import CELLS as CELL_REGISTRY
+from .nn.rnn import NONLINEARITIES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
 DATA_DIR = PROJECT_ROOT / "data"
 
-CELLS = ("gru", "lstm", "rnn")
+CELLS = tuple(CELL_REGISTRY)
 SCALERS = ("standard", "minmax", "none")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = tuple(OPTIMIZER_REGISTRY)
 MISSING = ("error", "drop", "ffill", "interpolate")
 DEVICES_HINT = "cpu | cuda | cuda:N | auto"
 
@@ -55,6 +62,7 @@ class RunConfig:
     dropout: float = 0.0
     bidirectional: bool = False
     reset_after: bool = True  # GRU convention: True = cuDNN/PyTorch/Keras v3, False = the original paper
+    nonlinearity: str = "tanh"  # vanilla RNN only: tanh | relu
     # ---- training ----------------------------------------------------------------------------------------
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -179,6 +187,8 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(cfg.scaler in SCALERS, f"unknown scaler {cfg.scaler!r}: use one of {', '.join(SCALERS)}")
     need(cfg.cell in CELLS, f"unknown cell {cfg.cell!r}: use one of {', '.join(CELLS)}")
     need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    need(cfg.nonlinearity in NONLINEARITIES,
+         f"unknown nonlinearity {cfg.nonlinearity!r}: use one of {', '.join(NONLINEARITIES)}")
     need(cfg.missing in MISSING, f"--missing must be one of {', '.join(MISSING)}, got {cfg.missing!r}")
     need(cfg.hidden_size >= 1, f"--hidden-size must be at least 1, got {cfg.hidden_size}")
     need(cfg.layers >= 1, f"--layers must be at least 1, got {cfg.layers}")
@@ -206,7 +216,7 @@ def _check(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _suggest(key: str) -> str:
+def suggest(key: str) -> str:
     close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(FIELDS)}"
 
@@ -244,7 +254,7 @@ def read_toml(path: str | Path) -> dict:
             flat[k] = v
     for k in flat:
         if k not in FIELDS:
-            raise UserError(f"unknown key {k!r} in {p}{_suggest(k)}")
+            raise UserError(f"unknown key {k!r} in {p}{suggest(k)}")
     flat.setdefault("name", p.stem)
     return flat
 
@@ -266,7 +276,7 @@ def make_config(config_file: str | Path | None = None, overrides: dict | None = 
         if v is None:
             continue
         if k not in FIELDS:
-            raise UserError(f"unknown setting {k!r}{_suggest(k)}")
+            raise UserError(f"unknown setting {k!r}{suggest(k)}")
         kw[k] = _coerce(k, v, "command line")
     return _check(RunConfig(**kw))
 
@@ -277,3 +287,47 @@ def from_dict(d: dict) -> RunConfig:
         raise UserError(f"saved config must be a table of settings, got {type(d).__name__}; retrain with 'gru-xp train'")
     kw = {k: _coerce(k, v, "saved config") for k, v in d.items() if k in FIELDS}
     return _check(RunConfig(**kw))
+
+
+# ---- the shared command-line flags -------------------------------------------------------------------------------
+SEED_ALIASES = {"data": ["--data_file"], "split_ratio": ["--split_ratio"], "seq_length": ["--seq_length"],
+                "hidden_size": ["--hidden_size"], "epochs": ["--num_epochs", "--num-epochs"],
+                "lr": ["--learning_rate"]}
+HELP = {
+    "data": "CSV path (bare names are looked up in data/) or 'sine'", "target": "target column (default: Close, or "
+    "the one non-date column)", "date": "date column (default Date/DATE; 'none' = row order)",
+    "missing": "missing target values: error|drop|ffill|interpolate", "split_ratio": "train+validation fraction",
+    "val_ratio": "validation tail fraction of the train+validation part", "seq_length": "input window length",
+    "horizon": "K outputs of the direct head",
+    "shrink": "shrink forecasts toward naive by a factor fitted on validation",
+    "log": "model log(y) (y > 0), inverted before metrics", "difference": "difference lags, e.g. 1 or 12 or 1,12 (0 = none)",
+    "scaler": "standard|minmax|none (fitted on training data only)", "season": "seasonal-naive lag (0 = infer)",
+    "cell": " | ".join(CELLS), "layers": "stacked recurrent layers", "reset_after": "GRU convention (PyTorch/Keras v3 "
+    "vs the original paper)", "nonlinearity": "vanilla RNN activation: " + " | ".join(NONLINEARITIES),
+    "optimizer": " | ".join(OPTIMIZERS), "lr": "learning rate", "batch_size": "minibatch size (0 = "
+    "full batch)", "patience": "early-stopping patience in epochs (0 = off)", "clip": "global gradient-norm clip "
+    "(0 = off)", "tbptt": "truncated BPTT window (0 = full)", "device": DEVICES_HINT,
+    "out": "run folder (default runs/<name>-<timestamp>)", "quiet": "no progress bar or table",
+    "diagnostics": "record per-step gradient norms and gate statistics to diagnostics.png/.json",
+    "calendar": "extra inputs: sin/cos of the season's phase at each step's target (month, quarter, weekday; "
+    "else row index modulo --season)",
+    "ensemble": "train N models (seeds SEED..SEED+N-1, each early-stopped) and average their forecasts on the "
+    "original scale (default 1)",
+}
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field (--hidden-size for hidden_size; booleans also as --no-FLAG), plus the seed
+    project's spellings; every value is None unless given, so a TOML config's setting stands."""
+    for f in fields(RunConfig):
+        names = ["--" + f.name.replace("_", "-")] + SEED_ALIASES.get(f.name, [])
+        if isinstance(f.default, bool):
+            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=HELP.get(f.name))
+        else:
+            p.add_argument(*names, dest=f.name, default=None, metavar=f.name.upper(), help=HELP.get(f.name))
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """The RunConfig fields given on the command line (see add_config_flags)."""
+    return {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}

@@ -7,14 +7,7 @@ Index conventions (n points y[0..n-1]):
     train windows: every target < v;  validation windows: first target >= v and every target < s;
     test windows: first target >= s (their inputs may reach back into the earlier, observed part).
     The scaler is fitted on z[:v] only: nothing from validation or test is seen by it.
-
-Calendar features (calendar = true): two more input channels, sin and cos of 2*pi*phase/period, where the input step
-at position i carries the phase of position i + 1 (target-aligned: the step whose value it is followed by; the last
-step of a window carries the phase of its first target t + 1). phase = month - 1 (period 12) for monthly dates,
-quarter - 1 (4) for quarterly, day of week for daily (7) and business-daily (5) dates, day of year - 1 (365.25) for
-weekly; without such dates the row index modulo the season. They are deterministic functions of time (nothing is
-fitted, so nothing leaks) and future positions are known: recursive forecasts continue the dates at the series'
-frequency.
+Calendar features: see calendar.py.
 """
 from __future__ import annotations
 
@@ -27,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calendar import calendar_kind, calendar_phase, future_dates
 from .config import DATA_DIR, RunConfig
 from .errors import UserError
 
@@ -166,9 +160,22 @@ def load_series(cfg: RunConfig) -> Series:
         tag = f"sine(length={cfg.sine_length},period={cfg.sine_period},noise={cfg.sine_noise},seed={cfg.seed})"
         return Series(y, None, "sine", None, "sine", hashlib.sha256(tag.encode()).hexdigest(), 1, "steps")
     path = resolve_data_path(cfg.data)
+    df = read_table(path)
+    date_col, target = _columns(df, cfg, path)
+    y = numeric_column(df[target], target, "target")
+    dates, year_dates = (None, False) if date_col is None else _parse_dates(df[date_col], date_col)
+    if dates is not None:
+        dates, order = _ordered_dates(dates, date_col, cfg.sort_dates)
+        y = y[order]
+    y, dates = _fill_missing(y, dates, target, cfg.missing)
+    season, freq = infer_frequency(dates, year_dates)
+    return Series(y, dates, target, date_col, str(path), sha256_file(path), season, freq, year_dates)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV file as a DataFrame with stripped column names; blank lines inside the data are rows of missing values
+    (skipping them would silently shift a series whose row order is its time order), trailing ones are dropped."""
     try:
-        # blank lines inside the data are rows with missing values, not nothing: skipping them would silently
-        # shift a series whose row order is its time order (trailing blank lines are dropped below)
         df = pd.read_csv(path, skip_blank_lines=False)
         if df.shape[1] == 0 or all(str(c).startswith("Unnamed: ") for c in df.columns):
             df = pd.read_csv(path)  # blank lines before the header
@@ -185,19 +192,18 @@ def load_series(cfg: RunConfig) -> Series:
     if df.shape[1] == 0 or df.shape[0] == 0:
         raise UserError(f"data file {path} has no rows; pass a CSV with a header and rows")
     df.columns = [str(c).strip() for c in df.columns]
+    return df
 
-    # date column
+
+def _columns(df: pd.DataFrame, cfg: RunConfig, path: Path) -> tuple[str | None, str]:
+    """(date column or None, target column): as configured, else Date/DATE-like and Close / the one other column."""
     date_col = None
     if cfg.date.strip().lower() == "none":
         date_col = None
     elif cfg.date:
         date_col = _find_col(df, cfg.date, "date", "--date")
     else:
-        for c in df.columns:
-            if c.lower() in DATE_NAMES:
-                date_col = c
-                break
-    # target column
+        date_col = next((c for c in df.columns if c.lower() in DATE_NAMES), None)
     if cfg.target:
         target = _find_col(df, cfg.target, "target", "--target")
     else:
@@ -211,110 +217,63 @@ def load_series(cfg: RunConfig) -> Series:
             raise UserError(f"{path.name} has several columns ({', '.join(rest)}); pass --target COL to choose one")
     if target == date_col:
         raise UserError(f"--target and --date are both {target!r}; pass different columns")
+    return date_col, target
 
-    raw = df[target]
+
+def numeric_column(raw: pd.Series, name: str, what: str = "target") -> np.ndarray:
+    """A column as float64 (NaN where empty); a non-numeric or infinite entry is a UserError naming its line."""
     vals = pd.to_numeric(raw, errors="coerce")
     bad = vals.isna() & raw.notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise UserError(f"target column {target!r} has a non-numeric value {raw.iloc[i]!r} on line {i + 2}; "
-                        f"fix the file or pass --target COL for a numeric column")
+        raise UserError(f"{what} column {name!r} has a non-numeric value {raw.iloc[i]!r} on line {i + 2}; "
+                        f"fix the file or pass --{what} COL for a numeric column")
     y = vals.to_numpy(dtype=np.float64)
     if np.isinf(y).any():
         i = int(np.flatnonzero(np.isinf(y))[0])
-        raise UserError(f"target column {target!r} is infinite on line {i + 2}; fix the file")
+        raise UserError(f"{what} column {name!r} is infinite on line {i + 2}; fix the file")
+    return y
 
-    dates, year_dates = (None, False) if date_col is None else _parse_dates(df[date_col], date_col)
-    if dates is not None:
-        order_bad = np.flatnonzero(np.diff(dates.asi8) < 0)
-        if order_bad.size:
-            if not cfg.sort_dates:
-                i = int(order_bad[0]) + 1
-                raise UserError(f"dates in {date_col!r} are not in increasing order (line {i + 2}: "
-                                f"{dates[i].date()} after {dates[i - 1].date()}); sort the file or pass --sort-dates")
-            order = np.argsort(dates.asi8, kind="stable")
-            dates, y = dates[order], y[order]
-        dup = dates.duplicated()
-        if dup.any():
-            i = int(np.flatnonzero(dup)[0])
-            raise UserError(f"duplicate date {dates[i].date()} in {date_col!r} (line {i + 2} when sorted); "
-                            f"remove or aggregate duplicate rows")
 
+def _ordered_dates(dates: pd.DatetimeIndex, date_col: str, sort: bool) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """(dates in increasing order, the row order that gives it): unsorted dates are an error unless `sort`;
+    duplicates always are."""
+    order = np.arange(len(dates))
+    order_bad = np.flatnonzero(np.diff(dates.asi8) < 0)
+    if order_bad.size:
+        if not sort:
+            i = int(order_bad[0]) + 1
+            raise UserError(f"dates in {date_col!r} are not in increasing order (line {i + 2}: "
+                            f"{dates[i].date()} after {dates[i - 1].date()}); sort the file or pass --sort-dates")
+        order = np.argsort(dates.asi8, kind="stable")
+        dates = dates[order]
+    dup = dates.duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise UserError(f"duplicate date {dates[i].date()} in {date_col!r} (line {i + 2} when sorted); "
+                        f"remove or aggregate duplicate rows")
+    return dates, order
+
+
+def _fill_missing(y: np.ndarray, dates, target: str, how: str):
+    """(y, dates) with missing target values refused (how="error"), dropped, forward-filled or interpolated."""
     miss = np.isnan(y)
-    if miss.any():
-        i = int(np.flatnonzero(miss)[0])
-        if cfg.missing == "error":
-            raise UserError(f"target column {target!r} has {int(miss.sum())} missing value(s), first on line {i + 2}; "
-                            f"fill them or pass --missing drop|ffill|interpolate")
-        if cfg.missing == "drop":
-            keep = ~miss
-            y = y[keep]
-            dates = None if dates is None else dates[keep]
-        else:
-            s = pd.Series(y)
-            s = s.ffill() if cfg.missing == "ffill" else s.interpolate(limit_direction="forward")
-            y = s.to_numpy(dtype=np.float64)
-            if np.isnan(y).any():  # leading gaps cannot be filled from the past
-                raise UserError(f"target column {target!r} starts with missing values that {cfg.missing} cannot fill; "
-                                f"pass --missing drop or trim the file")
-    season, freq = infer_frequency(dates, year_dates)
-    return Series(y, dates, target, date_col, str(path), sha256_file(path), season, freq, year_dates)
-
-
-# ==== calendar features ======================================================================================
-CAL_KINDS = {"monthly": ("month", 12.0), "quarterly": ("quarter", 4.0), "daily": ("day-of-week", 7.0),
-             "business-daily": ("day-of-week", 5.0), "weekly": ("day-of-year", 365.25)}
-
-
-def calendar_kind(series: "Series", season: int) -> tuple[str, float]:
-    """(kind, period) of the calendar features of a series: the month (12) for monthly dates, the quarter (4) for
-    quarterly, the day of the week for daily (7) and business-daily (5) dates, the day of the year (365.25) for
-    weekly; otherwise the row index modulo the season ("index", season), which needs a season > 1."""
-    if series.dates is not None and series.freq in CAL_KINDS:
-        return CAL_KINDS[series.freq]
-    if season > 1:
-        return "index", float(season)
-    raise UserError(f"--calendar needs a seasonal period: the series has no usable calendar ({series.freq}) and "
-                    f"season {season}; pass --season N (the period in rows) or drop --calendar")
-
-
-def future_dates(series: "Series", k: int) -> list:
-    """The k timestamps after the end of a dated series, continuing its frequency."""
-    last = series.dates[-1]
-    if series.year_dates or series.freq == "yearly":
-        return [last + pd.DateOffset(years=i) for i in range(1, k + 1)]
-    if series.freq == "monthly":
-        return [last + pd.DateOffset(months=i) for i in range(1, k + 1)]
-    if series.freq == "quarterly":
-        return [last + pd.DateOffset(months=3 * i) for i in range(1, k + 1)]
-    if series.freq == "business-daily":
-        return [last + pd.offsets.BDay(i) for i in range(1, k + 1)]
-    step = pd.Timedelta(np.median(np.diff(series.dates.as_unit("ns").asi8)), unit="ns")
-    return [last + i * step for i in range(1, k + 1)]
-
-
-def calendar_phase(kind: str, series: "Series", total: int) -> np.ndarray:
-    """(total,) float phase in [0, period) of positions 0 .. total-1 of the series; positions past its end (the
-    future, for recursive forecasts) continue its calendar (dates: its frequency; no dates: the row index)."""
-    n = len(series.y)
-    if kind == "index":
-        return np.arange(total, dtype=np.float64)  # reduced modulo the period in Pipeline.features
-    if series.dates is None:
-        raise UserError(f"this model uses calendar features ({kind}) but the data have no dates; pass data with "
-                        f"the date column it was trained with (--date COL)")
-    d = pd.DatetimeIndex(series.dates)
-    if total > n:
-        d = d.append(pd.DatetimeIndex(future_dates(series, total - n)))
-    d = d[:total]
-    if kind == "month":
-        return (d.month - 1).to_numpy(dtype=np.float64)
-    if kind == "quarter":
-        return (d.quarter - 1).to_numpy(dtype=np.float64)
-    if kind == "day-of-week":
-        return d.dayofweek.to_numpy(dtype=np.float64)
-    if kind == "day-of-year":
-        return (d.dayofyear - 1).to_numpy(dtype=np.float64)
-    raise UserError(f"unknown calendar feature kind {kind!r} in the saved pipeline; retrain with 'gru-xp train'")
+    if not miss.any():
+        return y, dates
+    i = int(np.flatnonzero(miss)[0])
+    if how == "error":
+        raise UserError(f"target column {target!r} has {int(miss.sum())} missing value(s), first on line {i + 2}; "
+                        f"fill them or pass --missing drop|ffill|interpolate")
+    if how == "drop":
+        keep = ~miss
+        return y[keep], None if dates is None else dates[keep]
+    s = pd.Series(y)
+    s = s.ffill() if how == "ffill" else s.interpolate(limit_direction="forward")
+    y = s.to_numpy(dtype=np.float64)
+    if np.isnan(y).any():  # leading gaps cannot be filled from the past
+        raise UserError(f"target column {target!r} starts with missing values that {how} cannot fill; "
+                        f"pass --missing drop or trim the file")
+    return y, dates
 
 
 # ==== transforms and scaling =================================================================================

@@ -1,7 +1,7 @@
 """Seeing inside a recurrent network: per-time-step gradient norms ||dL/dh_t|| and gate statistics, their plot,
 and the vanishing-gradient experiment (vanilla RNN against GRU and LSTM on the adding problem).
 
-Host edge: NumPy and matplotlib live here; the layers still compute on their own backend and device, and the
+Host edge: NumPy lives here (the plots in plots.py); the layers still compute on their own backend and device, and the
 recorded arrays cross to the host once, after the backward.
 
 Legend: T time steps, B batch, H hidden units, L layers, D directions.
@@ -12,14 +12,19 @@ Legend: T time steps, B batch, H hidden units, L layers, D directions.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from . import plots
 from .backend import to_host
+from .checkpoint import write_json
 from .errors import UserError
+from .metrics import jsonable
+from .nn import losses
+from .nn.forecaster import Forecaster
+from .nn.optim import Adam
 
 # gate cache attributes per cell type (recurrent class `mode`) -> display name
 GATE_FIELDS = {
@@ -68,7 +73,7 @@ def _gate_stats(layer):
         for k in range(layer.num_layers):
             per_dir = []
             for d in range(D):
-                a = np.asarray(to_host(getattr(layer._caches[k * D + d], attr)), dtype=np.float64)  # (T, B, H)
+                a = np.asarray(to_host(getattr(layer.caches[k * D + d], attr)), dtype=np.float64)  # (T, B, H)
                 per_dir.append(a[::-1] if d else a)  # reverse direction back to time order
             a = np.stack(per_dir)  # (D, T, B, H)
             m_k.append(a.mean(axis=(0, 2, 3)))
@@ -83,10 +88,8 @@ def record(target, x, y=None, *, dy=None, dstate_n=None, tbptt: int = 0) -> Diag
     target: a Forecaster (x (T, B, I), y (B, K) targets, MSE loss) or a recurrent layer (GRU/LSTM/RNN: either
     y (T, B, D*H) targets of its output sequence with an MSE loss, or explicit upstream gradients dy and/or
     dstate_n). The target's parameter gradients and training mode are left as they were."""
-    from .nn import losses
-
     layer = target.rnn if _is_model(target) else target
-    if not hasattr(layer, "_caches"):
+    if not hasattr(layer, "caches"):
         raise UserError(f"diagnostics need a gru_xp model or GRU/LSTM/RNN layer, got {type(target).__name__}")
     xp, be = layer.backend.xp, layer.backend
     saved = {k: xp.asarray(v, copy=True) for k, v in target.grads.items()}
@@ -126,61 +129,10 @@ def record(target, x, y=None, *, dy=None, dstate_n=None, tbptt: int = 0) -> Diag
 
 def write_diagnostics(target, x, y=None, folder=".", *, tbptt: int = 0, **kw) -> Diagnostics:
     """record() then write folder/diagnostics.png and folder/diagnostics.json (both atomically)."""
-    import json
-
     d = record(target, x, y, tbptt=tbptt, **kw)
-    os.makedirs(folder, exist_ok=True)
-    plot_diagnostics(d, os.path.join(folder, "diagnostics.png"))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(d.to_dict(), f, indent=1)
-    os.replace(tmp, os.path.join(folder, "diagnostics.json"))
+    plots.diagnostics(d, Path(folder) / "diagnostics.png")
+    write_json(Path(folder) / "diagnostics.json", jsonable(d.to_dict()))
     return d
-
-
-def _save_atomic(fig, path) -> str:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def plot_diagnostics(diag: Diagnostics, path="diagnostics.png", title: str | None = None) -> str:
-    """Two panels: ||dL/dh_t|| against t (log scale, one line per layer), and mean gate activations against t
-    (last layer; legend gives each gate's saturation share). Written atomically; returns the path."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 6.5), layout="constrained")
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    L, T = diag.grad_norm.shape
-    t = np.arange(T)
-    for k in range(L):
-        ax1.semilogy(t, np.maximum(diag.grad_norm[k], 1e-300), label=f"layer {k}")
-    ax1.set_ylabel("mean ||dL/dh_t||")
-    ax1.set_title(title or f"{diag.cell}: gradient reaching each time step"
-                  + ("" if diag.loss is None else f" (loss {diag.loss:.4g})"))
-    ax1.legend(loc="best", fontsize="small")
-    ax1.grid(True, which="both", alpha=0.3)
-    if diag.gates:
-        for name, m in diag.gates.items():
-            ax2.plot(t, m[-1], label=f"{name} (saturated {100 * diag.saturation[name][-1]:.0f}%)")
-        ax2.set_ylim(0.0, 1.0)
-        ax2.set_ylabel(f"mean gate, layer {L - 1}")
-        ax2.legend(loc="best", fontsize="small")
-    else:
-        ax2.text(0.5, 0.5, f"{diag.cell} has no gates", ha="center", va="center", transform=ax2.transAxes)
-    ax2.set_xlabel("time step t")
-    ax2.grid(True, alpha=0.3)
-    return _save_atomic(fig, path)
 
 
 # ---- the vanishing-gradient experiment ------------------------------------------------------------------------
@@ -212,9 +164,6 @@ def vanishing_gradient_experiment(T: int = 100, hidden: int = 32, batch: int = 3
 
     Returns {"task", "T", "hidden", "train_steps", "repeats", "steps" (T,), "curves" {cell: (T,)},
     "raw" {cell: (T,)}, "loss" {cell: float (mean over repeats)}, "ratio_first_to_last" {cell: float}}."""
-    from .nn.forecaster import Forecaster
-    from .nn.optim import Adam
-
     if T < 2:
         raise UserError(f"the vanishing-gradient experiment needs T >= 2, got {T}")
     if repeats < 1:
@@ -243,26 +192,6 @@ def vanishing_gradient_experiment(T: int = 100, hidden: int = 32, batch: int = 3
     return {"task": "adding", "T": T, "hidden": hidden, "train_steps": train_steps, "repeats": repeats,
             "steps": np.arange(T), "curves": curves, "raw": raw, "loss": losses,
             "ratio_first_to_last": {c: float(v[0]) for c, v in curves.items()}}
-
-
-def plot_vanishing(result: dict, path="vanishing_gradient.png") -> str:
-    """The three cells' normalised ||dL/dh_t|| on one log-scale plot. Written atomically; returns the path."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.subplots()
-    for cell, curve in result["curves"].items():
-        ax.semilogy(result["steps"], np.maximum(curve, 1e-300), label=f"{cell.upper()} (t=0: {curve[0]:.1e})")
-    trained = f"after {result['train_steps']} Adam steps" if result["train_steps"] else "at initialisation"
-    if result.get("repeats", 1) > 1:
-        trained += f", geometric mean of {result['repeats']} seeds"
-    ax.set_title(f"Vanishing gradient on the {result['task']} problem, T={result['T']}, "
-                 f"hidden={result['hidden']}, {trained}")
-    ax.set_xlabel("time step t (the loss reads the state at t = T-1)")
-    ax.set_ylabel("||dL/dh_t|| / ||dL/dh_{T-1}||")
-    ax.legend(loc="best")
-    ax.grid(True, which="both", alpha=0.3)
-    return _save_atomic(fig, path)
 
 
 def format_vanishing(result: dict) -> str:

@@ -1,72 +1,92 @@
-"""PNG plots of a run (matplotlib, Agg backend): cost, sequence, residual, forecast. Host only."""
+"""Every plot of gru_xp, in one style, each written atomically as a PNG (host only; matplotlib's object API, no
+pyplot state, so plotting is safe off the main thread and leaks no figures).
+
+    run_plots(folder, prep, predictions, history)  a run folder's cost, sequence, residual and forecast plots
+    cost / sequence / residual / forecast          those four, one by one
+    backtest(path, r)                              walk-forward folds against the baselines
+    diagnostics(diag, path) / vanishing(r, path)   per-step gradient norms and gates; the vanishing-gradient curves
+
+One style: actual black, model red, naive gray dashed, seasonal naive orange dotted; train/validation/test blue,
+green, red; light grid. Each function returns the path it wrote.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import atomic_path
 
-def _plt():
-    import matplotlib
+DPI = 100
+ACTUAL = {"color": "black", "lw": 1.3, "label": "actual"}
+MODEL = {"color": "tab:red", "lw": 1.1}
+NAIVE = {"color": "tab:gray", "lw": 1.0, "ls": "--"}
+SEASONAL = {"color": "tab:orange", "lw": 1.0, "ls": ":"}
+SPLIT_COLORS = {"train": "tab:blue", "val": "tab:green", "test": "tab:red"}
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
-    return plt
+def _figure(width: float, height: float, rows: int = 1, sharex: bool = False):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(rows, 1, sharex=sharex)
+    for ax in np.atleast_1d(axes):
+        ax.grid(True, alpha=0.3)
+    return fig, axes
 
 
-def _x(labels):
-    """Date strings -> datetimes for a proper axis; integers stay integers."""
+def save(fig, path) -> str:
+    """Write the figure as a PNG under a temporary name, then rename it into place."""
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return str(path)
+
+
+def time_axis(labels) -> np.ndarray:
+    """Date strings -> datetimes for a proper axis; integers (steps, years) stay integers."""
     import pandas as pd
 
     if len(labels) and isinstance(labels[0], str):
-        return pd.to_datetime(labels)
+        return np.asarray(pd.to_datetime(labels))
     return np.asarray(labels)
 
 
-def cost(path: Path, train_loss, val_loss, best_epoch: int | None = None) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+# ---- a run folder -------------------------------------------------------------------------------------------------
+def cost(path, train_loss, val_loss, best_epoch: int | None = None) -> str:
+    fig, ax = _figure(7, 4)
     ep = np.arange(1, len(train_loss) + 1)
-    ax.plot(ep, train_loss, label="train")
+    ax.plot(ep, train_loss, color=SPLIT_COLORS["train"], label="train")
     if val_loss is not None and len(val_loss) and np.isfinite(val_loss).any():
-        ax.plot(ep, val_loss, label="validation")
+        ax.plot(ep, val_loss, color=SPLIT_COLORS["val"], label="validation")
     if best_epoch:
         ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"best epoch {best_epoch}")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (scaled units)")
+    ax.set_ylabel("loss (scaled units)")
     ax.set_title("Cost per epoch")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return save(fig, path)
 
 
-def sequence(path: Path, labels, y, fitted: dict, test_start: int, title: str = "") -> None:
+def sequence(path, labels, y, fitted: dict, test_start: int, title: str = "") -> str:
     """The whole series with the 1-step-ahead predictions over train/val/test (fitted: split -> (idx, pred))."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(10, 4))
-    x = _x(labels)
-    ax.plot(x, y, color="black", lw=1, label="actual")
-    colors = {"train": "tab:blue", "val": "tab:green", "test": "tab:red"}
+    fig, ax = _figure(10, 4)
+    x = time_axis(labels)
+    ax.plot(x, y, **{**ACTUAL, "lw": 1.0})
     for split, (idx, pred) in fitted.items():
         if len(idx):
-            ax.plot(x[idx], pred, color=colors.get(split), lw=1, label=f"predicted ({split})")
+            ax.plot(x[idx], pred, color=SPLIT_COLORS.get(split), lw=1, label=f"predicted ({split})")
     if 0 < test_start < len(y):
         ax.axvline(x[test_start], color="gray", ls="--", lw=1)
     ax.set_title(title or "Actual vs predicted (1 step ahead)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return save(fig, path)
 
 
-def residual(path: Path, pred, actual, split_names) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+def residual(path, pred, actual, split_names) -> str:
+    fig, ax = _figure(6, 4)
     pred, actual, split_names = np.asarray(pred), np.asarray(actual), np.asarray(split_names)
-    for split, c in (("train", "tab:blue"), ("val", "tab:green"), ("test", "tab:red")):
+    for split, c in SPLIT_COLORS.items():
         m = split_names == split
         if m.any():
             ax.scatter(pred[m], actual[m] - pred[m], s=6, alpha=0.6, color=c, label=split)
@@ -75,23 +95,104 @@ def residual(path: Path, pred, actual, split_names) -> None:
     ax.set_ylabel("actual - predicted")
     ax.set_title("Residual vs predicted")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return save(fig, path)
 
 
-def forecast(path: Path, labels, actual, model, naive, seasonal, season: int) -> None:
+def forecast(path, labels, actual, model, naive, seasonal, season: int) -> str:
     """The test period: actual, the model and both baselines (1 step ahead)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(10, 4))
-    x = _x(labels)
-    ax.plot(x, actual, color="black", lw=1.5, label="actual")
-    ax.plot(x, model, color="tab:red", lw=1.2, label="model")
-    ax.plot(x, naive, color="tab:gray", lw=1, ls="--", label="naive (last value)")
+    fig, ax = _figure(10, 4)
+    x = time_axis(labels)
+    ax.plot(x, actual, **{**ACTUAL, "lw": 1.5})
+    ax.plot(x, model, **MODEL, label="model")
+    ax.plot(x, naive, **NAIVE, label="naive (last value)")
     if season > 1:
-        ax.plot(x, seasonal, color="tab:orange", lw=1, ls=":", label=f"seasonal naive (lag {season})")
+        ax.plot(x, seasonal, **SEASONAL, label=f"seasonal naive (lag {season})")
     ax.set_title("Test period: model vs baselines")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return save(fig, path)
+
+
+def run_plots(folder, prep, preds: dict, history) -> None:
+    """cost.png, sequence.png, residual.png and forecast.png of a run (prep: data.Prepared; preds: split ->
+    {"anchors", "actual", "model", "naive", "seasonal_naive"} on the original scale; history: train.History)."""
+    d = Path(folder)
+    labels = np.asarray(prep.series.labels(), dtype=object)
+    cost(d / "cost.png", history.train_loss, history.val_loss, history.best_epoch)
+    fitted = {k: (p["anchors"] + 1, p["model"][:, 0]) for k, p in preds.items()}
+    sequence(d / "sequence.png", list(labels), prep.series.y, fitted, prep.test_start,
+             f"{prep.series.target}: actual vs predicted (1 step ahead)")
+    allp = np.concatenate([p["model"][:, 0] for p in preds.values()])
+    alla = np.concatenate([p["actual"][:, 0] for p in preds.values()])
+    names = np.concatenate([[k] * len(p["anchors"]) for k, p in preds.items()])
+    residual(d / "residual.png", allp, alla, names)
+    if "test" in preds:
+        p = preds["test"]
+        forecast(d / "forecast.png", list(labels[p["anchors"] + 1]), p["actual"][:, 0], p["model"][:, 0],
+                 p["naive"][:, 0], p["seasonal_naive"][:, 0], prep.pipeline.season)
+
+
+# ---- backtest -----------------------------------------------------------------------------------------------------
+def backtest(path, r, context: int | None = None) -> str:
+    """Actual vs model vs baselines (1 step ahead from each origin) over the folds, fold boundaries marked.
+    r: a backtest.BacktestResult (series, boundaries, predictions, config, retrain)."""
+    y, labels = r.series.y, r.series.labels()
+    b = r.boundaries
+    ctx = max(0, b[0] - (context if context is not None else max(r.config.seq_length, (b[-1] - b[0]) // 3)))
+    x = time_axis(labels)
+    p = r.predictions
+    t = p["anchors"] + 1
+    fig, ax = _figure(10, 4)
+    ax.plot(x[ctx:], y[ctx:], **ACTUAL)
+    ax.plot(x[t], p["model"][:, 0], **MODEL, label="model")
+    ax.plot(x[t], p["naive"][:, 0], **NAIVE, label="naive")
+    season = r.config.season or r.series.season
+    if season > 1:
+        ax.plot(x[t], p["seasonal_naive"][:, 0], **SEASONAL, label=f"seasonal naive ({season})")
+    for i, bi in enumerate(b[:-1]):
+        ax.axvline(x[bi], color="tab:blue", lw=0.8, ls="--", alpha=0.7)
+        ax.text(x[bi], 1.0, f" fold {i}", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
+                color="tab:blue")
+    ax.set_title(f"Walk-forward backtest ({len(b) - 1} folds, retrain {r.retrain}): 1 step ahead")
+    ax.legend(loc="best", fontsize=8)
+    return save(fig, path)
+
+
+# ---- inside the network -------------------------------------------------------------------------------------------
+def diagnostics(diag, path="diagnostics.png", title: str | None = None) -> str:
+    """Two panels: ||dL/dh_t|| against t (log scale, one line per layer), and mean gate activations against t
+    (last layer; legend gives each gate's saturation share). diag: a diagnostics.Diagnostics."""
+    fig, (ax1, ax2) = _figure(8, 6.5, rows=2, sharex=True)
+    L, T = diag.grad_norm.shape
+    t = np.arange(T)
+    for k in range(L):
+        ax1.semilogy(t, np.maximum(diag.grad_norm[k], 1e-300), label=f"layer {k}")
+    ax1.set_ylabel("mean ||dL/dh_t||")
+    ax1.set_title(title or f"{diag.cell}: gradient reaching each time step"
+                  + ("" if diag.loss is None else f" (loss {diag.loss:.4g})"))
+    ax1.legend(loc="best", fontsize="small")
+    if diag.gates:
+        for name, m in diag.gates.items():
+            ax2.plot(t, m[-1], label=f"{name} (saturated {100 * diag.saturation[name][-1]:.0f}%)")
+        ax2.set_ylim(0.0, 1.0)
+        ax2.set_ylabel(f"mean gate, layer {L - 1}")
+        ax2.legend(loc="best", fontsize="small")
+    else:
+        ax2.text(0.5, 0.5, f"{diag.cell} has no gates", ha="center", va="center", transform=ax2.transAxes)
+    ax2.set_xlabel("time step t")
+    return save(fig, path)
+
+
+def vanishing(result: dict, path="vanishing_gradient.png") -> str:
+    """The cells' normalised ||dL/dh_t|| on one log-scale plot (diagnostics.vanishing_gradient_experiment)."""
+    fig, ax = _figure(8, 4.5)
+    for cell, curve in result["curves"].items():
+        ax.semilogy(result["steps"], np.maximum(curve, 1e-300), label=f"{cell.upper()} (t=0: {curve[0]:.1e})")
+    trained = f"after {result['train_steps']} Adam steps" if result["train_steps"] else "at initialisation"
+    if result.get("repeats", 1) > 1:
+        trained += f", geometric mean of {result['repeats']} seeds"
+    ax.set_title(f"Vanishing gradient on the {result['task']} problem, T={result['T']}, "
+                 f"hidden={result['hidden']}, {trained}")
+    ax.set_xlabel("time step t (the loss reads the state at t = T-1)")
+    ax.set_ylabel("||dL/dh_t|| / ||dL/dh_{T-1}||")
+    ax.legend(loc="best")
+    return save(fig, path)

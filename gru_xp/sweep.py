@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .metrics import fmt as _fmt
-from .config import (CONFIG_DIR, FIELDS, PROJECT_ROOT, RunConfig, _suggest, config_base, from_dict, make_config,
-                     resolve_config_path)
+from .config import (CONFIG_DIR, FIELDS, PROJECT_ROOT, RunConfig, config_base, from_dict, make_config,
+                     resolve_config_path, suggest)
 from .errors import UserError
 
 OUTPUT_ONLY = ("name", "out", "plots", "quiet", "diagnostics")  # settings that do not change a result: not keyed
@@ -75,7 +75,7 @@ def read_grid(path: str | Path) -> tuple[str, dict]:
     grid = {}
     for k, v in table.items():
         if k not in FIELDS:
-            raise UserError(f"unknown grid key {k!r} in {p}{_suggest(k)}")
+            raise UserError(f"unknown grid key {k!r} in {p}{suggest(k)}")
         if k in GRID_FORBIDDEN:
             raise UserError(f"grid key {k!r} in {p} cannot be swept: the sweep writes its own output (use --out)")
         if k == "difference":  # a list-valued setting: a grid of lists, e.g. difference = [[], [1], [1, 12]]
@@ -144,7 +144,7 @@ def data_fingerprint(cfg: RunConfig) -> tuple[str, str | None]:
 
 # settings added after sweeps existed: left out of the key at their default, so a sweep started by an older version
 # keeps its keys (its finished rows are not re-run)
-LATER_DEFAULTS = {"calendar": False, "ensemble": 1}
+LATER_DEFAULTS = {"calendar": False, "ensemble": 1, "nonlinearity": "tanh"}
 
 
 def task_key(settings: dict, data_sha256: str) -> str:
@@ -211,7 +211,7 @@ def pick_device(requested: str, worker_name=None) -> str:
 
     ok, _ = cuda_available()
     if not ok:
-        return "cpu" if req == "auto" else req  # "cuda" without a GPU: let train.run raise its one-line error
+        return "cpu" if req == "auto" else req  # "cuda" without a GPU: let runs.run raise its one-line error
     import cupy
 
     n = int(cupy.cuda.runtime.getDeviceCount())
@@ -285,7 +285,7 @@ def run_task(settings: dict, key: str, point: dict, threads: int = 1, save_dir: 
         from threadpoolctl import threadpool_limits
 
         from . import metrics as M
-        from .train import run
+        from .runs import run
 
         with threadpool_limits(limits=int(threads)):
             s = _materialize(data_blob, settings)

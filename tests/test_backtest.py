@@ -10,6 +10,7 @@ import pytest
 
 import gru_xp.data as data_mod
 import gru_xp.model as model_mod
+import gru_xp.runs as runs_mod
 import gru_xp.train as train_mod
 from gru_xp import backtest as bt
 from gru_xp import metrics
@@ -114,11 +115,11 @@ def test_overall_is_the_concatenation_and_naive_is_hand_checkable():
 def test_every_builds_one_model_reads_the_csv_once_and_equals_fresh_training(csv, monkeypatch):
     cfg = make_config(None, dict(data=str(csv), seq_length=6, hidden_size=4, layers=2, dropout=0.2, epochs=3,
                                  batch_size=16, quiet=True, plots=False, difference=[1]))
-    builds = counting(monkeypatch, train_mod, "build_model")
+    builds = counting(monkeypatch, bt, "build_model")
     inits = counting(monkeypatch, model_mod.Forecaster, "__init__")
     loads = counting(monkeypatch, data_mod, "load_series")
     reads = counting(monkeypatch, pd, "read_csv")
-    fits = counting(monkeypatch, train_mod, "fit")
+    fits = counting(monkeypatch, bt, "fit")
     r = bt.backtest(cfg, 3, "every")
     assert (len(builds), len(inits), len(loads), len(reads), len(fits)) == (1, 1, 1, 1, 3)
     # fold 2, trained on the reused model, equals a fresh model trained on fold 2's window (init and dropout reset)
@@ -126,25 +127,25 @@ def test_every_builds_one_model_reads_the_csv_once_and_equals_fresh_training(csv
     series = data_mod.load_series(cfg)
     f = bt.make_folds(len(series.y), cfg, 3, series.season)[2]
     pipe = bt.fold_pipeline(cfg, series, f, series.season)
-    fresh = train_mod.build_model(cfg)
+    fresh = runs_mod.build_model(cfg)
     train_mod.fit(fresh, *pipe.windows(series.y, f.train_anchors), *pipe.windows(series.y, f.val_anchors),
-                  optimizer=train_mod.make_optimizer(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  optimizer=runs_mod.make_optimizer(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size,
                   clip=cfg.clip, seed=cfg.seed, progress=False)
     lv = pipe.invert(series.y, f.test_anchors,
-                     train_mod.predict_scaled(fresh, pipe.windows(series.y, f.test_anchors)[0]))
+                     runs_mod.predict_scaled(fresh, pipe.windows(series.y, f.test_anchors)[0]))
     np.testing.assert_allclose(r.predictions["model"][r.predictions["fold"] == 2], lv, rtol=1e-6)
 
 
 def test_once_trains_once_and_reproduces_the_train_command(monkeypatch):
     cfg = tiny(difference=[1])
-    fits = counting(monkeypatch, train_mod, "fit")
+    fits = counting(monkeypatch, bt, "fit")
     once = bt.backtest(cfg, 3, "once")
     assert len(fits) == 1
     assert [d["trained"] for d in once.folds] == [True, False, False]
     monkeypatch.undo()
     every = bt.backtest(cfg, 3, "every")
     assert once.folds[0]["metrics"] == every.folds[0]["metrics"]  # fold 0 is the same training in both modes
-    test = train_mod.run(cfg, save=False).metrics["test"]
+    test = runs_mod.run(cfg, save=False).metrics["test"]
     for k in metrics.MODELS:
         for m in metrics.METRICS:
             assert once.overall["metrics"][k][m] == pytest.approx(test[k][m], rel=1e-5)
@@ -153,12 +154,12 @@ def test_once_trains_once_and_reproduces_the_train_command(monkeypatch):
 def test_calendar_and_ensemble_backtest_reproduces_the_train_command(csv, monkeypatch):
     cfg = make_config(None, dict(data=str(csv), seq_length=6, hidden_size=4, epochs=3, batch_size=16, quiet=True,
                                  plots=False, difference=[1], calendar=True, ensemble=2, seed=2))
-    builds = counting(monkeypatch, train_mod, "build_model")
-    fits = counting(monkeypatch, train_mod, "fit")
+    builds = counting(monkeypatch, bt, "build_model")
+    fits = counting(monkeypatch, bt, "fit")
     once = bt.backtest(cfg, 3, "once")
     assert (len(builds), len(fits)) == (2, 2)  # one model per member for the whole backtest, trained once
     monkeypatch.undo()
-    r = train_mod.run(cfg, save=False)
+    r = runs_mod.run(cfg, save=False)
     assert r.model.rnn.input_size == 3 and len(r.models) == 2
     np.testing.assert_allclose(once.predictions["model"], r.predictions["test"]["model"], rtol=1e-6)  # float32
     every = bt.backtest(cfg, 3, "every")

@@ -9,6 +9,7 @@ import pytest
 
 import gru_xp
 from gru_xp import diagnostics as dg
+from gru_xp import plots
 from gru_xp.check import random_problem, randomize_params
 from gru_xp.model import Forecaster
 
@@ -70,7 +71,7 @@ def test_record_gate_means_match_the_cache():
     layer = gru_xp.GRU(2, 3, dtype="float64", seed=0)
     x = np.random.default_rng(0).normal(size=(4, 2, 2))
     d = dg.record(layer, x, dy=np.ones((4, 2, 3)))
-    c = layer._caches[0]
+    c = layer.caches[0]
     assert np.allclose(d.gates["update z"][0], c.z.mean(axis=(1, 2)), rtol=1e-14)
     sat = np.mean((c.r < 0.05) | (c.r > 0.95))
     assert d.saturation["reset r"][0] == pytest.approx(sat)
@@ -90,7 +91,7 @@ def test_plot_diagnostics_writes_a_png_atomically(tmp_path, cell):
     rng = np.random.default_rng(0)
     d = dg.record(model, rng.normal(size=(8, 2, 1)), rng.normal(size=(2, 1)))
     out = tmp_path / "sub" / "diagnostics.png"
-    assert dg.plot_diagnostics(d, out) == str(out)
+    assert plots.diagnostics(d, out) == str(out)
     assert out.read_bytes()[:8] == PNG
     assert os.listdir(out.parent) == ["diagnostics.png"]  # no temp file left behind
 
@@ -114,7 +115,7 @@ def test_vanilla_rnn_gradient_vanishes_fastest(tmp_path):
         assert v[0] < 1e-3  # every cell's gradient decays at initialisation
     ratio = r["ratio_first_to_last"]
     assert ratio["rnn"] * 10 < ratio["gru"] and ratio["rnn"] * 10 < ratio["lstm"]
-    out = dg.plot_vanishing(r, tmp_path / "vg.png")
+    out = plots.vanishing(r, tmp_path / "vg.png")
     assert open(out, "rb").read(8) == PNG
 
 

@@ -13,8 +13,9 @@ from gru_xp.cli import main
 from gru_xp.config import make_config
 from gru_xp.data import load_series, prepare
 from gru_xp.errors import TrainingInterrupted, UserError
-from gru_xp.train import (TEST_SIGINT_ENV, forecast, load_resume, load_run, predict_run, predict_scaled,
-                            resume_run, run)
+from gru_xp.resume import load_resume
+from gru_xp.runs import forecast, load_run, predict_run, predict_scaled, resume_run, run
+from gru_xp.train import TEST_SIGINT_ENV
 
 
 def monthly_csv(tmp_path, n=96, start="2001-03-01"):

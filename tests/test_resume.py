@@ -17,7 +17,9 @@ from gru_xp import checkpoint
 from gru_xp.cli import main
 from gru_xp.config import make_config
 from gru_xp.errors import TrainingInterrupted, UserError
-from gru_xp.train import TEST_SIGINT_ENV, load_resume, resume_run, run
+from gru_xp.resume import load_resume
+from gru_xp.runs import resume_run, run
+from gru_xp.train import TEST_SIGINT_ENV
 
 BASE = ["--data", "sine", "--sine-length", "120", "--sine-noise", "0.1", "--seq-length", "6", "--hidden-size", "5",
         "--layers", "2", "--dropout", "0.3", "--batch-size", "16", "--dtype", "float64", "--lr", "0.01", "--quiet",
@@ -123,21 +125,21 @@ def test_ensemble_resume_keeps_a_finished_members_divergence_and_refuses_new_epo
     """Member 1 of 2 diverges (forced: its fit ends in TrainingDiverged after a finite epoch), member 2 is cut:
     the resumed run ends with the same divergence message and status as an uninterrupted one; changing --epochs
     when resuming such an ensemble is a one-line error (member 1 finished with the saved settings)."""
-    import gru_xp.train as T
+    import gru_xp.runs as R
     from gru_xp.errors import TrainingDiverged
 
-    real = T._fit_member
+    real = R.fit
 
-    def member_1_diverges(cfg, prep, model, seed, *a, **k):
-        hist = real(cfg, prep, model, seed, *a, **k)
-        if seed == cfg.seed:
+    def member_1_diverges(*a, seed, **k):
+        hist = real(*a, seed=seed, **k)
+        if seed == 7:  # the first member of the run below (--seed 7)
             hist.diverged_epoch = len(hist.train_loss)
             raise TrainingDiverged(f"training diverged (train loss nan) at epoch {hist.diverged_epoch}; kept the best "
                                    f"checkpoint (epoch {hist.best_epoch}, loss 1); forced", epoch=hist.diverged_epoch,
                                    history=hist)
         return hist
 
-    monkeypatch.setattr(T, "_fit_member", member_1_diverges)
+    monkeypatch.setattr(R, "fit", member_1_diverges)
     args = [*BASE, "--epochs", "4", "--ensemble", "2", "--seed", "7"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main(["train", *args, "--out", str(full)]) == 3

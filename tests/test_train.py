@@ -10,7 +10,8 @@ from gru_xp.data import Pipeline, Scaler
 from gru_xp.errors import UserError
 from gru_xp.model import Forecaster
 from gru_xp.nn.optim import Adam
-from gru_xp.train import fit, forecast, load_run, predict_run, predict_scaled, run
+from gru_xp.runs import forecast, load_run, predict_run, predict_scaled, run
+from gru_xp.train import fit
 
 
 def tiny(**kw):

@@ -11,21 +11,12 @@ import operator
 
 from . import head, losses
 from ..errors import UserError
-from .recurrent import GRU, LSTM, RNN, Recurrent
-
-
-def build_recurrent(cell: str, input_size, hidden_size, **kw) -> Recurrent:
-    cells = {"gru": GRU, "lstm": LSTM, "rnn": RNN}
-    if cell not in cells:
-        raise UserError(f"unknown cell {cell!r}: use one of {', '.join(cells)}")
-    if cell != "gru":
-        kw.pop("reset_after", None)
-    if cell != "rnn":
-        kw.pop("nonlinearity", None)
-    return cells[cell](input_size, hidden_size, **kw)
+from .recurrent import build_recurrent
 
 
 class Forecaster:
+    """Recurrent layer(s) -> linear head on the last hidden state of each direction -> K outputs, MSE loss."""
+
     def __init__(self, cell: str = "gru", input_size: int = 1, hidden_size: int = 32, horizon: int = 1, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, reset_after: bool = True,
                  nonlinearity: str = "tanh", device="cpu", dtype="float32", seed: int = 0, fast: bool = True):
@@ -40,7 +31,7 @@ class Forecaster:
                                    bidirectional=bidirectional, dropout=dropout, reset_after=reset_after,
                                    nonlinearity=nonlinearity, device=device, dtype=dtype, seed=seed)
         self.backend = self.rnn.backend
-        # fast: the fast path (fast.py) where the backend supports it; its outputs never leave the model, so its
+        # fast: the fast path (nn/fast) where the backend supports it; its outputs never leave the model, so its
         # caches may live in workspaces reused from step to step. fast=False: the reference cells.
         self.rnn.fast, self.rnn.reuse_buffers = bool(fast), True
         self.horizon = horizon
@@ -117,6 +108,10 @@ class Forecaster:
         dstate = dh_n if rnn.cell.STATES == 1 else (dh_n, None)
         dx, _ = rnn.backward(None, dstate, tbptt=tbptt, input_grad=input_grad)
         return dx
+
+    def loss(self, x, y):
+        """The MSE of the current mode's forward (0-d device array), no gradients."""
+        return losses.mse(self.backend.xp, self.forward(x), y)
 
     def loss_and_grads(self, x, y, *, tbptt: int = 0):
         """One full model step without the update: zero grads, forward, MSE, backward. Returns the loss (0-d)."""

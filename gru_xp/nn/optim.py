@@ -1,10 +1,45 @@
 """SGD, Adam and global-norm clipping, in place on device arrays; no host sync.
 
 Parameters and gradients are dicts with the same keys (the model's names); state is keyed by those names.
+`state_dict()` / `load_state_dict()` give and take the state as {"kind", "t", "arrays": {"NAME/PART": array}}
+(PART m, v for Adam, momentum for SGD), the layout of a resume state; arrays stay on their device.
 """
 from __future__ import annotations
 
 import math
+
+from ..errors import UserError
+
+
+class Optimizer:
+    """What SGD and Adam share: the step count t, per-parameter state, and its (de)serialisation."""
+
+    name = ""  # the registry key (OPTIMIZERS)
+    parts: tuple = ()  # the arrays kept per parameter
+
+    def __init__(self):
+        self.state: dict = {}  # {param name: tuple of arrays, one per part}
+        self.t = 0
+
+    def state_dict(self) -> dict:
+        arrays = {f"{k}/{part}": a for k, v in self.state.items() for part, a in zip(self.parts, v)}
+        return {"kind": self.name, "t": int(self.t), "arrays": arrays}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Arrays already on the parameters' device (the caller moves them)."""
+        if sd.get("kind") != self.name:
+            raise UserError(f"saved optimizer state is {sd.get('kind')!r}, this run uses {self.name!r}; "
+                            f"resume with the saved config")
+        grouped: dict = {}
+        for key, a in sd["arrays"].items():
+            name, _, part = key.rpartition("/")
+            grouped.setdefault(name, {})[part] = a
+        state = {}
+        for name, got in grouped.items():
+            if set(got) != set(self.parts):
+                raise UserError(f"saved optimizer state has an incomplete entry for {name!r}; start a new run")
+            state[name] = tuple(got[part] for part in self.parts)
+        self.state, self.t = state, int(sd["t"])
 
 
 def global_norm(xp, grads: dict):
@@ -26,35 +61,37 @@ def clip_grad_norm(xp, grads: dict, max_norm: float):
     return norm
 
 
-class SGD:
+class SGD(Optimizer):
     """Plain gradient descent (the seed project's update), optional momentum."""
 
+    name, parts = "sgd", ("momentum",)
+
     def __init__(self, lr: float, momentum: float = 0.0):
+        super().__init__()
         self.lr, self.momentum = lr, momentum
-        self.state: dict = {}
-        self.t = 0
 
     def step(self, xp, params: dict, grads: dict) -> None:
         self.t += 1
         for k, p in params.items():
             g = grads[k]
             if self.momentum:
-                v = self.state.get(k)
-                if v is None:
-                    v = self.state[k] = xp.zeros_like(p)
+                if k not in self.state:
+                    self.state[k] = (xp.zeros_like(p),)
+                (v,) = self.state[k]
                 v *= self.momentum
                 v += g
                 g = v
             p -= self.lr * g
 
 
-class Adam:
+class Adam(Optimizer):
     """Adam (Kingma & Ba), torch's defaults and bias correction."""
 
+    name, parts = "adam", ("m", "v")
+
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__()
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
-        self.state: dict = {}
-        self.t = 0
 
     def step(self, xp, params: dict, grads: dict) -> None:
         self.t += 1
@@ -85,4 +122,4 @@ class Adam:
             p -= upd
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+OPTIMIZERS = {cls.name: cls for cls in (Adam, SGD)}  # the one registry: config validation derives from it

@@ -15,6 +15,7 @@ from . import gru as gru_cell
 from . import lstm as lstm_cell
 from . import rnn as rnn_cell
 from ._cell import CellParams
+from .fast import fast_cell_for
 from ..backend import Backend, resolve
 from ..errors import UserError
 
@@ -40,11 +41,11 @@ class Recurrent:
         self.cell_opts = cell_opts
         self.backend: Backend = resolve(device, dtype)
         self.training = True
-        self._rng = self.backend.rng(seed)  # host generator: init, then dropout masks
+        self.rng = self.backend.rng(seed)  # host generator: init, then dropout masks (saved by resume state)
         bound = 1.0 / math.sqrt(hidden_size)
-        self.params = {name: self.backend.uniform(self._rng, shape, bound) for name, shape in self.param_shapes()}
+        self.params = {name: self.backend.uniform(self.rng, shape, bound) for name, shape in self.param_shapes()}
         self.grads = {name: self.backend.zeros(shape) for name, shape in self.param_shapes()}
-        self._caches: list = []
+        self.caches: list = []  # the last forward's cell caches, index k*D + d (read by backward, diagnostics)
         self._masks: list = []
         self.record_dh = False  # backward(record=None) follows this flag (diagnostics through a Forecaster)
         self.fast = False  # True: fast.py's twin of the cell where the namespace supports it (NumPy, CuPy)
@@ -125,15 +126,13 @@ class Recurrent:
             out.append(self.backend.asarray(a))
         return tuple(out)
 
-    def _fast_cell(self):
+    def fast_cell(self):
         """fast.py's twin of self.cell (same math, workspaces, out=) when self.fast and the namespace supports it,
         else None (the reference cell runs)."""
         if not self.fast:
             return None
         fc = self._fast_impl
         if fc is None or fc[0] != (self.cell, self.backend.xp, self.reuse_buffers):
-            from .fast import fast_cell_for
-
             fc = self._fast_impl = ((self.cell, self.backend.xp, self.reuse_buffers),
                                     fast_cell_for(self.cell, self.backend.xp, reuse=self.reuse_buffers))
         return fc[1]
@@ -150,10 +149,10 @@ class Recurrent:
         T, B, _ = x.shape
         s0 = self._state0(state0, B)
         D = self.num_directions
-        self._caches, self._masks = [], []
+        self.caches, self._masks = [], []
         finals = [[None] * (self.num_layers * D) for _ in range(self.cell.STATES)]
         inp = x  # (T, B, I) then (T, B, D*H)
-        fc = self._fast_cell()
+        fc = self.fast_cell()
         for k in range(self.num_layers):
             outs = []
             for d in range(D):
@@ -163,12 +162,12 @@ class Recurrent:
                 y_d, sT, cache = (fc or self.cell).forward(xp, p, xin, tuple(s[k * D + d, ...] for s in s0),
                                                            **opts)
                 outs.append(y_d if d == 0 else xp.flip(y_d, axis=0))  # (T, B, H)
-                self._caches.append(cache)
+                self.caches.append(cache)
                 for i, s in enumerate(sT):
                     finals[i][k * D + d] = s
             y = outs[0] if D == 1 else xp.concat(outs, axis=-1)  # (T, B, D*H)
             if self.training and self.dropout > 0.0 and k < self.num_layers - 1:
-                mask = be.dropout_mask(self._rng, (T, B, D * self.hidden_size), self.dropout)  # (T, B, D*H)
+                mask = be.dropout_mask(self.rng, (T, B, D * self.hidden_size), self.dropout)  # (T, B, D*H)
                 self._masks.append(mask)
                 y = y * mask
             else:
@@ -189,12 +188,12 @@ class Recurrent:
         dstate_n = kw.pop("dh_n", dstate_n)
         if kw:
             raise TypeError(f"unexpected arguments {sorted(kw)}")
-        if not self._caches:
+        if not self.caches:
             raise RuntimeError("backward() called before forward()")
         xp, be = self.backend.xp, self.backend
         D, H, T, B = self.num_directions, self.hidden_size, self._T, self._B
         record = self.record_dh if record is None else bool(record)
-        fc = None if record else self._fast_cell()  # diagnostics (dh_record) run the reference backward
+        fc = None if record else self.fast_cell()  # diagnostics (dh_record) run the reference backward
         dy = None if dy is None else be.asarray(dy)  # (T, B, D*H); None = zeros, which every cell accepts
         if dy is not None and tuple(dy.shape) != (T, B, D * H):
             raise UserError(f"dy has shape {tuple(dy.shape)}, the last forward produced {(T, B, D * H)}")
@@ -214,7 +213,7 @@ class Recurrent:
                 p = self._cell_params(self.params, k, d)
                 extra = {"dh_record": rec[d]} if record else ({} if fc is None else {"slot": k * D + d})
                 need_dx = input_grad or k > 0  # the layers above the first need it: it is the next dy
-                dx_d, ds0 = (fc or self.cell).backward(xp, p, self._caches[k * D + d], dy_d,
+                dx_d, ds0 = (fc or self.cell).backward(xp, p, self.caches[k * D + d], dy_d,
                                                        tuple(None if s is None else s[k * D + d, ...] for s in dsT),
                                                        g, tbptt=tbptt, input_grad=need_dx, **extra)
                 if need_dx:
@@ -289,3 +288,17 @@ class RNN(Recurrent):
     @property
     def nonlinearity(self) -> str:
         return self.cell_opts["nonlinearity"]
+
+
+CELLS = {"gru": GRU, "lstm": LSTM, "rnn": RNN}  # the one registry of cells: config validation and models derive from it
+
+
+def build_recurrent(cell: str, input_size, hidden_size, **kw) -> Recurrent:
+    """The registry's layer for `cell`; options another cell does not have (reset_after, nonlinearity) are dropped."""
+    if cell not in CELLS:
+        raise UserError(f"unknown cell {cell!r}: use one of {', '.join(CELLS)}")
+    if cell != "gru":
+        kw.pop("reset_after", None)
+    if cell != "rnn":
+        kw.pop("nonlinearity", None)
+    return CELLS[cell](input_size, hidden_size, **kw)

@@ -150,10 +150,10 @@ def test_wrapper_fast_equals_reference_stacked_bidirectional(L, bi, reset_after,
         runs.append(_layer_run(layer, x, s0, dy, ds))
         runs.append(_layer_run(layer, x, None, None, None))  # zeros states, dy=None
         if fast_on:
-            assert layer._fast_cell() is not None
-            assert isinstance(layer._caches[0], fgru.FastGRUCache)
+            assert layer.fast_cell() is not None
+            assert isinstance(layer.caches[0], fgru.FastGRUCache)
         else:
-            assert layer._fast_cell() is None
+            assert layer.fast_cell() is None
     ref, got = runs[:2], runs[2:]
     for r, g in zip(ref, got):
         for i, (a, b) in enumerate(zip(g, r)):
@@ -189,7 +189,7 @@ def _training_steps_fast_equal_reference(cell, cfg, dtype):
     results = []
     for fast_on in (False, True):
         m = Forecaster(cell, 2, 6, 3, dtype=dtype, seed=1, fast=fast_on, **cfg)
-        assert (m.rnn._fast_cell() is not None) == fast_on
+        assert (m.rnn.fast_cell() is not None) == fast_on
         opt = Adam(1e-2)
         losses = []
         for x, y in batches:
@@ -211,15 +211,15 @@ def test_fast_dispatch_only_where_out_is_supported():
         assert not fast.supports_out(st.xp)
         layer = gru_xp.GRU(2, 3, device="strict", dtype="float64")
         layer.fast = True
-        assert layer._fast_cell() is None  # the reference runs there
+        assert layer.fast_cell() is None  # the reference runs there
 
 
 def test_defaults_bare_layers_reference_forecaster_fast():
     layer = gru_xp.GRU(2, 3)
-    assert layer.fast is False and layer._fast_cell() is None  # checks and finite differences see gru.py
+    assert layer.fast is False and layer.fast_cell() is None  # checks and finite differences see gru.py
     m = Forecaster("gru", 2, 3)
-    assert m.rnn.fast and m.rnn.reuse_buffers and m.rnn._fast_cell() is not None
-    assert Forecaster("gru", 2, 3, fast=False).rnn._fast_cell() is None
+    assert m.rnn.fast and m.rnn.reuse_buffers and m.rnn.fast_cell() is not None
+    assert Forecaster("gru", 2, 3, fast=False).rnn.fast_cell() is None
 
 
 @pytest.mark.cuda
@@ -478,11 +478,11 @@ def test_lstm_rnn_wrapper_fast_equals_reference_stacked_bidirectional(cell, L, b
         runs.append(_layer_run_any(layer, x, None, None, None))  # zeros states, dy=None
         runs.append(_layer_run_any(layer, x, s0, dy, ds, tbptt=2))
         if fast_on:
-            fc = layer._fast_cell()
+            fc = layer.fast_cell()
             assert fc is not None and fc.ref is layer.cell
-            assert isinstance(layer._caches[0], flstm.FastLSTMCache if cell == "lstm" else frnn.FastRNNCache)
+            assert isinstance(layer.caches[0], flstm.FastLSTMCache if cell == "lstm" else frnn.FastRNNCache)
         else:
-            assert layer._fast_cell() is None
+            assert layer.fast_cell() is None
     ref, got = runs[:3], runs[3:]
     for r, g in zip(ref, got):
         for i, (a, b) in enumerate(zip(g, r)):

@@ -99,7 +99,7 @@ def test_dropout_equals_manual_composition_with_the_same_mask(cell, bidirectiona
     layer = make(cell, 2, H, num_layers=L, bidirectional=bidirectional, dropout=p, seed=5)
     randomize_params(layer, seed=6)
     x, s0, dy, ds = random_problem(layer, T, B, seed=7)
-    rng = copy.deepcopy(layer._rng)  # the generator the masks will be drawn from
+    rng = copy.deepcopy(layer.rng)  # the generator the masks will be drawn from
     D = layer.num_directions
     masks = [(rng.random((T, B, D * H)) >= p) / (1.0 - p) for _ in range(L - 1)]
     assert all(0 < np.mean(m == 0) < 1 for m in masks)  # the masks really drop something
