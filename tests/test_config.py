@@ -79,3 +79,28 @@ def test_tables_are_flattened(tmp_path):
     p = tmp_path / "x.toml"
     p.write_text('[data]\ndata = "sine"\n[train]\nepochs = 2\n')
     assert read_toml(p)["epochs"] == 2 and Path(str(p)).stem == make_config(p).name
+
+
+def test_choices_come_from_the_math_floors_registries():
+    from gru_xp import config
+    from gru_xp.nn.optim import OPTIMIZERS
+    from gru_xp.nn.recurrent import CELLS
+    from gru_xp.nn.rnn import NONLINEARITIES
+
+    assert config.CELLS == tuple(CELLS) and config.OPTIMIZERS == tuple(OPTIMIZERS)
+    for key, good, bad in (("cell", CELLS, "tcn"), ("optimizer", OPTIMIZERS, "adamw"),
+                           ("nonlinearity", NONLINEARITIES, "gelu")):
+        for v in good:
+            assert getattr(make_config(None, {key: v}), key) == v
+        with pytest.raises(UserError, match=f"unknown {key} {bad!r}"):
+            make_config(None, {key: bad})
+
+
+def test_nonlinearity_reaches_the_model_and_its_checkpoint(tmp_path):
+    from gru_xp.runs import build_model, load_run, run
+
+    cfg = make_config("sine", {"cell": "rnn", "nonlinearity": "relu", "epochs": 1, "hidden_size": 3, "quiet": True,
+                               "plots": False, "sine_length": 60, "seq_length": 5, "out": str(tmp_path / "r")})
+    assert build_model(cfg).rnn.nonlinearity == "relu"
+    run(cfg)
+    assert load_run(tmp_path / "r").model.rnn.nonlinearity == "relu"
