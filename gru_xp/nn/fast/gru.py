@@ -32,8 +32,9 @@ class FastGRUCache(GRUCache):
     h = operands[:, :H] viewed (T+1, B, H); r, z, hn = views of gates; n = view of cand. The reference backward
     reads it too."""
 
-    operands: Any = None  # (T+1, n_cols, B) [state after t steps (H); x[t] (I); 1] (x_in_operands), else [state; 1
-    # when reset_after]
+    # (T+1, n_cols, B) operands[t] = [state after t steps (H); x[t] (I); 1] (x_in_operands), else [state; 1 when
+    # reset_after]: the recurrent GEMM's right operands
+    operands: Any = None
     gates: Any = None  # (T, 3H, B) [r | z | hn] per step (reset_before: hn holds r ⊙ h_{t-1})
     cand: Any = None  # (T, H, B) candidate n
     x_ones: Any = None  # (T, I+1, B) [x_t; 1] (x_in_operands: a view of the operands' rows H:)
@@ -55,29 +56,9 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     ws = Workspace() if ws is None else ws
     ops = ops_for(xp)
     H2, H3 = 2 * H, 3 * H
-    n_cols = H + I + 1  # rows of the recurrent GEMM's operand [h; x[t]; 1]
     half = ops.const(0.5, dt, dev)
-
-    # recurrent weights on [h; x[t]; 1]. r, z rows: [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid via tanh(a/2));
-    # reset_after, n rows: [W_hn | 0 | b_hn] (the part multiplied by r)
-    w_rec = ws.get(xp, "w_rec", (H3 if reset_after else H2, n_cols), dt, dev)  # (3H or 2H, n_cols)
-    fold_weights(ops, w_rec, p, ((slice(0, H2), slice(0, H2)),), H, I)
-    ops.mul(w_rec[:H2, :], half, out=w_rec[:H2, :])
-    if reset_after:
-        ops.copy(p.w_hh[H2:, :], w_rec[H2:, :H])
-        ops.fill(w_rec[H2:, H:H + I], 0.0)
-        ops.copy(p.b_hh[H2:], w_rec[H2:, H + I])
-    else:
-        w_n = p.w_hh[H2:, :]  # (H, H), on r ⊙ h
-    # n rows' input projection on [x_t; 1]: [W_in | b_in (+ b_hn, additive when reset_before)]
-    w_x = ws.get(xp, "w_x", (H, I + 1), dt, dev)  # (H, I+1)
-    ops.copy(p.w_ih[H2:, :], w_x[:, :I])
-    if reset_after:
-        ops.copy(p.b_ih[H2:], w_x[:, I])
-    else:
-        ops.add(p.b_ih[H2:], p.b_hh[H2:], out=w_x[:, I])
-
-    operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, n_cols, B): step t's is [t]
+    w_rec, w_n, w_x = _weights_numpy(xp, ops, ws, p, I, reset_after, half, dt, dev)
+    operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
     x_ones = operands[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
     gates = cache_array(xp, ws, reuse, "gates", (T, H3, B), dt, dev)  # (T, 3H, B)
     cand = cache_array(xp, ws, reuse, "cand", (T, H, B), dt, dev)  # (T, H, B)
@@ -91,7 +72,7 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     if reset_after:
         # NumPy only (CuPy has its own branch), so `out` is passed positionally: cheaper than out=
         for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
-            matmul(w_rec, op_t, gates_t)  # (3H, n_cols) @ (n_cols, B): [a_r/2, a_z/2, W_hn h + b_hn]
+            matmul(w_rec, op_t, gates_t)  # (3H, H+I+1) @ (H+I+1, B): [a_r/2, a_z/2, W_hn h + b_hn]
             tanh(rz_t, rz_t)  # r, z jointly
             mul(rz_t, half, rz_t)
             add(rz_t, half, rz_t)  # sigmoid
@@ -104,7 +85,7 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     else:
         wn_rh = ws.get(xp, "wn_rh", (H, B), dt, dev)  # (H, B) W_hn (r ⊙ h)
         for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
-            matmul(w_rec, op_t, rz_t)  # (2H, n_cols) @ (n_cols, B)
+            matmul(w_rec, op_t, rz_t)  # (2H, H+I+1) @ (H+I+1, B)
             tanh(rz_t, rz_t)
             mul(rz_t, half, rz_t)
             add(rz_t, half, rz_t)
@@ -118,14 +99,40 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     return _outputs(xp, x, operands, gates, cand, x_ones, reset_after, x_in_operands=True)
 
 
+def _weights_numpy(xp, ops: Ops, ws: Workspace, p: CellParams, I: int, reset_after: bool, half, dt, dev):
+    """(w_rec, w_n, w_x) for the NumPy forward. w_rec: the recurrent GEMM's weights on [h; x[t]; 1]: r, z rows
+    [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid via tanh(a/2)); reset_after, n rows [W_hn | 0 | b_hn] (the part
+    multiplied by r). w_n: reset_before, W_hn (on r ⊙ h), else None. w_x: the n rows' input projection on [x_t; 1],
+    [W_in | b_in (+ b_hn, additive when reset_before)]."""
+    H = p.w_hh.shape[1]
+    H2, H3 = 2 * H, 3 * H
+    w_rec = ws.get(xp, "w_rec", (H3 if reset_after else H2, H + I + 1), dt, dev)  # (3H or 2H, H+I+1)
+    fold_weights(ops, w_rec, p, ((slice(0, H2), slice(0, H2)),), H, I)
+    ops.mul(w_rec[:H2, :], half, out=w_rec[:H2, :])
+    w_n = None
+    if reset_after:
+        ops.copy(p.w_hh[H2:, :], w_rec[H2:, :H])
+        ops.fill(w_rec[H2:, H:H + I], 0.0)
+        ops.copy(p.b_hh[H2:], w_rec[H2:, H + I])
+    else:
+        w_n = p.w_hh[H2:, :]  # (H, H)
+    w_x = ws.get(xp, "w_x", (H, I + 1), dt, dev)  # (H, I+1)
+    ops.copy(p.w_ih[H2:, :], w_x[:, :I])
+    if reset_after:
+        ops.copy(p.b_ih[H2:], w_x[:, I])
+    else:
+        ops.add(p.b_ih[H2:], p.b_hh[H2:], out=w_x[:, I])
+    return w_rec, w_n, w_x
+
+
 def _outputs(xp, x, operands, gates, cand, x_ones, reset_after: bool, *, x_in_operands: bool):
     """y (T, B, H), (h_T,), FastGRUCache: views of the feature-major storage."""
     T, H = cand.shape[0], cand.shape[1]
-    tbh = feature_major_to_tbh
-    h_v = tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
-    cache = FastGRUCache(x=x, h=h_v, r=tbh(xp, gates[:, :H, :]), z=tbh(xp, gates[:, H:2 * H, :]), n=tbh(xp, cand),
-                         hn=tbh(xp, gates[:, 2 * H:, :]), reset_after=reset_after, operands=operands, gates=gates,
-                         cand=cand, x_ones=x_ones, x_in_operands=x_in_operands)
+    h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+    cache = FastGRUCache(x=x, h=h_v, r=feature_major_to_tbh(xp, gates[:, :H, :]),
+                         z=feature_major_to_tbh(xp, gates[:, H:2 * H, :]), n=feature_major_to_tbh(xp, cand),
+                         hn=feature_major_to_tbh(xp, gates[:, 2 * H:, :]), reset_after=reset_after,
+                         operands=operands, gates=gates, cand=cand, x_ones=x_ones, x_in_operands=x_in_operands)
     return h_v[1:, ...], (h_v[T, ...],), cache
 
 
@@ -167,8 +174,8 @@ def _gru_forward_cupy(xp, p: CellParams, x, state0, *, reset_after: bool, ws: Wo
     if reset_after:
         ops.fill(operands[:, H, :], 1.0)
     ops.copy(xp.matrix_transpose(h0), operands[0, :H, :])
-    flat = ws.get(xp, "proj_dgates", (T * 4 * H * B,), dt, dev)  # (T*4H*B,) the projection now, gate grads later
-    proj = xp.reshape(flat[: T * H3 * B], (T, H3, B))  # (T, 3H, B)
+    proj_dgates = ws.get(xp, "proj_dgates", (T * 4 * H * B,), dt, dev)  # (T*4H*B,) the projection now, gate grads later
+    proj = xp.reshape(proj_dgates[: T * H3 * B], (T, H3, B))  # (T, 3H, B)
     ops.matmul(w_x, x_ones, out=proj)
     wn_rh = None if reset_after else ws.get(xp, "wn_rh", (H, B), dt, dev)  # (H, B) W_hn (r ⊙ h)
     for t in range(T):
@@ -240,6 +247,7 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
 
 def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dstate_T,
                       input_grad: bool, cuda: bool) -> _BackwardBuffers:
+    """The backward's buffers from the workspace, transposed recurrent weights copied in, weight grads zeroed."""
     T, H, B = c.cand.shape
     dev, dt = device_of(c.x), c.x.dtype
     H2, H3 = 2 * H, 3 * H
@@ -252,20 +260,20 @@ def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c
     chunk = max(1, min(T, cache_bound, _common.DW_CHUNK_ELEMS // (H3 * n_cols)))
     held = T if cuda else chunk
     # in the forward's full-T input-projection buffer when it used one (CuPy always does), else their own
-    flat, flat_id = gate_grad_buffer(xp, ws, T, held, 4 * H, B, dt, dev,
-                                     shared=cuda or T * H * B <= _common.GI_FULL_MAX_ELEMS)
+    dgates_flat, dgates_id = gate_grad_buffer(xp, ws, T, held, 4 * H, B, dt, dev,
+                                              shared=cuda or T * H * B <= _common.GI_FULL_MAX_ELEMS)
     dw_n = dw_n_terms = w_n_t = drh = dn_h = None
-    if c.reset_after:  # per step [n_h | r | z | n_i]: dgh = rows 0:3H (gate order n, r, z), dgi = rows H:4H
-        dgates = xp.reshape(flat, (held, 4 * H, B))  # (held, 4H, B)
+    if c.reset_after:  # per step [n_h | r | z | n_i]: dgh = rows 0:3H (n, r, z), dgi = rows H:4H, both views
+        dgates = xp.reshape(dgates_flat, (held, 4 * H, B))  # (held, 4H, B)
         dgh, dgi = dgates[:, :H3, :], dgates[:, H:, :]
         w_hh_t = ws.get(xp, "w_hh_nrz_t", (H, H3), dt, dev)  # (H, 3H) (W_hh rows n, r, z)^T
         ops.copy(xp.matrix_transpose(p.w_hh[H2:, :]), w_hh_t[:, :H])
         ops.copy(xp.matrix_transpose(p.w_hh[:H2, :]), w_hh_t[:, H:])
-        by_gate = xp.reshape(flat, (held, 4, H, B))  # (held, 4, H, B)
+        by_gate = xp.reshape(dgates_flat, (held, 4, H, B))  # (held, 4, H, B)
         da_z, da_r, dn_h, da_n = by_gate[:, 2], by_gate[:, 1], by_gate[:, 0], by_gate[:, 3]
         dw = ops.fill(ws.get(xp, "dw", (H3, n_cols), dt, dev), 0.0)  # (3H, n_cols) rows n, r, z
     else:  # per step [r | z | n]
-        dgates = xp.reshape(flat[: held * H3 * B], (held, H3, B))  # (held, 3H, B)
+        dgates = xp.reshape(dgates_flat[: held * H3 * B], (held, H3, B))  # (held, 3H, B)
         dgh, dgi = dgates[:, :H2, :], dgates
         w_hh_t = ops.copy(xp.matrix_transpose(p.w_hh[:H2, :]), ws.get(xp, "w_hh_rz_t", (H, H2), dt, dev))  # (H, 2H)
         w_n_t = ops.copy(xp.matrix_transpose(p.w_hh[H2:, :]), ws.get(xp, "w_hn_t", (H, H), dt, dev))  # (H, H)
@@ -285,11 +293,11 @@ def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c
         h_minus_n = ws.get(xp, "h_minus_n", (chunk, H, B), dt, dev)  # (chunk, H, B)
     # input backward: dx from all three gate rows; the weight grads from the n rows only when x sits in the
     # operands (the recurrent weight grads then hold the r, z rows' input weights and biases)
-    fold = c.x_in_operands
+    x_in_operands = c.x_in_operands
     input_bwd = InputBackward(xp, ops, ws, reuse, p, ((slice(0, H3), slice(0, H3)),), c.x_ones, H3, chunk,
-                              dw_rows=slice(H2, H3) if fold else None,
-                              dw_blocks=((slice(0, H), slice(H2, H3)),) if fold else None, dx=input_grad)
-    return _BackwardBuffers(chunk=chunk, dh=dh, dhp=dhp, dgates=dgates, dgates_id=flat_id, dgh=dgh, dgi=dgi,
+                              dw_rows=slice(H2, H3) if x_in_operands else None,
+                              dw_blocks=((slice(0, H), slice(H2, H3)),) if x_in_operands else None, dx=input_grad)
+    return _BackwardBuffers(chunk=chunk, dh=dh, dhp=dhp, dgates=dgates, dgates_id=dgates_id, dgh=dgh, dgi=dgi,
                             da_r=da_r, da_z=da_z, da_n=da_n, dn_h=dn_h, w_hh_t=w_hh_t, w_n_t=w_n_t, drh=drh, dw=dw,
                             dw_terms=dw_terms, operand_copy=operand_copy, dw_n=dw_n, dw_n_terms=dw_n_terms,
                             factors=factors, h_minus_n=h_minus_n, dhz=dhz, input_bwd=input_bwd)
@@ -297,7 +305,8 @@ def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c
 
 def _gru_factors(xp, ops: Ops, c: FastGRUCache, t0: int, t1: int, factors, h_minus_n):
     """For steps t0..t1-1, factors (m, 3, H, B): [r(1-r)·(hn | h_{t-1}), z(1-z)(h_{t-1} - n), (1-z)(1-n^2)]
-    (da_r = (da_n | drh) factors[0], da_z = dh factors[1], da_n = dh factors[2]). 8 calls for the whole chunk."""
+    (da_r = (da_n | drh) factors[0], da_z = dh factors[1], da_n = dh factors[2]). 8 calls for the whole chunk;
+    h_{t-1} - n is recomputed here, not cached by the forward: one array less to read back from memory."""
     m = t1 - t0
     H = c.cand.shape[1]
     factors, h_minus_n = factors[:m], h_minus_n[:m]

@@ -75,11 +75,12 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
         add(c_next, ig, out=c_next)  # c = f c_{t-1} + i g
         tanh(c_next, out=tanh_c_t)
         mul(o_t, tanh_c_t, out=h_next)  # h = o tanh(c)
-    tbh = feature_major_to_tbh
-    h_v, c_v = tbh(xp, operands[:, :H, :]), tbh(xp, cell_states)
-    cache = FastLSTMCache(x=x, h=h_v, c=c_v, i=tbh(xp, gates[:, H:2 * H]), f=tbh(xp, gates[:, 2 * H:H3]),
-                          g=tbh(xp, gates[:, H3:]), o=tbh(xp, gates[:, :H]), tc=tbh(xp, tanh_c), operands=operands,
-                          cell_states=cell_states, gates=gates, tanh_c=tanh_c, x_ones=operands[:T, H:, :])
+    h_v, c_v = feature_major_to_tbh(xp, operands[:, :H, :]), feature_major_to_tbh(xp, cell_states)  # (T+1, B, H)
+    cache = FastLSTMCache(x=x, h=h_v, c=c_v, i=feature_major_to_tbh(xp, gates[:, H:2 * H]),
+                          f=feature_major_to_tbh(xp, gates[:, 2 * H:H3]), g=feature_major_to_tbh(xp, gates[:, H3:]),
+                          o=feature_major_to_tbh(xp, gates[:, :H]), tc=feature_major_to_tbh(xp, tanh_c),
+                          operands=operands, cell_states=cell_states, gates=gates, tanh_c=tanh_c,
+                          x_ones=operands[:T, H:, :])
     return h_v[1:], (h_v[T], c_v[T]), cache
 
 
@@ -130,9 +131,9 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     chunk = max(1, min(dw_chunk, _common.CHUNK_ELEMS // max(1, B * H)))
     factors = ws.get(xp, "factors", (chunk, 5, H, B), dt, dev)  # (chunk, 5, H, B)
     # one chunk's gate grads (step t at t - t0)
-    flat, flat_id = gate_grad_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=False)
-    dgates = xp.reshape(flat, (chunk, H4, B))  # (chunk, 4H, B) pre-activation grads [o | i f g]
-    by_gate = xp.reshape(flat, (chunk, 4, H, B))  # (chunk, 4, H, B)
+    dgates_flat, dgates_id = gate_grad_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=False)
+    dgates = xp.reshape(dgates_flat, (chunk, H4, B))  # (chunk, 4H, B) pre-activation grads [o | i f g]
+    by_gate = xp.reshape(dgates_flat, (chunk, 4, H, B))  # (chunk, 4, H, B)
     forget = c.gates[:, 2 * H:H3]
     mul, add, matmul = ops.mul, ops.add, ops.matmul
 
@@ -145,7 +146,7 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
                         forget[t], dgates[j]))
         return out
 
-    step_views = ws.views("bwd", (T, chunk, flat_id, id(factors), id(c.gates)), build) if reuse else build()
+    step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
     input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
                               dx=input_grad)
     t1 = T
