@@ -326,6 +326,8 @@ def _gru_factors(xp, ops: Ops, c: FastGRUCache, t0: int, t1: int, factors, h_min
 
 def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers, dy,
                          tbptt: int):
+    """The NumPy backward: per chunk, its factors, then per step 7-8 ufunc calls and one or two GEMMs, all views
+    prebuilt (and cached with a reused workspace), `out` positional."""
     T, H = c.cand.shape[0], c.cand.shape[1]
     H2, chunk, reset_after, gates, factors = 2 * H, b.chunk, c.reset_after, c.gates, b.factors
     da_z, da_n, da_r, dn_h, dgh = b.da_z, b.da_n, b.da_r, b.dn_h, b.dgh
@@ -376,6 +378,8 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
 
 
 def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy, tbptt: int):
+    """The CuPy backward: per step one or two fused kernels and one or two GEMMs; dh is carried as dhz + dhp (the
+    kernels add them, and dy, on the fly)."""
     from . import _cuda
 
     T, H = c.cand.shape[0], c.cand.shape[1]
@@ -406,10 +410,10 @@ def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy, 
     ops.add(dhz, dhp, out=dh)
 
 
-def _chunk_weight_grads(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, t0: int, t1: int, first_row: int):
-    """Steps t0..t1-1 (gate grads of step t at row t - first_row): the recurrent weight grads, then the input
-    backward, while the chunk's gate grads are in cache."""
-    r0, r1 = t0 - first_row, t1 - first_row
+def _chunk_weight_grads(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, t0: int, t1: int, row0_step: int):
+    """Steps t0..t1-1 (gate grads of step t at row t - row0_step of b.dgates): the recurrent weight grads, then the
+    input backward, while the chunk's gate grads are in cache."""
+    r0, r1 = t0 - row0_step, t1 - row0_step
     add_chunk_weight_grads(xp, ops, b.dgh[r0:r1], c.operands, t0, t1, b.dw_terms, b.dw, b.operand_copy)
     if not c.reset_after:  # n rows x (r ⊙ h), kept in the gates' hn slot
         H2 = 2 * c.cand.shape[1]
