@@ -1,4 +1,4 @@
-"""The fast paths (fast.py, _cuda.py) against the reference paths (gru.py, lstm.py, rnn.py, also through the same
+"""The fast paths (nn/fast/, _cuda.py) against the reference paths (gru.py, lstm.py, rnn.py, also through the same
 wrapper): outputs, states (LSTM c too), dx, dstate0 and every parameter gradient; float64 to ~1e-12, float32 within
 dtype tolerance; both GRU conventions, both RNN nonlinearities; random biases; tbptt; dy=None; stacked and
 bidirectional (with dropout); T=1 and B=1; several chunks (tiny chunk constants) and reused workspaces.
@@ -113,10 +113,10 @@ def test_workspaces_reused_across_calls_and_shapes():
     ws = fast.Workspace()
     shapes = [(5, 3, 2, 4), (5, 3, 2, 4), (2, 6, 2, 4), (5, 3, 2, 4), (9, 1, 3, 6), (9, 1, 3, 6), (9, 1, 3, 6)]
     for i, (T, B, I, H) in enumerate(shapes):
-        ra = i != 5  # the cached step views must follow the convention too
+        reset_after = i != 5  # the cached step views must follow the convention too
         p, x, h0, dy, dhT = _cell_problem(be, T, B, I, H, seed=i)
-        ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, ra)
-        got, _ = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, dy, dhT, ra, ws=ws, reuse=True)
+        ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after)
+        got, _ = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, dy, dhT, reset_after, ws=ws, reuse=True)
         for name, a, b in zip(NAMES, got, ref):
             _close(a, b, "float64", name)
     assert ws.nbytes() > 0
@@ -243,8 +243,8 @@ def test_cuda_fused_kernels_equal_portable_path(T, B, I, H, reset_after, dtype):
 
 class _KernelsOnNumpy:
     """NumPy stand-ins for _cuda's fused GRU kernels, written from their CUDA bodies (same gate blocks, same
-    in/out arguments): with them and is_cupy() forced true, fast.py's CuPy branch (its own input projection,
-    hT layout without x, all-T gate grads, per-step kernel calls, bookkeeping of the weight grads) runs on the
+    in/out arguments): with them and is_cupy() forced true, fast/gru.py's CuPy branch (its own input projection,
+    operands without x, all-T gate grads, per-step kernel calls, bookkeeping of the weight grads) runs on the
     CPU, so its orchestration is tested on every machine; the kernels' CUDA bodies need a GPU (test above)."""
 
     @staticmethod
@@ -301,7 +301,7 @@ def test_cupy_branch_orchestration_on_numpy(monkeypatch, T, B, I, H, dw_chunk_el
     from gru_xp.nn.fast import _cuda
 
     if dw_chunk_elems is not None:
-        monkeypatch.setattr(fgru, "DW_CHUNK_ELEMS", dw_chunk_elems)
+        monkeypatch.setattr(_common, "DW_CHUNK_ELEMS", dw_chunk_elems)
     kernels = _KernelsOnNumpy()
     for name in ("gru_fwd_after", "gru_fwd_before_rz", "gru_fwd_before_n", "gru_bwd_after", "gru_bwd_before_zn",
                  "gru_bwd_before_r"):
@@ -310,12 +310,12 @@ def test_cupy_branch_orchestration_on_numpy(monkeypatch, T, B, I, H, dw_chunk_el
     p, x, h0, dy, dhT = _cell_problem(be, T, B, I, H, seed=5)
     dy = dy if with_dy else None
     ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after, tbptt=tbptt)
-    monkeypatch.setattr(fgru, "is_cupy", lambda xp: True)
+    monkeypatch.setattr(_common, "is_cupy", lambda xp: True)
     ws = fast.Workspace()
     for _ in range(2):  # the second run reuses the workspace
         got, cache = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, dy, dhT, reset_after,
                                tbptt=tbptt, ws=ws, reuse=True)
-        assert not cache.fold_x  # the CuPy layout, not the CPU one
+        assert not cache.x_in_operands  # the CuPy layout, not the CPU one
         for name, a, b in zip(NAMES, got, ref):
             _close(a, b, "float64", name)
 
@@ -500,11 +500,11 @@ def test_ops_resolve_the_wrapped_library_functions():
     """Ops takes multiply/matmul/... from the library the array-api-compat namespace wraps (no wrapper layer);
     same values as the namespace's own functions."""
     xp = resolve("cpu", "float64").xp
-    o = _common.Ops(xp)
-    assert o.matmul is np.matmul and o.mul is np.multiply and o.sign is np.sign
+    ops = _common.Ops(xp)
+    assert ops.matmul is np.matmul and ops.mul is np.multiply and ops.sign is np.sign
     a, b = np.arange(6.0).reshape(2, 3), np.arange(6.0).reshape(3, 2)
     out = np.empty((2, 2))
-    assert o.matmul(a, b, out=out) is out
+    assert ops.matmul(a, b, out=out) is out
     np.testing.assert_array_equal(out, xp.matmul(a, b))
 
 
@@ -525,9 +525,8 @@ def test_chunked_paths_equal_reference(cell, tiny, reuse, monkeypatch):
     if tiny:
         for name, v in (("CHUNK_ELEMS", 24), ("DW_CHUNK_ELEMS", 200), ("GI_CHUNK_ELEMS", 40),
                         ("GI_FULL_MAX_ELEMS", 0), ("DW_COPY_MAX_B", 0), ("XB_COPY_MIN", 1)):
-            for mod in (_common, fgru, flstm, frnn):  # each module that reads the constant
-                if hasattr(mod, name):
-                    monkeypatch.setattr(mod, name, v)
+            assert not any(hasattr(mod, name) for mod in (fgru, flstm, frnn))  # one copy, read at call time
+            monkeypatch.setattr(_common, name, v)
     be = resolve("cpu", "float64")
     T, B, I, H = (13, 3, 2, 4) if tiny else (13, 64, 2, 64)
     if cell.startswith("gru"):

@@ -1,12 +1,14 @@
 """The fast path: twins of the reference cells (nn/gru.py, nn/lstm.py, nn/rnn.py), name for name, same contract,
-built for speed and tested against them. `fast_cell_for` picks the twin of a reference cell module."""
+built for speed and tested against them. `fast_cell_for` picks the twin of a reference cell module.
+
+Legend: T steps, B batch, I inputs, H hidden; a slot is one (layer, direction) of a stacked layer.
+"""
 from __future__ import annotations
 
 from . import gru, lstm, rnn
 from ._common import Workspace, supports_out
 
 
-# ---- dispatch -----------------------------------------------------------------------------------------------
 class FastCell:
     """A cell with the reference module's interface (GATES, STATES, forward, backward) plus a `slot` keyword:
     one Workspace per (layer, direction) slot. `reuse` keeps caches and outputs in the workspaces too."""
@@ -42,6 +44,13 @@ def fast_cell_for(cell_module, xp, *, reuse: bool = False):
     if impl is None:
         return None
     return FastCell(cell_module, *impl, reuse=reuse)
+
+
+def cuda_synchronize() -> None:
+    """Wait for the current CUDA device (CuPy; benchmarks only, never called inside the math)."""
+    from . import _cuda
+
+    _cuda.synchronize()
 
 
 _IMPLS = {"gru": (gru.gru_forward, gru.gru_backward), "lstm": (lstm.lstm_forward, lstm.lstm_backward),

@@ -1,4 +1,15 @@
-"""The GRU's fast twin: same contract as nn/gru.py, feature-major layout, fused CuPy kernels on GPU."""
+"""The GRU's fast twin: same contract as nn/gru.py, feature-major layout, fused CuPy kernels on GPU.
+
+Legend: T steps, B batch, I inputs, H hidden; gate rows r, z, n (torch's order); arrays feature-major (T, rows, B).
+
+Layout: each step's state is h_t^T (H, B) and its gates (3H, B), so every gate is a contiguous block of rows
+(elementwise ops on contiguous memory; NumPy is much slower on row-strided slices) and the recurrent GEMM is
+W (3H, n_cols) @ operands[t] (n_cols, B) with W in its own layout.
+NumPy: step t's operand is [h; x[t]; 1] (see recurrent_operands), so the one recurrent GEMM also does the r, z rows'
+input projection and all biases; only the n rows (whose input part must not be multiplied by r) keep a separate
+input projection. CuPy: operands [h; 1 when reset_after], the input projection of all T in one GEMM, and the gate
+math in _cuda's fused kernels (the layout they are written for).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,124 +20,125 @@ from array_api_compat import device as device_of
 from ..gru import GRUCache
 from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
-from ._common import (CHUNK_ELEMS, DW_CHUNK_ELEMS, DW_COPY_MAX_B, GI_FULL_MAX_ELEMS, InputBackward, Ops, Workspace,
-                      cache_buf, chunk_dw, chunked_steps, dg_buffer, dw_buffers, dw_operand, fold_weights, gi_buffer,
-                      input_cache, is_cupy, operand, ops_for, rows, state_grad, tbh, unfold_grads)
+from . import _common
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_to_tbh,
+                      fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
+                      recurrent_operands, state_grad, unfold_grads)
 
 
 @dataclass
 class FastGRUCache(GRUCache):
     """GRUCache whose (T, B, .) fields are views of feature-major storage (every step's block contiguous):
-    h = hT[:, :H] viewed (T+1, B, H), r, z, hn = views of G, n = view of nT. The reference backward reads it too."""
+    h = operands[:, :H] viewed (T+1, B, H); r, z, hn = views of gates; n = view of cand. The reference backward
+    reads it too."""
 
-    hT: Any = None  # (T+1, K, B) hT[t] = [state after t steps (H); x[t] (I); 1] (fold_x), else [state; 1 if ra]
-    G: Any = None  # (T, 3H, B) [r | z | hn] per step (reset_before: hn holds r ⊙ h_{t-1})
-    nT: Any = None  # (T, H, B) candidate
-    xT: Any = None  # (T, I+1, B) [x_t; 1] (fold_x: a view of hT's rows H:)
-    fold_x: bool = False  # x_t and the ones row sit in hT: the recurrent GEMM also does the r, z input projection
+    # (T+1, n_cols, B) operands[t] = [state after t steps (H); x[t] (I); 1] (x_in_operands), else [state; 1 when
+    # reset_after]: the recurrent GEMM's right operands
+    operands: Any = None
+    gates: Any = None  # (T, 3H, B) [r | z | hn] per step (reset_before: hn holds r ⊙ h_{t-1})
+    cand: Any = None  # (T, H, B) candidate n
+    x_ones: Any = None  # (T, I+1, B) [x_t; 1] (x_in_operands: a view of the operands' rows H:)
+    x_in_operands: bool = False  # the recurrent GEMM also does the r, z input projection (the NumPy layout)
 
 
-
-
-# ---- GRU ----------------------------------------------------------------------------------------------------
-# Layout: feature-major. Each step's state is h_t^T (H, B) and its gates (3H, B), so every gate is a contiguous
-# block of rows: elementwise ops run on contiguous memory (NumPy is ~8x slower on row-strided slices), and the
-# recurrent GEMM is W (3H, K) @ hT[t] (K, B) with W in its own layout.
-# NumPy: step t's operand is [h; x[t]; 1] (see operand), so the one recurrent GEMM also does the r, z rows' input
-# projection and all biases: the r, z pre-activations come out whole (no per-step add of a projected input), and
-# only the n rows (whose input part must not be multiplied by r) keep a separate input projection. Costs I+1 more
-# GEMM columns: at I 1 a net 3-4 % of the step saved (seed, H 64), at I 8 about 1 %.
+# ---- forward ----------------------------------------------------------------------------------------------------
 def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: Workspace | None = None,
                 reuse: bool = False):
     """Same contract as gru.forward: x (T, B, I), (h0 (B, H),) -> y (T, B, H), (h_T,), cache (FastGRUCache).
     `ws` holds the temporaries (a fresh one when None); `reuse=True` also keeps the cache (and so y) in it, valid
     until the next forward on this workspace."""
-    if is_cupy(xp):
+    if _common.is_cupy(xp):
         return _gru_forward_cupy(xp, p, x, state0, reset_after=reset_after, ws=ws, reuse=reuse)
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     (h0,) = state0
     dev, dt = device_of(x), x.dtype
     ws = Workspace() if ws is None else ws
-    o = ops_for(xp)
+    ops = ops_for(xp)
     H2, H3 = 2 * H, 3 * H
-    K = H + I + 1  # rows of the recurrent GEMM's operand [h; x[t]; 1]
-    half = o.const(0.5, dt, dev)
+    half = ops.const(0.5, dt, dev)
+    w_rec, w_n, w_x = _weights_numpy(xp, ops, ws, p, I, reset_after, half, dt, dev)
+    operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
+    x_ones = operands[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
+    gates = cache_array(xp, ws, reuse, "gates", (T, H3, B), dt, dev)  # (T, 3H, B)
+    cand = cache_array(xp, ws, reuse, "cand", (T, H, B), dt, dev)  # (T, H, B)
 
-    # recurrent weights on [h; x[t]; 1]. r, z rows: [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid via tanh(a/2));
-    # reset_after, n rows: [W_hn | 0 | b_hn] (the part multiplied by r)
-    w_u = ws.get(xp, "w_u", (H3 if reset_after else H2, K), dt, dev)  # (3H or 2H, K)
-    fold_weights(o, w_u, p, ((slice(0, H2), slice(0, H2)),), H, I)
-    o.mul(w_u[:H2, :], half, out=w_u[:H2, :])
+    mul, add, sub, tanh, matmul = ops.mul, ops.add, ops.sub, ops.tanh, ops.matmul
+    proj_buf = input_proj_buffer(xp, ws, T, H, 4 * H, B, dt, dev)  # n rows' input projection, chunks or all T
+    key = (T, reset_after, id(operands), id(gates), id(cand)) if reuse else None
+    steps = projected_steps(ops, w_x, x_ones, proj_buf, ((0, H),), operands[:T], operands[:T, :H, :],
+                            operands[1:, :H, :], gates, gates[:, :H2, :], gates[:, :H, :], gates[:, H:H2, :],
+                            gates[:, H2:, :], cand, views_in=None if key is None else (ws, key))
     if reset_after:
-        o.copy(p.w_hh[H2:, :], w_u[H2:, :H])
-        o.fill(w_u[H2:, H:H + I], 0.0)
-        o.copy(p.b_hh[H2:], w_u[H2:, H + I])
-    else:
-        w_n = p.w_hh[H2:, :]  # (H, H), on r ⊙ h
-    # n rows' input projection on [x_t; 1]: [W_in | b_in (+ b_hn, additive when reset_before)]
-    w_in = ws.get(xp, "w_in", (H, I + 1), dt, dev)  # (H, I+1)
-    o.copy(p.w_ih[H2:, :], w_in[:, :I])
-    if reset_after:
-        o.copy(p.b_ih[H2:], w_in[:, I])
-    else:
-        o.add(p.b_ih[H2:], p.b_hh[H2:], out=w_in[:, I])
-
-    # cache storage (feature-major)
-    hT = operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, K, B): step t's operand is hT[t]
-    xT = hT[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
-    G = cache_buf(xp, ws, reuse, "G", (T, H3, B), dt, dev)  # (T, 3H, B)
-    nT = cache_buf(xp, ws, reuse, "nT", (T, H, B), dt, dev)  # (T, H, B)
-
-    mul, add, sub, tanh, matmul = o.mul, o.add, o.sub, o.tanh, o.matmul
-    gi_buf = gi_buffer(xp, ws, T, H, 4 * H, B, dt, dev)  # n rows' input projection, chunks or all T
-    key = (T, reset_after, id(hT), id(G), id(nT)) if reuse else None
-    steps = chunked_steps(xp, o, w_in, xT, gi_buf, ((0, H),), hT[:T], hT[:T, :H, :], hT[1:, :H, :], G,
-                           G[:, :H2, :], G[:, :H, :], G[:, H:H2, :], G[:, H2:, :], nT,
-                           cache=None if key is None else (ws, key))
-    if reset_after:
-        # NumPy only (CuPy has its own branch), so `out` is passed positionally: ~40 ns a call less than out=
-        for g_n, u, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
-            matmul(w_u, u, G_t)  # (3H, K) @ (K, B): [a_r/2, a_z/2, W_hn h + b_hn]
+        # NumPy only (CuPy has its own branch), so `out` is passed positionally: cheaper than out=
+        for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
+            matmul(w_rec, op_t, gates_t)  # (3H, H+I+1) @ (H+I+1, B): [a_r/2, a_z/2, W_hn h + b_hn]
             tanh(rz_t, rz_t)  # r, z jointly
             mul(rz_t, half, rz_t)
             add(rz_t, half, rz_t)  # sigmoid
             mul(r_t, hn_t, n_t)
-            add(n_t, g_n, n_t)
+            add(n_t, proj_n, n_t)
             tanh(n_t, n_t)
-            sub(hp, n_t, hx)  # h - n (not cached: the backward recomputes it)
-            mul(hx, z_t, hx)
-            add(hx, n_t, hx)  # n + z (h - n)
+            sub(h_prev, n_t, h_next)  # h - n (not cached: the backward recomputes it)
+            mul(h_next, z_t, h_next)
+            add(h_next, n_t, h_next)  # n + z (h - n)
     else:
-        tmp = ws.get(xp, "tmp", (H, B), dt, dev)
-        for g_n, u, hp, hx, G_t, rz_t, r_t, z_t, hn_t, n_t in steps:
-            matmul(w_u, u, rz_t)  # (2H, K) @ (K, B)
+        wn_rh = ws.get(xp, "wn_rh", (H, B), dt, dev)  # (H, B) W_hn (r ⊙ h)
+        for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
+            matmul(w_rec, op_t, rz_t)  # (2H, H+I+1) @ (H+I+1, B)
             tanh(rz_t, rz_t)
             mul(rz_t, half, rz_t)
             add(rz_t, half, rz_t)
-            mul(r_t, hp, hn_t)  # r ⊙ h
-            matmul(w_n, hn_t, tmp)  # (H, H) @ (H, B)
-            add(tmp, g_n, n_t)
+            mul(r_t, h_prev, hn_t)  # r ⊙ h
+            matmul(w_n, hn_t, wn_rh)  # (H, H) @ (H, B)
+            add(wn_rh, proj_n, n_t)
             tanh(n_t, n_t)
-            sub(hp, n_t, hx)
-            mul(hx, z_t, hx)
-            add(hx, n_t, hx)
-    return _gru_outputs(xp, x, hT, G, nT, xT, reset_after, fold_x=True)
+            sub(h_prev, n_t, h_next)
+            mul(h_next, z_t, h_next)
+            add(h_next, n_t, h_next)
+    return _outputs(xp, x, operands, gates, cand, x_ones, reset_after, x_in_operands=True)
 
 
-def _gru_outputs(xp, x, hT, G, nT, xT, reset_after: bool, *, fold_x: bool):
+def _weights_numpy(xp, ops: Ops, ws: Workspace, p: CellParams, I: int, reset_after: bool, half, dt, dev):
+    """(w_rec, w_n, w_x) for the NumPy forward. w_rec: the recurrent GEMM's weights on [h; x[t]; 1]: r, z rows
+    [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid via tanh(a/2)); reset_after, n rows [W_hn | 0 | b_hn] (the part
+    multiplied by r). w_n: reset_before, W_hn (on r ⊙ h), else None. w_x: the n rows' input projection on [x_t; 1],
+    [W_in | b_in (+ b_hn, additive when reset_before)]."""
+    H = p.w_hh.shape[1]
+    H2, H3 = 2 * H, 3 * H
+    w_rec = ws.get(xp, "w_rec", (H3 if reset_after else H2, H + I + 1), dt, dev)  # (3H or 2H, H+I+1)
+    fold_weights(ops, w_rec, p, ((slice(0, H2), slice(0, H2)),), H, I)
+    ops.mul(w_rec[:H2, :], half, out=w_rec[:H2, :])
+    w_n = None
+    if reset_after:
+        ops.copy(p.w_hh[H2:, :], w_rec[H2:, :H])
+        ops.fill(w_rec[H2:, H:H + I], 0.0)
+        ops.copy(p.b_hh[H2:], w_rec[H2:, H + I])
+    else:
+        w_n = p.w_hh[H2:, :]  # (H, H)
+    w_x = ws.get(xp, "w_x", (H, I + 1), dt, dev)  # (H, I+1)
+    ops.copy(p.w_ih[H2:, :], w_x[:, :I])
+    if reset_after:
+        ops.copy(p.b_ih[H2:], w_x[:, I])
+    else:
+        ops.add(p.b_ih[H2:], p.b_hh[H2:], out=w_x[:, I])
+    return w_rec, w_n, w_x
+
+
+def _outputs(xp, x, operands, gates, cand, x_ones, reset_after: bool, *, x_in_operands: bool):
     """y (T, B, H), (h_T,), FastGRUCache: views of the feature-major storage."""
-    T, H = nT.shape[0], nT.shape[1]
-    h_v = tbh(xp, hT[:, :H, :])  # (T+1, B, H) view
-    cache = FastGRUCache(x=x, h=h_v, r=tbh(xp, G[:, :H, :]), z=tbh(xp, G[:, H:2 * H, :]), n=tbh(xp, nT),
-                         hn=tbh(xp, G[:, 2 * H:, :]), reset_after=reset_after, hT=hT, G=G, nT=nT, xT=xT,
-                         fold_x=fold_x)
+    T, H = cand.shape[0], cand.shape[1]
+    h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+    cache = FastGRUCache(x=x, h=h_v, r=feature_major_to_tbh(xp, gates[:, :H, :]),
+                         z=feature_major_to_tbh(xp, gates[:, H:2 * H, :]), n=feature_major_to_tbh(xp, cand),
+                         hn=feature_major_to_tbh(xp, gates[:, 2 * H:, :]), reset_after=reset_after,
+                         operands=operands, gates=gates, cand=cand, x_ones=x_ones, x_in_operands=x_in_operands)
     return h_v[1:, ...], (h_v[T, ...],), cache
 
 
 def _gru_forward_cupy(xp, p: CellParams, x, state0, *, reset_after: bool, ws: Workspace | None, reuse: bool):
     """gru_forward on CuPy: the input projection of all T in one GEMM, the gate math in _cuda's fused kernels
-    (one launch per step besides the GEMM); hT rows [h; 1 when reset_after], x kept in xT."""
+    (one launch per step besides the GEMM); operands rows [h; 1 when reset_after], x kept in x_ones."""
     from . import _cuda
 
     T, B, I = x.shape
@@ -134,69 +146,84 @@ def _gru_forward_cupy(xp, p: CellParams, x, state0, *, reset_after: bool, ws: Wo
     (h0,) = state0
     dev, dt = device_of(x), x.dtype
     ws = Workspace() if ws is None else ws
-    o = ops_for(xp)
+    ops = ops_for(xp)
     H2, H3 = 2 * H, 3 * H
-    Hk = H + 1 if reset_after else H  # rows of hT used by the recurrent GEMM
+    n_cols = H + 1 if reset_after else H  # rows of the operands used by the recurrent GEMM
 
     # input weights with the biases as an extra column; r, z rows scaled by 1/2 (exact: sigmoid via tanh)
-    w_in = ws.get(xp, "w_in", (H3, I + 1), dt, dev)  # (3H, I+1)
-    o.copy(p.w_ih, w_in[:, :I])
-    o.add(p.b_ih, p.b_hh, out=w_in[:, I])  # r, z: b_ih + b_hh; n: b_in + b_hn (reset_before)
+    w_x = ws.get(xp, "w_x", (H3, I + 1), dt, dev)  # (3H, I+1)
+    ops.copy(p.w_ih, w_x[:, :I])
+    ops.add(p.b_ih, p.b_hh, out=w_x[:, I])  # r, z: b_ih + b_hh; n: b_in + b_hn (reset_before)
     if reset_after:
-        o.copy(p.b_ih[H2:], w_in[H2:, I])  # n: b_in only, b_hn is multiplied by r
-    o.mul(w_in[:H2, :], 0.5, out=w_in[:H2, :])
+        ops.copy(p.b_ih[H2:], w_x[H2:, I])  # n: b_in only, b_hn is multiplied by r
+    ops.mul(w_x[:H2, :], 0.5, out=w_x[:H2, :])
     if reset_after:  # (3H, H+1): W_hh with [0, 0, b_hn] as the last column
-        w_h = ws.get(xp, "w_h", (H3, H + 1), dt, dev)
-        o.copy(p.w_hh, w_h[:, :H])
-        o.fill(w_h[:H2, H], 0.0)
-        o.copy(p.b_hh[H2:], w_h[H2:, H])
-        o.mul(w_h[:H2, :], 0.5, out=w_h[:H2, :])
+        w_h = ws.get(xp, "w_h", (H3, H + 1), dt, dev)  # (3H, H+1)
+        ops.copy(p.w_hh, w_h[:, :H])
+        ops.fill(w_h[:H2, H], 0.0)
+        ops.copy(p.b_hh[H2:], w_h[H2:, H])
+        ops.mul(w_h[:H2, :], 0.5, out=w_h[:H2, :])
     else:
-        w_h = o.mul(p.w_hh[:H2, :], 0.5, out=ws.get(xp, "w_h", (H2, H), dt, dev))  # (2H, H)
+        w_h = ops.mul(p.w_hh[:H2, :], 0.5, out=ws.get(xp, "w_h", (H2, H), dt, dev))  # (2H, H)
         w_n = p.w_hh[H2:, :]  # (H, H)
 
-    xT = input_cache(xp, o, ws, reuse, x, dt, dev)  # (T, I+1, B)
-    hT = cache_buf(xp, ws, reuse, "hT", (T + 1, Hk, B), dt, dev)  # (T+1, H(+1), B)
-    G = cache_buf(xp, ws, reuse, "G", (T, H3, B), dt, dev)  # (T, 3H, B)
-    nT = cache_buf(xp, ws, reuse, "nT", (T, H, B), dt, dev)  # (T, H, B)
+    x_ones = input_with_ones(xp, ops, ws, reuse, x, dt, dev)  # (T, I+1, B)
+    operands = cache_array(xp, ws, reuse, "operands", (T + 1, n_cols, B), dt, dev)  # (T+1, H(+1), B)
+    gates = cache_array(xp, ws, reuse, "gates", (T, H3, B), dt, dev)  # (T, 3H, B)
+    cand = cache_array(xp, ws, reuse, "cand", (T, H, B), dt, dev)  # (T, H, B)
     if reset_after:
-        o.fill(hT[:, H, :], 1.0)
-    o.copy(xp.matrix_transpose(h0), hT[0, :H, :])
-    flat = ws.get(xp, "gates", (T * 4 * H * B,), dt, dev)  # gi now, the backward's gate grads later
-    gi = xp.reshape(flat[: T * H3 * B], (T, H3, B))  # (T, 3H, B)
-    o.matmul(w_in, xT, out=gi)
-    tmp = None if reset_after else ws.get(xp, "tmp", (H, B), dt, dev)
+        ops.fill(operands[:, H, :], 1.0)
+    ops.copy(xp.matrix_transpose(h0), operands[0, :H, :])
+    proj_dgates = ws.get(xp, "proj_dgates", (T * 4 * H * B,), dt, dev)  # (T*4H*B,) the projection now, gate grads later
+    proj = xp.reshape(proj_dgates[: T * H3 * B], (T, H3, B))  # (T, 3H, B)
+    ops.matmul(w_x, x_ones, out=proj)
+    wn_rh = None if reset_after else ws.get(xp, "wn_rh", (H, B), dt, dev)  # (H, B) W_hn (r ⊙ h)
     for t in range(T):
-        hp, hx, g_t, G_t = hT[t], hT[t + 1, :H, :], gi[t], G[t]
+        op_t, h_next, proj_t, gates_t = operands[t], operands[t + 1, :H, :], proj[t], gates[t]
         if reset_after:
-            o.matmul(w_h, hp, out=G_t)
-            _cuda.gru_fwd_after(g_t, G_t, hp[:H], nT[t], hx)
+            ops.matmul(w_h, op_t, out=gates_t)
+            _cuda.gru_fwd_after(proj_t, gates_t, op_t[:H], cand[t], h_next)
         else:
-            o.matmul(w_h, hp, out=G_t[:H2])
-            _cuda.gru_fwd_before_rz(g_t, G_t, hp)
-            o.matmul(w_n, G_t[H2:], out=tmp)
-            _cuda.gru_fwd_before_n(g_t, tmp, G_t, hp, nT[t], hx)
-    return _gru_outputs(xp, x, hT, G, nT, xT, reset_after, fold_x=False)
+            ops.matmul(w_h, op_t, out=gates_t[:H2])
+            _cuda.gru_fwd_before_rz(proj_t, gates_t, op_t)
+            ops.matmul(w_n, gates_t[H2:], out=wn_rh)
+            _cuda.gru_fwd_before_n(proj_t, wn_rh, gates_t, op_t, cand[t], h_next)
+    return _outputs(xp, x, operands, gates, cand, x_ones, reset_after, x_in_operands=False)
 
 
-def _gru_factors(xp, o: Ops, c: FastGRUCache, t0: int, t1: int, K, tmp):
-    """For steps t0..t1-1, K (m, 3, H, B): [r(1-r)·(hn | h_{t-1}), z(1-z)(h_{t-1} - n), (1-z)(1-n^2)].
-    8 calls for the whole chunk."""
-    m = t1 - t0
-    H = c.nT.shape[1]
-    K, tmp = K[:m], tmp[:m]
-    G = xp.reshape(c.G[t0:t1], (m, 3, H, -1))  # (m, 3, H, B) [r, z, hn]
-    hp, n_ = c.hT[t0:t1, :H, :], c.nT[t0:t1]
-    krz, kn = K[:, :2], K[:, 2]
-    one = o.const(1.0, G.dtype, device_of(G))
-    o.sub(one, G[:, :2], out=krz)  # 1-r, 1-z
-    o.mul(n_, n_, out=kn)
-    o.sub(one, kn, out=kn)
-    o.mul(kn, K[:, 1], out=kn)  # (1-z)(1-n^2)
-    o.mul(krz, G[:, :2], out=krz)  # r(1-r), z(1-z)
-    o.mul(K[:, 0], G[:, 2] if c.reset_after else hp, out=K[:, 0])
-    o.mul(K[:, 1], o.sub(hp, n_, out=tmp), out=K[:, 1])  # z(1-z)(h_{t-1} - n)
-    return K
+# ---- backward ---------------------------------------------------------------------------------------------------
+# Both loops run backwards over chunks of steps; after each chunk, its recurrent weight grads (one batched GEMM)
+# and its input backward. NumPy: chunks sized for the CPU caches, each chunk's step-independent factors computed
+# first (_gru_factors), gate grads of one chunk held. CuPy: the gate grads of all T held (in the forward's
+# projection buffer), the fused kernels compute the factors per step.
+@dataclass
+class _BackwardBuffers:
+    """What the NumPy and CuPy backward loops share. `held` steps of gate grads: one chunk (NumPy) or all T
+    (CuPy); step t's are at row t - (its chunk's t0) on NumPy, at row t on CuPy."""
+
+    chunk: int  # steps per chunk
+    dh: Any  # (H, B) dL/dh_t^T, carried backwards
+    dhp: Any  # (H, B) the recurrent GEMM's output
+    dgates: Any  # (held, 4H, B) [n_h | r | z | n_i] (reset_after) or (held, 3H, B) [r | z | n]
+    dgates_id: int  # id of the workspace array behind dgates
+    dgh: Any  # (held, 3H or 2H, B) the rows at the recurrent GEMM: [n_h | r | z] or [r | z]
+    dgi: Any  # (held, 3H, B) the rows at the input projection, torch's order [r | z | n]
+    da_r: Any  # (held, H, B) views of dgates, one per gate: da_r, da_z, da_n
+    da_z: Any
+    da_n: Any
+    dn_h: Any  # reset_after: (held, H, B) da_n ⊙ r, the n row at the recurrent GEMM; else None
+    w_hh_t: Any  # transposed W_hh rows that multiply dgh: (H, 3H) rows [n | r | z] or (H, 2H) rows [r | z]
+    w_n_t: Any  # reset_before: (H, H) W_hn^T; else None
+    drh: Any  # reset_before: (H, B) d(r ⊙ h); else None
+    dw: Any  # (3H or 2H, n_cols) recurrent weight grads: rows [n | r | z] or [r | z] x columns of the operands
+    dw_terms: Any  # (chunk, 3H or 2H, n_cols) one chunk's per-step terms of dw
+    operand_copy: Any  # (chunk, B, n_cols) contiguous operands^T, or None
+    dw_n: Any  # reset_before: (H, H) n rows x (r ⊙ h); else None
+    dw_n_terms: Any  # reset_before: (chunk, H, H); else None
+    factors: Any  # NumPy: (chunk, 3, H, B) see _gru_factors; CuPy: None
+    h_minus_n: Any  # NumPy: (chunk, H, B) scratch of _gru_factors; CuPy: None
+    dhz: Any  # CuPy: (H, B) dh ⊙ z of the step after (dh = dhz + dhp (+ dy)); NumPy: None
+    input_bwd: InputBackward
 
 
 def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
@@ -204,149 +231,210 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     """Same contract as gru.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
     if not isinstance(c, FastGRUCache):
         return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
-    T, H, B = c.nT.shape
-    I = c.xT.shape[1] - 1
-    dev, dt = device_of(c.x), c.x.dtype
     ws = Workspace() if ws is None else ws
-    o = ops_for(xp)
-    H2, H3 = 2 * H, 3 * H
-    ra, fold = c.reset_after, c.fold_x
-    Kc = c.hT.shape[1]  # columns of the recurrent weight grads: [h | x | 1] (fold_x), [h | 1] or [h]
-    one = H + I if fold else (H if ra else None)  # the ones column (bias grads), if any
-    dh = state_grad(xp, o, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dL/dh_t^T, carried backwards
-    dhp = ws.get(xp, "dhp", (H, B), dt, dev)  # (H, B) the recurrent GEMM's output
-    cuda = is_cupy(xp)
-    # CPU: chunks sized for the cache; CuPy keeps every gate grad anyway, so only the weight-grad bound applies
-    # (at B = H = 256 the cache bound would give 1-step chunks: extra kernel launches for nothing)
-    cache_bound = T if cuda else CHUNK_ELEMS // max(1, B * H)
-    chunk = max(1, min(T, cache_bound, DW_CHUNK_ELEMS // (H3 * Kc)))
-    # gate grads of one chunk of steps (all T on CuPy): every use of them (recurrent GEMM, weight grads, input
-    # backward) happens within the chunk, while they are in cache; step t lives at row t - off
-    Tb = T if cuda else chunk
-    # in the forward's full-T input-projection buffer when it used one (CuPy always does), else their own
-    flat, flat_id = dg_buffer(xp, ws, T, Tb, 4 * H, B, dt, dev, shared=cuda or T * H * B <= GI_FULL_MAX_ELEMS)
-    if ra:  # per step [n_h | r | z | n_i]: dgh = rows 0:3H (gate order n, r, z), dgi = rows H:4H (torch order)
-        Dg = xp.reshape(flat, (Tb, 4 * H, B))
-        dgh_all, dgi_all = Dg[:, :H3, :], Dg[:, H:, :]
-        w_t = ws.get(xp, "w_perm_t", (H, H3), dt, dev)  # (W_hh rows n, r, z)^T
-        o.copy(xp.matrix_transpose(p.w_hh[H2:, :]), w_t[:, :H])
-        o.copy(xp.matrix_transpose(p.w_hh[:H2, :]), w_t[:, H:])
-        D4 = xp.reshape(flat, (Tb, 4, H, B))
-        z_out, ar_out, hn_out, an = D4[:, 2], D4[:, 1], D4[:, 0], D4[:, 3]
-        dw = o.fill(ws.get(xp, "dw", (H3, Kc), dt, dev), 0.0)  # rows n, r, z x columns of hT
-        dwn = None
-    else:  # per step [r | z | n]
-        Dg = xp.reshape(flat[: Tb * H3 * B], (Tb, H3, B))
-        dgh_all, dgi_all = Dg[:, :H2, :], Dg
-        w_rz_t = o.copy(xp.matrix_transpose(p.w_hh[:H2, :]), ws.get(xp, "w_rz_t", (H, H2), dt, dev))
-        w_n_t = o.copy(xp.matrix_transpose(p.w_hh[H2:, :]), ws.get(xp, "w_n_t", (H, H), dt, dev))
-        D4 = xp.reshape(Dg, (Tb, 3, H, B))
-        z_out, ar_out, an = D4[:, 1], D4[:, 0], D4[:, 2]
-        drh = ws.get(xp, "drh", (H, B), dt, dev)
-        dw = o.fill(ws.get(xp, "dw", (H2, Kc), dt, dev), 0.0)  # rows r, z x columns of hT
-        dwn = o.fill(ws.get(xp, "dwn", (H, H), dt, dev), 0.0)  # n rows x (r ⊙ h)
-        dwtn = ws.get(xp, "dwtn", (chunk, H, H), dt, dev)
-    dwt = ws.get(xp, "dwt", (chunk,) + tuple(dw.shape), dt, dev)  # per-step dW terms of one chunk
-    zb = ws.get(xp, "zb", (chunk, B, Kc), dt, dev) if B <= DW_COPY_MAX_B else None
-    K = ws.get(xp, "K", (chunk, 3, H, B), dt, dev)
-    ktmp = ws.get(xp, "ktmp", (chunk, H, B), dt, dev)
-    hT, G = c.hT, c.G
+    ops = ops_for(xp)
+    cuda = _common.is_cupy(xp)
+    bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda)
     if cuda:
-        from . import _cuda
+        _backward_loop_cupy(xp, ops, c, bufs, dy, tbptt)
+    else:
+        _backward_loop_numpy(xp, ops, ws, reuse, c, bufs, dy, tbptt)
+    _add_recurrent_grads(ops, g, c, bufs)
+    # input weights: every row (CuPy layout) or the n rows; reset_before: b_hn is additive, same grad as b_in
+    dx = bufs.input_bwd.finish(g, b_hh=not c.reset_after)
+    return dx, (xp.asarray(xp.matrix_transpose(bufs.dh), copy=True),)
 
-        dhz = ws.get(xp, "dhz", (H, B), dt, dev)  # dh ⊙ z of the step after; dh = dhz + dhp (+ dy)
-        o.copy(dh, dhz)
-        o.fill(dhp, 0.0)
-    mul, add, matmul = o.mul, o.add, o.matmul
-    # input backward: dx from all three gate rows; the weight grads from the n rows only when x sits in hT (the
-    # recurrent weight grads above then hold the r, z rows' input weights and biases)
-    n_rows = ((slice(0, H), slice(H2, H3)),)
-    inb = InputBackward(xp, o, ws, reuse, p, ((slice(0, H3), slice(0, H3)),), c.xT, H3, chunk,
-                         dw_rows=slice(H2, H3) if fold else None, dw_blocks=n_rows if fold else None,
-                         dx=input_grad)
-    if not cuda:
-        def build():  # step t's views: its factors in K (chunks counted from the end), gate grads, gates
-            out = []
-            for t in range(T):
-                j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
-                k = K[j]
-                out.append((k[0], k[1], k[2], z_out[j], an[j], ar_out[j], G[t, :H], G[t, H:H2],
-                            hn_out[j] if ra else None, dgh_all[j]))
-            return out
 
-        key = (T, chunk, ra, flat_id, id(K), id(G))
-        step_views = ws.views("bwd", key, build) if reuse else build()
+def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dstate_T,
+                      input_grad: bool, cuda: bool) -> _BackwardBuffers:
+    """The backward's buffers from the workspace, transposed recurrent weights copied in, weight grads zeroed."""
+    T, H, B = c.cand.shape
+    dev, dt = device_of(c.x), c.x.dtype
+    H2, H3 = 2 * H, 3 * H
+    n_cols = c.operands.shape[1]  # columns of the recurrent weight grads: [h | x | 1], [h | 1] or [h]
+    dh = state_grad(xp, ops, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B)
+    dhp = ws.get(xp, "dhp", (H, B), dt, dev)  # (H, B)
+    # CuPy keeps every gate grad anyway, so only the weight-grad bound applies there (the cache bound would give
+    # tiny chunks at large B·H: extra kernel launches for nothing)
+    cache_bound = T if cuda else _common.CHUNK_ELEMS // max(1, B * H)
+    chunk = max(1, min(T, cache_bound, _common.DW_CHUNK_ELEMS // (H3 * n_cols)))
+    held = T if cuda else chunk
+    # in the forward's full-T input-projection buffer when it used one (CuPy always does), else their own
+    dgates_flat, dgates_id = gate_grad_buffer(xp, ws, T, held, 4 * H, B, dt, dev,
+                                              shared=cuda or T * H * B <= _common.GI_FULL_MAX_ELEMS)
+    dw_n = dw_n_terms = w_n_t = drh = dn_h = None
+    if c.reset_after:  # per step [n_h | r | z | n_i]: dgh = rows 0:3H (n, r, z), dgi = rows H:4H, both views
+        dgates = xp.reshape(dgates_flat, (held, 4 * H, B))  # (held, 4H, B)
+        dgh, dgi = dgates[:, :H3, :], dgates[:, H:, :]
+        w_hh_t = ws.get(xp, "w_hh_nrz_t", (H, H3), dt, dev)  # (H, 3H) (W_hh rows n, r, z)^T
+        ops.copy(xp.matrix_transpose(p.w_hh[H2:, :]), w_hh_t[:, :H])
+        ops.copy(xp.matrix_transpose(p.w_hh[:H2, :]), w_hh_t[:, H:])
+        by_gate = xp.reshape(dgates_flat, (held, 4, H, B))  # (held, 4, H, B)
+        da_z, da_r, dn_h, da_n = by_gate[:, 2], by_gate[:, 1], by_gate[:, 0], by_gate[:, 3]
+        dw = ops.fill(ws.get(xp, "dw", (H3, n_cols), dt, dev), 0.0)  # (3H, n_cols) rows n, r, z
+    else:  # per step [r | z | n]
+        dgates = xp.reshape(dgates_flat[: held * H3 * B], (held, H3, B))  # (held, 3H, B)
+        dgh, dgi = dgates[:, :H2, :], dgates
+        w_hh_t = ops.copy(xp.matrix_transpose(p.w_hh[:H2, :]), ws.get(xp, "w_hh_rz_t", (H, H2), dt, dev))  # (H, 2H)
+        w_n_t = ops.copy(xp.matrix_transpose(p.w_hh[H2:, :]), ws.get(xp, "w_hn_t", (H, H), dt, dev))  # (H, H)
+        by_gate = xp.reshape(dgates, (held, 3, H, B))  # (held, 3, H, B)
+        da_z, da_r, da_n = by_gate[:, 1], by_gate[:, 0], by_gate[:, 2]
+        drh = ws.get(xp, "drh", (H, B), dt, dev)  # (H, B)
+        dw = ops.fill(ws.get(xp, "dw", (H2, n_cols), dt, dev), 0.0)  # (2H, n_cols) rows r, z
+        dw_n = ops.fill(ws.get(xp, "dw_n", (H, H), dt, dev), 0.0)  # (H, H) n rows x (r ⊙ h)
+        dw_n_terms = ws.get(xp, "dw_n_terms", (chunk, H, H), dt, dev)  # (chunk, H, H)
+    dw_terms = ws.get(xp, "dw_terms", (chunk,) + tuple(dw.shape), dt, dev)  # (chunk, 3H or 2H, n_cols)
+    operand_copy = ws.get(xp, "operand_copy", (chunk, B, n_cols), dt, dev) if B <= _common.DW_COPY_MAX_B else None
+    factors = h_minus_n = dhz = None
+    if cuda:
+        dhz = ws.get(xp, "dhz", (H, B), dt, dev)  # (H, B)
+    else:
+        factors = ws.get(xp, "factors", (chunk, 3, H, B), dt, dev)  # (chunk, 3, H, B)
+        h_minus_n = ws.get(xp, "h_minus_n", (chunk, H, B), dt, dev)  # (chunk, H, B)
+    # input backward: dx from all three gate rows; the weight grads from the n rows only when x sits in the
+    # operands (the recurrent weight grads then hold the r, z rows' input weights and biases)
+    x_in_operands = c.x_in_operands
+    input_bwd = InputBackward(xp, ops, ws, reuse, p, ((slice(0, H3), slice(0, H3)),), c.x_ones, H3, chunk,
+                              dw_rows=slice(H2, H3) if x_in_operands else None,
+                              dw_blocks=((slice(0, H), slice(H2, H3)),) if x_in_operands else None, dx=input_grad)
+    return _BackwardBuffers(chunk=chunk, dh=dh, dhp=dhp, dgates=dgates, dgates_id=dgates_id, dgh=dgh, dgi=dgi,
+                            da_r=da_r, da_z=da_z, da_n=da_n, dn_h=dn_h, w_hh_t=w_hh_t, w_n_t=w_n_t, drh=drh, dw=dw,
+                            dw_terms=dw_terms, operand_copy=operand_copy, dw_n=dw_n, dw_n_terms=dw_n_terms,
+                            factors=factors, h_minus_n=h_minus_n, dhz=dhz, input_bwd=input_bwd)
+
+
+def _gru_factors(xp, ops: Ops, c: FastGRUCache, t0: int, t1: int, factors, h_minus_n):
+    """For steps t0..t1-1, factors (m, 3, H, B): [r(1-r)·(hn | h_{t-1}), z(1-z)(h_{t-1} - n), (1-z)(1-n^2)]
+    (da_r = (da_n | drh) factors[0], da_z = dh factors[1], da_n = dh factors[2]). 8 calls for the whole chunk;
+    h_{t-1} - n is recomputed here, not cached by the forward: one array less to read back from memory."""
+    m = t1 - t0
+    H = c.cand.shape[1]
+    factors, h_minus_n = factors[:m], h_minus_n[:m]
+    gates = xp.reshape(c.gates[t0:t1], (m, 3, H, -1))  # (m, 3, H, B) [r, z, hn]
+    h_prev, cand = c.operands[t0:t1, :H, :], c.cand[t0:t1]
+    f_rz, f_n = factors[:, :2], factors[:, 2]
+    one = ops.const(1.0, gates.dtype, device_of(gates))
+    ops.sub(one, gates[:, :2], out=f_rz)  # 1-r, 1-z
+    ops.mul(cand, cand, out=f_n)
+    ops.sub(one, f_n, out=f_n)
+    ops.mul(f_n, factors[:, 1], out=f_n)  # (1-z)(1-n^2)
+    ops.mul(f_rz, gates[:, :2], out=f_rz)  # r(1-r), z(1-z)
+    ops.mul(factors[:, 0], gates[:, 2] if c.reset_after else h_prev, out=factors[:, 0])
+    ops.mul(factors[:, 1], ops.sub(h_prev, cand, out=h_minus_n), out=factors[:, 1])  # z(1-z)(h_{t-1} - n)
+    return factors
+
+
+def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers, dy,
+                         tbptt: int):
+    """The NumPy backward: per chunk, its factors, then per step 7-8 ufunc calls and one or two GEMMs, all views
+    prebuilt (and cached with a reused workspace), `out` positional."""
+    T, H = c.cand.shape[0], c.cand.shape[1]
+    H2, chunk, reset_after, gates, factors = 2 * H, b.chunk, c.reset_after, c.gates, b.factors
+    da_z, da_n, da_r, dn_h, dgh = b.da_z, b.da_n, b.da_r, b.dn_h, b.dgh
+
+    def build():  # step t's views: its factors (chunks counted from the end), gate grads, gates
+        out = []
+        for t in range(T):
+            j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
+            f = factors[j]
+            out.append((f[0], f[1], f[2], da_z[j], da_n[j], da_r[j], gates[t, :H], gates[t, H:H2],
+                        dn_h[j] if reset_after else None, dgh[j]))
+        return out
+
+    key = (T, chunk, reset_after, b.dgates_id, id(factors), id(gates))
+    step_views = ws.views("bwd", key, build) if reuse else build()
+    mul, add, matmul = ops.mul, ops.add, ops.matmul
+    dh, dhp, drh, w_hh_t, w_n_t = b.dh, b.dhp, b.drh, b.w_hh_t, b.w_n_t
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
-        off = 0 if cuda else t0  # step t's gate grads are Dg[t - off]
-        if not cuda:
-            _gru_factors(xp, o, c, t0, t1, K, ktmp)
+        _gru_factors(xp, ops, c, t0, t1, factors, b.h_minus_n)
         for t in range(t1 - 1, t0 - 1, -1):
             dy_t = None if dy is None else xp.matrix_transpose(dy[t, ...])  # (H, B) view
-            if cuda:
-                if ra:
-                    _cuda.gru_bwd_after(dhz, dhp, dy_t, G[t], hT[t, :H, :], c.nT[t], Dg[t])
-                    matmul(w_t, dgh_all[t], out=dhp)
-                else:
-                    _cuda.gru_bwd_before_zn(dhz, dhp, dy_t, G[t], hT[t], c.nT[t], Dg[t], dh)
-                    matmul(w_n_t, an[t], out=drh)
-                    _cuda.gru_bwd_before_r(drh, dh, G[t], hT[t], Dg[t], dhz)
-                    matmul(w_rz_t, Dg[t, :H2], out=dhp)
-                if cut(tbptt, T, t):
-                    o.fill(dhz, 0.0)
-                    o.fill(dhp, 0.0)
-                continue
-            k0, k1, k2, z_o, an_t, ar_o, r_t, z_t, hn_o, dgh_t = step_views[t]
+            fac_r, fac_z, fac_n, da_z_t, da_n_t, da_r_t, r_t, z_t, dn_h_t, dgh_t = step_views[t]
             if dy_t is not None:
                 add(dh, dy_t, dh)
-            mul(dh, k1, z_o)  # da_z  (two calls: a broadcast one is slower for small H*B); NumPy: out positional
-            mul(dh, k2, an_t)  # da_n
-            if ra:
-                mul(an_t, k0, ar_o)  # da_r = da_n · hn · r(1-r)
-                mul(an_t, r_t, hn_o)  # da_n ⊙ r: the n row of dgh
-                matmul(w_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
+            # `out` positional (cheaper than out=); two multiplies: a broadcast one is slower at small H·B
+            mul(dh, fac_z, da_z_t)
+            mul(dh, fac_n, da_n_t)
+            if reset_after:
+                mul(da_n_t, fac_r, da_r_t)  # da_r = da_n · hn · r(1-r)
+                mul(da_n_t, r_t, dn_h_t)  # da_n ⊙ r: the n row of dgh
+                matmul(w_hh_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
                 mul(dh, z_t, dh)
                 add(dh, dhp, dh)
             else:
-                matmul(w_n_t, an_t, drh)  # d(r ⊙ h) (H, B)
-                mul(drh, k0, ar_o)  # da_r = drh · h · r(1-r)
-                matmul(w_rz_t, dgh_t, dhp)  # (H, 2H) @ (2H, B)
+                matmul(w_n_t, da_n_t, drh)  # d(r ⊙ h) (H, B)
+                mul(drh, fac_r, da_r_t)  # da_r = drh · h · r(1-r)
+                matmul(w_hh_t, dgh_t, dhp)  # (H, 2H) @ (2H, B)
                 mul(drh, r_t, drh)
                 add(dhp, drh, dhp)
                 mul(dh, z_t, dh)
                 add(dh, dhp, dh)
             if tbptt and cut(tbptt, T, t):
-                o.fill(dh, 0.0)
-        # this chunk's recurrent weight grads: its steps' GEMMs in one batched call, then one sum
-        m = t1 - t0
-        u0, u1 = t0 - off, t1 - off
-        matmul(dgh_all[u0:u1], dw_operand(xp, o, hT, t0, t1, zb), out=dwt[:m])  # rows x columns of hT
-        for j in range(m):  # no temporary (a new (3H, K) array per chunk costs page faults)
-            add(dw, dwt[j], out=dw)
-        if not ra:  # n rows x (r ⊙ h), kept in G's hn slot
-            matmul(Dg[u0:u1, H2:], xp.permute_dims(G[t0:t1, H2:], (0, 2, 1)), out=dwtn[:m])
-            for j in range(m):
-                add(dwn, dwtn[j], out=dwn)
-        inb.chunk(t0, t1, dgi_all[u0:u1])
+                ops.fill(dh, 0.0)
+        _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
         t1 = t0
-    if cuda:
-        add(dhz, dhp, out=dh)
 
-    # parameter gradients from the accumulated blocks. Recurrent: rows [n | r | z] (reset_after) or [r | z] (+ dwn)
-    # x columns [h | x | 1] or [h | 1] or [h]; the ones column is each bias's grad (b_ih = b_hh for r, z)
-    dw_rz, dw_n = (dw[H:], dw[:H, :H]) if ra else (dw, dwn)
-    if fold:  # r, z rows: [W_hh | W_ih | b] as folded by the forward
-        unfold_grads(o, g, dw_rz, ((slice(0, H2), slice(0, H2)),), H, I)
+
+def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy, tbptt: int):
+    """The CuPy backward: per step one or two fused kernels and one or two GEMMs; dh is carried as dhz + dhp (the
+    kernels add them, and dy, on the fly)."""
+    from . import _cuda
+
+    T, H = c.cand.shape[0], c.cand.shape[1]
+    H2, chunk, reset_after = 2 * H, b.chunk, c.reset_after
+    gates, operands, cand, dgates, dgh, da_n = c.gates, c.operands, c.cand, b.dgates, b.dgh, b.da_n
+    dh, dhp, dhz, drh, w_hh_t, w_n_t = b.dh, b.dhp, b.dhz, b.drh, b.w_hh_t, b.w_n_t
+    matmul = ops.matmul
+    ops.copy(dh, dhz)
+    ops.fill(dhp, 0.0)
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        for t in range(t1 - 1, t0 - 1, -1):
+            dy_t = None if dy is None else xp.matrix_transpose(dy[t, ...])  # (H, B) view
+            if reset_after:
+                _cuda.gru_bwd_after(dhz, dhp, dy_t, gates[t], operands[t, :H, :], cand[t], dgates[t])
+                matmul(w_hh_t, dgh[t], out=dhp)
+            else:
+                _cuda.gru_bwd_before_zn(dhz, dhp, dy_t, gates[t], operands[t], cand[t], dgates[t], dh)
+                matmul(w_n_t, da_n[t], out=drh)
+                _cuda.gru_bwd_before_r(drh, dh, gates[t], operands[t], dgates[t], dhz)
+                matmul(w_hh_t, dgates[t, :H2], out=dhp)
+            if cut(tbptt, T, t):
+                ops.fill(dhz, 0.0)
+                ops.fill(dhp, 0.0)
+        _chunk_weight_grads(xp, ops, c, b, t0, t1, 0)
+        t1 = t0
+    ops.add(dhz, dhp, out=dh)
+
+
+def _chunk_weight_grads(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, t0: int, t1: int, row0_step: int):
+    """Steps t0..t1-1 (gate grads of step t at row t - row0_step of b.dgates): the recurrent weight grads, then the
+    input backward, while the chunk's gate grads are in cache."""
+    r0, r1 = t0 - row0_step, t1 - row0_step
+    add_chunk_weight_grads(xp, ops, b.dgh[r0:r1], c.operands, t0, t1, b.dw_terms, b.dw, b.operand_copy)
+    if not c.reset_after:  # n rows x (r ⊙ h), kept in the gates' hn slot
+        H2 = 2 * c.cand.shape[1]
+        add_chunk_weight_grads(xp, ops, b.dgates[r0:r1, H2:], c.gates[:, H2:], t0, t1, b.dw_n_terms, b.dw_n)
+    b.input_bwd.add_chunk(t0, t1, b.dgi[r0:r1])
+
+
+def _add_recurrent_grads(ops: Ops, g: CellParams, c: FastGRUCache, b: _BackwardBuffers):
+    """Accumulate the recurrent weight grads into g. dw rows [n | r | z] (reset_after) or [r | z] (+ dw_n) x columns
+    [h | x | 1] or [h | 1] or [h]; the ones column is each bias's grad (b_ih = b_hh for r, z)."""
+    H = c.cand.shape[1]
+    I = c.x_ones.shape[1] - 1
+    H2, reset_after, dw, add = 2 * H, c.reset_after, b.dw, ops.add
+    ones_col = H + I if c.x_in_operands else (H if reset_after else None)  # the ones column, if any
+    dw_rz, dw_n = (dw[H:], dw[:H, :H]) if reset_after else (dw, b.dw_n)
+    if c.x_in_operands:  # r, z rows: [W_hh | W_ih | b] as folded by the forward
+        unfold_grads(ops, g, dw_rz, ((slice(0, H2), slice(0, H2)),), H, I)
     else:
         add(g.w_hh[:H2, :], dw_rz[:, :H], out=g.w_hh[:H2, :])
-        if ra:
-            add(g.b_hh[:H2], dw_rz[:, one], out=g.b_hh[:H2])
+        if reset_after:
+            add(g.b_hh[:H2], dw_rz[:, ones_col], out=g.b_hh[:H2])
     add(g.w_hh[H2:, :], dw_n, out=g.w_hh[H2:, :])
-    if ra:
-        add(g.b_hh[H2:], dw[:H, one], out=g.b_hh[H2:])  # b_hn: inside r ⊙ (...), its own grad
-    # input weights: every row (no fold_x) or the n rows; reset_before: b_hn is additive, same grad as b_in
-    dx = inb.finish(g, b_hh=not ra)
-    return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True),)
-
-
+    if reset_after:
+        add(g.b_hh[H2:], dw[:H, ones_col], out=g.b_hh[H2:])  # b_hn: inside r ⊙ (...), its own grad

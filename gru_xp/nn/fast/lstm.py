@@ -1,4 +1,12 @@
-"""The LSTM's fast twin: same contract as nn/lstm.py, feature-major layout."""
+"""The LSTM's fast twin: same contract as nn/lstm.py, feature-major layout.
+
+Legend: T steps, B batch, I inputs, H hidden; gate rows internally [o | i | f | g]; arrays feature-major (T, rows, B).
+
+Same layout as the GRU (each step's (4H, B) gate block contiguous, x folded into the recurrent GEMM's operands),
+with the gate rows reordered internally to [o | i f g] = torch's [3H:4H | 0:3H] (two blocks, so every reorder is two
+copies): the three sigmoid gates are one contiguous 3H block (their pre-activations halved in the weights, sigmoid
+via tanh, so one tanh covers all 4H rows), and in the backward the three gates driven by dc (i, f, g) are one block.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,30 +17,26 @@ from array_api_compat import device as device_of
 from ..lstm import LSTMCache
 from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
-from ._common import (CHUNK_ELEMS, DW_CHUNK_ELEMS, DW_COPY_MAX_B, GI_FULL_MAX_ELEMS, InputBackward, Ops, Workspace,
-                      cache_buf, chunk_dw, chunked_steps, dg_buffer, dw_buffers, dw_operand, fold_weights, gi_buffer,
-                      input_cache, is_cupy, operand, ops_for, rows, state_grad, tbh, unfold_grads)
+from . import _common
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_to_tbh,
+                      fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad, unfold_grads,
+                      weight_grad_buffers)
 
 
-# ---- LSTM ---------------------------------------------------------------------------------------------------
-# Same layout as the GRU (feature-major, each step's (4H, B) gate block contiguous), with the gate rows reordered
-# internally to [o | i f g] = torch's [3H:4H | 0:3H] (two blocks, so every reorder is two copies): the three
-# sigmoid gates are one contiguous 3H block (their pre-activations halved in the weights, sigmoid via tanh, so
-# one tanh covers all 4H rows), and in the backward the three gates driven by dc (i, f, g) are one block too.
 def _lstm_blocks(H: int):
     return ((slice(0, H), slice(3 * H, 4 * H)), (slice(H, 4 * H), slice(0, 3 * H)))  # (internal, torch) rows
 
 
 @dataclass
 class FastLSTMCache(LSTMCache):
-    """LSTMCache whose (T, B, .) fields are views of feature-major storage: h, c = views of hT, cT; o, i, f, g =
-    views of G; tc = view of TC. The reference backward reads it too."""
+    """LSTMCache whose (T, B, .) fields are views of feature-major storage: h, c = views of operands, cell_states;
+    o, i, f, g = views of gates; tc = view of tanh_c. The reference backward reads it too."""
 
-    hT: Any = None  # (T+1, H+I+1, B) hT[t] = [state after t steps; x[t]; 1], the recurrent GEMM's operands
-    cT: Any = None  # (T+1, H, B) c_t^T
-    G: Any = None  # (T, 4H, B) [o | i | f | g] activations per step
-    TC: Any = None  # (T, H, B) tanh(c_t)
-    xT: Any = None  # (T, I+1, B) [x_t^T; 1], a view of hT
+    operands: Any = None  # (T+1, H+I+1, B) [state after t steps; x[t]; 1], the recurrent GEMM's operands
+    cell_states: Any = None  # (T+1, H, B) c_t^T
+    gates: Any = None  # (T, 4H, B) [o | i | f | g] activations per step
+    tanh_c: Any = None  # (T, H, B) tanh(c_t)
+    x_ones: Any = None  # (T, I+1, B) [x_t^T; 1], a view of the operands
 
 
 def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, reuse: bool = False):
@@ -42,64 +46,66 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     h0, c0 = state0
     dev, dt = device_of(x), x.dtype
     ws = Workspace() if ws is None else ws
-    o = ops_for(xp)
+    ops = ops_for(xp)
     H3, H4 = 3 * H, 4 * H
-    half = o.const(0.5, dt, dev)
+    half = ops.const(0.5, dt, dev)
     # the recurrent GEMM does the input projection too: [W_hh | W_ih | b_ih + b_hh] (4H, H+I+1) on
     # step t's [h; x[t]; 1]; o, i, f rows halved (exact: sigmoid(a) = tanh(a/2)/2 + 1/2)
-    w_u = fold_weights(o, ws.get(xp, "w_u", (H4, H + I + 1), dt, dev), p, _lstm_blocks(H), H, I)
-    o.mul(w_u[:H3, :], half, out=w_u[:H3, :])
+    w_rec = fold_weights(ops, ws.get(xp, "w_rec", (H4, H + I + 1), dt, dev), p, _lstm_blocks(H), H, I)  # (4H, H+I+1)
+    ops.mul(w_rec[:H3, :], half, out=w_rec[:H3, :])
 
-    hT = operand(xp, o, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's operand is hT[t]
-    cT = cache_buf(xp, ws, reuse, "cT", (T + 1, H, B), dt, dev)
-    G = cache_buf(xp, ws, reuse, "G", (T, H4, B), dt, dev)
-    TC = cache_buf(xp, ws, reuse, "TC", (T, H, B), dt, dev)
-    o.copy(xp.matrix_transpose(c0), cT[0])
-    tmp = ws.get(xp, "tmp", (H, B), dt, dev)
-    mul, add, tanh, matmul = o.mul, o.add, o.tanh, o.matmul
-    step_arrays = (hT[:T], hT[1:, :H], cT[:T], cT[1:], G, G[:, :H3], G[:, :H], G[:, H:2 * H], G[:, 2 * H:H3],
-                   G[:, H3:], TC)
-    steps = ws.views("fwd", (T, id(hT), id(cT), id(G), id(TC)), lambda: list(zip(*step_arrays))) if reuse else \
-        zip(*step_arrays)
-    for u, hx, cp, cx, A, sig, o_t, i_t, f_t, gg_t, tc_t in steps:
-        matmul(w_u, u, out=A)  # (4H, H+I+1) @ (H+I+1, B)
-        tanh(A, out=A)  # g, and the three sigmoid gates' tanh(a/2)
-        mul(sig, half, out=sig)
-        add(sig, half, out=sig)
-        mul(f_t, cp, out=cx)
-        mul(i_t, gg_t, out=tmp)
-        add(cx, tmp, out=cx)  # c = f c_{t-1} + i g
-        tanh(cx, out=tc_t)
-        mul(o_t, tc_t, out=hx)  # h = o tanh(c)
-    h_v, c_v = tbh(xp, hT[:, :H, :]), tbh(xp, cT)
-    cache = FastLSTMCache(x=x, h=h_v, c=c_v, i=tbh(xp, G[:, H:2 * H]), f=tbh(xp, G[:, 2 * H:H3]),
-                          g=tbh(xp, G[:, H3:]), o=tbh(xp, G[:, :H]), tc=tbh(xp, TC), hT=hT, cT=cT, G=G, TC=TC,
-                          xT=hT[:T, H:, :])
+    operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
+    cell_states = cache_array(xp, ws, reuse, "cell_states", (T + 1, H, B), dt, dev)  # (T+1, H, B)
+    gates = cache_array(xp, ws, reuse, "gates", (T, H4, B), dt, dev)  # (T, 4H, B)
+    tanh_c = cache_array(xp, ws, reuse, "tanh_c", (T, H, B), dt, dev)  # (T, H, B)
+    ops.copy(xp.matrix_transpose(c0), cell_states[0])
+    ig = ws.get(xp, "scratch", (H, B), dt, dev)  # (H, B) i ⊙ g
+    mul, add, tanh, matmul = ops.mul, ops.add, ops.tanh, ops.matmul
+    step_arrays = (operands[:T], operands[1:, :H], cell_states[:T], cell_states[1:], gates, gates[:, :H3],
+                   gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:H3], gates[:, H3:], tanh_c)
+    key = (T, id(operands), id(cell_states), id(gates), id(tanh_c))
+    steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse else zip(*step_arrays)
+    for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
+        matmul(w_rec, op_t, out=gates_t)  # (4H, H+I+1) @ (H+I+1, B)
+        tanh(gates_t, out=gates_t)  # g, and the three sigmoid gates' tanh(a/2)
+        mul(sig_t, half, out=sig_t)
+        add(sig_t, half, out=sig_t)
+        mul(f_t, c_prev, out=c_next)
+        mul(i_t, g_t, out=ig)
+        add(c_next, ig, out=c_next)  # c = f c_{t-1} + i g
+        tanh(c_next, out=tanh_c_t)
+        mul(o_t, tanh_c_t, out=h_next)  # h = o tanh(c)
+    h_v, c_v = feature_major_to_tbh(xp, operands[:, :H, :]), feature_major_to_tbh(xp, cell_states)  # (T+1, B, H)
+    cache = FastLSTMCache(x=x, h=h_v, c=c_v, i=feature_major_to_tbh(xp, gates[:, H:2 * H]),
+                          f=feature_major_to_tbh(xp, gates[:, 2 * H:H3]), g=feature_major_to_tbh(xp, gates[:, H3:]),
+                          o=feature_major_to_tbh(xp, gates[:, :H]), tc=feature_major_to_tbh(xp, tanh_c),
+                          operands=operands, cell_states=cell_states, gates=gates, tanh_c=tanh_c,
+                          x_ones=operands[:T, H:, :])
     return h_v[1:], (h_v[T], c_v[T]), cache
 
 
-def _lstm_factors(xp, o: Ops, c: FastLSTMCache, t0: int, t1: int, K):
-    """For steps t0..t1-1, K (m, 5, H, B): [tc o(1-o), g i(1-i), c_{t-1} f(1-f), i (1-g^2), o (1-tc^2)]:
-    da_o = dh K0; [da_i, da_f, da_g] = dc K1:4; dc += dh K4. 10 calls for the whole chunk."""
+def _lstm_factors(xp, ops: Ops, c: FastLSTMCache, t0: int, t1: int, factors):
+    """For steps t0..t1-1, factors (m, 5, H, B): [tc o(1-o), g i(1-i), c_{t-1} f(1-f), i (1-g^2), o (1-tc^2)]:
+    da_o = dh factors[0]; [da_i, da_f, da_g] = dc factors[1:4]; dc += dh factors[4]. 10 calls for the chunk."""
     m = t1 - t0
-    H = c.TC.shape[1]
-    K = K[:m]
-    G = xp.reshape(c.G[t0:t1], (m, 4, H, -1))  # (m, 4, H, B) [o, i, f, g]
-    tc, cp = c.TC[t0:t1], c.cT[t0:t1]
-    k3 = K[:, :3]
-    one = o.const(1.0, G.dtype, device_of(G))
-    o.sub(one, G[:, :3], out=k3)
-    o.mul(k3, G[:, :3], out=k3)  # s(1-s) for o, i, f
-    o.mul(K[:, 0], tc, out=K[:, 0])
-    o.mul(K[:, 1], G[:, 3], out=K[:, 1])
-    o.mul(K[:, 2], cp, out=K[:, 2])
-    k34 = K[:, 3:5]
-    o.mul(G[:, 3], G[:, 3], out=K[:, 3])
-    o.mul(tc, tc, out=K[:, 4])
-    o.sub(one, k34, out=k34)
-    o.mul(K[:, 3], G[:, 1], out=K[:, 3])
-    o.mul(K[:, 4], G[:, 0], out=K[:, 4])
-    return K
+    H = c.tanh_c.shape[1]
+    factors = factors[:m]
+    gates = xp.reshape(c.gates[t0:t1], (m, 4, H, -1))  # (m, 4, H, B) [o, i, f, g]
+    tanh_c, c_prev = c.tanh_c[t0:t1], c.cell_states[t0:t1]
+    f_sig = factors[:, :3]
+    one = ops.const(1.0, gates.dtype, device_of(gates))
+    ops.sub(one, gates[:, :3], out=f_sig)
+    ops.mul(f_sig, gates[:, :3], out=f_sig)  # s(1-s) for o, i, f
+    ops.mul(factors[:, 0], tanh_c, out=factors[:, 0])
+    ops.mul(factors[:, 1], gates[:, 3], out=factors[:, 1])
+    ops.mul(factors[:, 2], c_prev, out=factors[:, 2])
+    f_gc = factors[:, 3:5]
+    ops.mul(gates[:, 3], gates[:, 3], out=factors[:, 3])
+    ops.mul(tanh_c, tanh_c, out=factors[:, 4])
+    ops.sub(one, f_gc, out=f_gc)
+    ops.mul(factors[:, 3], gates[:, 1], out=factors[:, 3])
+    ops.mul(factors[:, 4], gates[:, 0], out=factors[:, 4])
+    return factors
 
 
 def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
@@ -107,65 +113,64 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
     if not isinstance(c, FastLSTMCache):
         return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
-    T, H, B = c.TC.shape
+    T, H, B = c.tanh_c.shape
     dev, dt = device_of(c.x), c.x.dtype
     ws = Workspace() if ws is None else ws
-    o = ops_for(xp)
+    ops = ops_for(xp)
     H3, H4 = 3 * H, 4 * H
     blocks = _lstm_blocks(H)
-    dh = state_grad(xp, o, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dL/dh_t^T, carried backwards
-    dc = state_grad(xp, o, ws, "dc", dstate_T, 1, (H, B), dt, dev)  # (H, B) dL/dc_t^T
-    tmp = ws.get(xp, "tmp", (H, B), dt, dev)
-    w_t = ws.get(xp, "w_hh_t", (H, H4), dt, dev)  # W_hh^T, internal gate order
+    dh = state_grad(xp, ops, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dL/dh_t^T, carried backwards
+    dc = state_grad(xp, ops, ws, "dc", dstate_T, 1, (H, B), dt, dev)  # (H, B) dL/dc_t^T
+    dh_c = ws.get(xp, "scratch", (H, B), dt, dev)  # (H, B) dh's share of dc
+    w_hh_t = ws.get(xp, "w_hh_t", (H, H4), dt, dev)  # (H, 4H) W_hh^T, internal gate order
     for dst, src in blocks:
-        o.copy(xp.matrix_transpose(p.w_hh[src, :]), w_t[:, dst])
-    Kc = c.hT.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
-    dw = o.fill(ws.get(xp, "dw", (H4, Kc), dt, dev), 0.0)
-    dwt, zb, dw_chunk = dw_buffers(xp, ws, (H4, Kc), T, B, dt, dev)
-    chunk = max(1, min(dw_chunk, CHUNK_ELEMS // max(1, B * H)))
-    K = ws.get(xp, "K", (chunk, 5, H, B), dt, dev)
+        ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
+    n_cols = c.operands.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
+    dw = ops.fill(ws.get(xp, "dw", (H4, n_cols), dt, dev), 0.0)  # (4H, n_cols)
+    dw_terms, operand_copy, dw_chunk = weight_grad_buffers(xp, ws, (H4, n_cols), T, B, dt, dev)
+    chunk = max(1, min(dw_chunk, _common.CHUNK_ELEMS // max(1, B * H)))
+    factors = ws.get(xp, "factors", (chunk, 5, H, B), dt, dev)  # (chunk, 5, H, B)
     # one chunk's gate grads (step t at t - t0)
-    flat, flat_id = dg_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=False)
-    dA = xp.reshape(flat, (chunk, H4, B))  # pre-activation grads [o | i f g]
-    D4 = xp.reshape(flat, (chunk, 4, H, B))
-    f_all = c.G[:, 2 * H:H3]
-    mul, add, matmul = o.mul, o.add, o.matmul
+    dgates_flat, dgates_id = gate_grad_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=False)
+    dgates = xp.reshape(dgates_flat, (chunk, H4, B))  # (chunk, 4H, B) pre-activation grads [o | i f g]
+    by_gate = xp.reshape(dgates_flat, (chunk, 4, H, B))  # (chunk, 4, H, B)
+    forget = c.gates[:, 2 * H:H3]
+    mul, add, matmul = ops.mul, ops.add, ops.matmul
 
-    def build():  # step t's views: its factors in K (chunks counted from the end), gate grads, forget gate
+    def build():  # step t's views: its factors (chunks counted from the end), gate grads, forget gate
         out = []
         for t in range(T):
             j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
-            k = K[j]
-            out.append((k[0], k[1], k[2], k[3], k[4], D4[j, 0], D4[j, 1], D4[j, 2], D4[j, 3], f_all[t], dA[j]))
+            f = factors[j]
+            out.append((f[0], f[1], f[2], f[3], f[4], by_gate[j, 0], by_gate[j, 1], by_gate[j, 2], by_gate[j, 3],
+                        forget[t], dgates[j]))
         return out
 
-    step_views = ws.views("bwd", (T, chunk, flat_id, id(K), id(c.G)), build) if reuse else build()
-    inb = InputBackward(xp, o, ws, reuse, p, blocks, c.xT, H4, chunk, dw_rows=slice(0, 0),  # dx only
-                         dx=input_grad)
+    step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
+    input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
+                              dx=input_grad)
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
-        _lstm_factors(xp, o, c, t0, t1, K)
+        _lstm_factors(xp, ops, c, t0, t1, factors)
         for t in range(t1 - 1, t0 - 1, -1):
-            k0, k1, k2, k3, k4, da_o, da_i, da_f, da_g, f_t, dA_t = step_views[t]
+            fac_o, fac_i, fac_f, fac_g, fac_c, da_o, da_i, da_f, da_g, f_t, dgates_t = step_views[t]
             if dy is not None:
                 add(dh, xp.matrix_transpose(dy[t, ...]), out=dh)
-            mul(dh, k4, out=tmp)
-            add(dc, tmp, out=dc)
-            mul(dh, k0, out=da_o)
-            mul(dc, k1, out=da_i)  # da_i, da_f, da_g: three calls (faster than one broadcast one)
-            mul(dc, k2, out=da_f)
-            mul(dc, k3, out=da_g)
+            mul(dh, fac_c, out=dh_c)
+            add(dc, dh_c, out=dc)
+            mul(dh, fac_o, out=da_o)
+            mul(dc, fac_i, out=da_i)  # da_i, da_f, da_g: three calls (faster than one broadcast one)
+            mul(dc, fac_f, out=da_f)
+            mul(dc, fac_g, out=da_g)
             mul(dc, f_t, out=dc)  # dc_{t-1}
-            matmul(w_t, dA_t, out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
+            matmul(w_hh_t, dgates_t, out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
             if tbptt and cut(tbptt, T, t):
-                o.fill(dh, 0.0)
-                o.fill(dc, 0.0)
-        chunk_dw(xp, o, dA[: t1 - t0], c.hT, t0, t1, dwt, dw, zb)
-        inb.chunk(t0, t1, dA[: t1 - t0])
+                ops.fill(dh, 0.0)
+                ops.fill(dc, 0.0)
+        add_chunk_weight_grads(xp, ops, dgates[: t1 - t0], c.operands, t0, t1, dw_terms, dw, operand_copy)
+        input_bwd.add_chunk(t0, t1, dgates[: t1 - t0])
         t1 = t0
-    unfold_grads(o, g, dw, blocks, H, c.xT.shape[1] - 1)
-    dx = inb.finish(g)
+    unfold_grads(ops, g, dw, blocks, H, c.x_ones.shape[1] - 1)
+    dx = input_bwd.finish(g)
     return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True), xp.asarray(xp.matrix_transpose(dc), copy=True))
-
-
