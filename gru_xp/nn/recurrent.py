@@ -48,7 +48,7 @@ class Recurrent:
         self.caches: list = []  # the last forward's cell caches, index k*D + d (read by backward, diagnostics)
         self._masks: list = []
         self.record_dh = False  # backward(record=None) follows this flag (diagnostics through a Forecaster)
-        self.fast = False  # True: fast.py's twin of the cell where the namespace supports it (NumPy, CuPy)
+        self.fast = False  # True: nn/fast's twin of the cell where the namespace supports it (NumPy, CuPy)
         self.reuse_buffers = False  # fast path: keep caches/outputs in reused workspaces (valid until the next forward)
         self._fast_impl = None
         self.last_dh: list | None = None
@@ -127,7 +127,7 @@ class Recurrent:
         return tuple(out)
 
     def fast_cell(self):
-        """fast.py's twin of self.cell (same math, workspaces, out=) when self.fast and the namespace supports it,
+        """nn/fast's twin of self.cell (same math, workspaces, out=) when self.fast and the namespace supports it,
         else None (the reference cell runs)."""
         if not self.fast:
             return None

@@ -46,12 +46,5 @@ def fast_cell_for(cell_module, xp, *, reuse: bool = False):
     return FastCell(cell_module, *impl, reuse=reuse)
 
 
-def cuda_synchronize() -> None:
-    """Wait for the current CUDA device (CuPy; benchmarks only, never called inside the math)."""
-    from . import _cuda
-
-    _cuda.synchronize()
-
-
 _IMPLS = {"gru": (gru.gru_forward, gru.gru_backward), "lstm": (lstm.lstm_forward, lstm.lstm_backward),
           "rnn": (rnn.rnn_forward, rnn.rnn_backward)}

@@ -123,10 +123,3 @@ dhz = dh * G[k + HB] + drh * r;
 """
     _k("bwd_before_r", "T drh, T dh, raw T G, T hp, int64 HB", "raw T D, T dhz", body)(drh, dh, gates_t, h_prev,
                                                                                        h_prev.size, dgates_t, dhz)
-
-
-def synchronize() -> None:
-    """Wait for the current device (benchmarks only; never called inside the math)."""
-    import cupy
-
-    cupy.cuda.get_current_stream().synchronize()

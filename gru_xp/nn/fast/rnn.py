@@ -12,7 +12,7 @@ from typing import Any
 
 from array_api_compat import device as device_of
 
-from ..rnn import RNNCache
+from ..rnn import NONLINEARITIES, RNNCache
 from ..rnn import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common
@@ -31,8 +31,8 @@ class FastRNNCache(RNNCache):
 def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws: Workspace | None = None,
                 reuse: bool = False):
     """Same contract as rnn.forward: x (T, B, I), (h0,) -> y (T, B, H), (h_T,), cache (FastRNNCache)."""
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     (h0,) = state0
