@@ -415,6 +415,9 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run folder {d} not found; pass --run DIR written by 'gru-xp train'")
+    if checkpoint.run_kind(d) == "classify":  # issue 17: a classifier's run folder is not a forecaster
+        raise UserError(f"run folder {d} is a classifier (written by 'gru-xp classify'), not a forecasting run; "
+                        f"classify with 'gru-xp predict --run {d} --text ...' or '--data FILE.ts'")
     params, meta = checkpoint.load(d / "model.npz")
     _check_consistent(d, meta)
     try:

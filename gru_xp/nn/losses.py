@@ -17,3 +17,43 @@ def mse_backward(xp, pred, target):
     for s in pred.shape:
         n *= s
     return (2.0 / n) * (pred - target)
+
+
+# ---- classification: losses on logits (B, K), targets (B, K) ---------------------------------------------------
+def _log1p_exp_neg_abs(xp, z):
+    """log(1 + exp(-|z|)): never overflows, exact for large |z| (exp underflows to 0)."""
+    return xp.log1p(xp.exp(-xp.abs(z)))
+
+
+def bce_with_logits(xp, logits, target):
+    """Binary cross-entropy on logits z with targets y in [0, 1], mean over every element:
+    -y log σ(z) - (1-y) log(1-σ(z)) = max(z, 0) - z y + log(1 + exp(-|z|)), stable for any |z|."""
+    z = logits
+    return xp.mean(xp.maximum(z, xp.zeros_like(z)) - z * target + _log1p_exp_neg_abs(xp, z))
+
+
+def bce_with_logits_backward(xp, logits, target):
+    """d bce_with_logits / d logits = (σ(z) - y) / n, same shape as logits."""
+    n = 1
+    for s in logits.shape:
+        n *= s
+    sig = 0.5 * xp.tanh(0.5 * logits) + 0.5  # σ(z) without overflow
+    return (sig - target) / n
+
+
+def log_softmax(xp, logits):
+    """logits (B, K) -> log softmax over K, shifted by the row max (no overflow)."""
+    z = logits - xp.max(logits, axis=-1, keepdims=True)
+    return z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))
+
+
+def softmax_cross_entropy(xp, logits, target):
+    """Softmax cross-entropy, mean over the B rows: -sum_k y_k log softmax(z)_k; target (B, K) one-hot (or any
+    distribution over K)."""
+    return -xp.sum(target * log_softmax(xp, logits)) / logits.shape[0]
+
+
+def softmax_cross_entropy_backward(xp, logits, target):
+    """d softmax_cross_entropy / d logits = (softmax(z) * sum_k y_k - y) / B (sum_k y_k = 1 for a distribution)."""
+    p = xp.exp(log_softmax(xp, logits))  # (B, K)
+    return (p * xp.sum(target, axis=-1, keepdims=True) - target) / logits.shape[0]

@@ -13,6 +13,19 @@ Pre-activations of r, z arrive halved (gru.py folds 1/2 into their weights): sig
 """
 from __future__ import annotations
 
+# ==== Embedding backward (issue 17): a scatter-add of rows ========================================================
+# gw (V, E) += rows (N, E) at row ids (N,), repeated ids accumulating (atomic adds). Called by nn/fast/embedding.py
+# when the namespace is CuPy; the portable one-hot GEMM in nn/embedding.py is its reference.
+
+
+def embedding_scatter_add(gw, ids, rows) -> None:
+    import cupyx
+
+    cupyx.scatter_add(gw, ids, rows)
+
+
+# ==== end of the Embedding section; the recurrent kernels follow =================================================
+
 _KERNELS: dict = {}
 
 

@@ -109,10 +109,11 @@ def _lstm_factors(xp, ops: Ops, c: FastLSTMCache, t0: int, t1: int, factors):
 
 
 def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
-                  input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False):
-    """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
+                  input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False, dc_steps=None):
+    """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it.
+    dc_steps: optional (T, B, H) upstream gradient on c_t per step (lstm.backward's; variable lengths)."""
     if not isinstance(c, FastLSTMCache):
-        return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
+        return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, dc_steps=dc_steps)
     T, H, B = c.tanh_c.shape
     dev, dt = device_of(c.x), c.x.dtype
     ws = Workspace() if ws is None else ws
@@ -157,6 +158,8 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
             fac_o, fac_i, fac_f, fac_g, fac_c, da_o, da_i, da_f, da_g, f_t, dgates_t = step_views[t]
             if dy is not None:
                 add(dh, xp.matrix_transpose(dy[t, ...]), out=dh)
+            if dc_steps is not None:
+                add(dc, xp.matrix_transpose(dc_steps[t, ...]), out=dc)
             mul(dh, fac_c, out=dh_c)
             add(dc, dh_c, out=dc)
             mul(dh, fac_o, out=da_o)
