@@ -197,6 +197,19 @@ def _torch_rows(device: str) -> list[Row]:
             errs = torch_parity(layer, *random_problem(layer, T=6, B=3, seed=4))
             mod = label.split()[0]
             rows.append(Row(f"PyTorch torch.nn.{mod} parity, {path} ({device}, float64)", max(errs.values()), 1e-10))
+    for label, make in _layers(device):  # variable lengths: torch's packed sequences, stacked and bidirectional
+        if label == "GRU reset_after=False":
+            continue
+        one = make()  # the same cell and options, stacked and bidirectional
+
+        def stacked(cls=type(one), opts=one.cell_opts):
+            return cls(3, 4, num_layers=2, bidirectional=True, device=device, dtype="float64", seed=0, **opts)
+
+        for path, layer in _paths(stacked):
+            randomize_params(layer, seed=5)
+            errs = torch_parity(layer, *random_problem(layer, T=6, B=4, seed=6), lengths=random_lengths(6, 4, seed=7))
+            rows.append(Row(f"PyTorch packed sequences, {label.split()[0]} 2-layer bidirectional, {path} "
+                            f"({device}, float64)", max(errs.values()), 1e-10))
     return rows
 
 
