@@ -66,7 +66,7 @@ def targets(y: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def predict_log_probs(model: Classifier, X: np.ndarray, lengths: np.ndarray, chunk: int = 512) -> np.ndarray:
+def predict_log_probs(model: Classifier, X: np.ndarray, lengths: np.ndarray, chunk: int = 256) -> np.ndarray:
     """(n, C) log-probabilities in eval mode: sequences sorted by length, in chunks cut to their longest."""
     n = len(lengths)
     out = np.zeros((n, max(model.num_classes, 2)))

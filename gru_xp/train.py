@@ -199,7 +199,7 @@ def _move(be, X, Y, X_val, Y_val) -> _DeviceData:
     return data
 
 
-VAL_CHUNK = 512  # validation sequences per forward (variable lengths: sorted by length, so little padding)
+VAL_CHUNK = 256  # validation sequences per forward (variable lengths: sorted by length, so little padding)
 
 
 def host_lengths(lengths, n: int, T: int, what: str = "lengths") -> np.ndarray:

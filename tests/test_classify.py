@@ -263,3 +263,23 @@ def test_predict_refuses_a_run_folder_of_the_wrong_kind(tmp_path, capsys):
     with pytest.raises(UserError, match="forecasting run, not a classifier"):
         load_classifier(fc)
     assert main(["predict", "--run", str(fc), "--horizon", "2"]) == 0  # forecasting predict as before
+
+
+def test_ctrl_c_keeps_the_model_so_far_and_never_replaces_a_completed_run(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (the test hook sends a real SIGINT during epoch 2): the epoch finishes, the model so far is written
+    (status "interrupted"), exit 130; a completed run folder at --out is never replaced (OUT-interrupted instead)."""
+    X, L, y = _series(24, 0)
+    tr = _write_ts(tmp_path / "tr.ts", X, L, y)
+    out = tmp_path / "run"
+    args = ["classify", "--data", tr, "--out", str(out), "--epochs", "4", "--hidden-size", "4", "--quiet"]
+    assert main(args) == 0
+    before = (out / "model.npz").read_bytes()
+    monkeypatch.setenv("GRU_XP_TEST_SIGINT_AT_EPOCH", "2")
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at epoch 2" in err and "not resumable" in err
+    assert (out / "model.npz").read_bytes() == before
+    cfg = json.loads((tmp_path / "run-interrupted" / "config.json").read_text())
+    assert cfg["run"]["status"] == "interrupted" and cfg["run"]["epochs_run"] == 2
+    assert main(["predict", "--run", str(tmp_path / "run-interrupted"), "--data", tr, "--out",
+                 str(tmp_path / "p.csv")]) == 0
