@@ -11,7 +11,7 @@ gate grads (raw: indexed by the body), the other array parameters are bound to e
 Layout: each step's state is (H, B) contiguous; its gates are (3H, B) or (4H, B) contiguous, gate g at flat offset
 g*HB. Every kernel runs over the HB elements of one step, and every array it gets is C-contiguous, so CuPy gives it
 a 1-D indexer (a transposed view would cost a division and a modulo per element and argument). With the recurrent
-GEMM (cuBLAS through cupy.matmul) a step is 2 launches forward and 2 backward (GRU reset_before: 3 and 3).
+GEMM (cuBLAS through cupy.matmul) a step is 2 launches forward and 2 backward (GRU reset_before: 4 and 4).
 Pre-activations of sigmoid gates arrive halved (the weights carry the 1/2): sigmoid(a) = tanh(a/2)/2 + 1/2.
 No host sync anywhere.
 """
@@ -78,7 +78,7 @@ def elementwise_kernel(kernel: Kernel):
         import cupy
 
         ek = _COMPILED[kernel] = cupy.ElementwiseKernel(kernel.in_params, kernel.out_params, kernel.operation,
-                                                            kernel.name)
+                                                        kernel.name)
     return ek
 
 

@@ -235,9 +235,9 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     ops = ops_for(xp)
     cuda = _common.is_cupy(xp)
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda)
-    if cuda:
-        _backward_loop_cupy(xp, ops, c, bufs, feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x)),
-                            tbptt)
+    if cuda:  # dy feature-major once: every kernel argument contiguous
+        dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
+        _backward_loop_cupy(xp, ops, c, bufs, dy_fm, tbptt)
     else:
         _backward_loop_numpy(xp, ops, ws, reuse, c, bufs, dy, tbptt)
     _add_recurrent_grads(ops, g, c, bufs)
