@@ -194,5 +194,6 @@ def probe() -> str | None:
     try:
         nvrtc_compile(tiny, gen.source, "80")
     except Exception as e:
-        return f"NVRTC {version} cannot compile a known-good kernel here ({type(e).__name__}: {str(e)[:200]})"
+        return (f"NVRTC {version} cannot compile a known-good kernel here (are the CUDA headers, pip install "
+                f"nvidia-cuda-runtime, there?): {type(e).__name__}: {' '.join(str(e).split())[:200]}")
     return None
