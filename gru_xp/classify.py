@@ -27,6 +27,7 @@ from .config import ClassifyConfig, classify_from_dict
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .nn.classifier import Classifier
 from .nn.optim import OPTIMIZERS
+from .runs import failed_out
 from .text import tokenize
 from .train import History, fit, to_time_major
 
@@ -158,7 +159,7 @@ def run_classify(cfg: ClassifyConfig, *, save: bool = True, progress: bool | Non
             + (", stopped early" if hist.stopped_early else "") + ("" if status == "ok" else f", {status.upper()}"))
         log(metrics.format_class_table(mets))
     if out is not None:
-        out = out if status == "ok" else _failed_out(out, status)
+        out = out if status == "ok" else failed_out(out, status)
         write_classify_run(out, result, be, time.perf_counter() - t0)
         result.out_dir = out
         if not cfg.quiet:
@@ -171,16 +172,6 @@ def run_classify(cfg: ClassifyConfig, *, save: bool = True, progress: bool | Non
         raise TrainingInterrupted(f"interrupted at epoch {len(hist.train_loss)}{where} (classify runs are not "
                                   f"resumable: rerun the command)", state=failure.state, out_dir=out)
     return result
-
-
-def _failed_out(out: Path, status: str) -> Path:
-    """A failed run never replaces a completed one: `out` if free, else OUT-<status>[-<timestamp>]."""
-    cands = [out, out.with_name(f"{out.name}-{status}"),
-             out.with_name(f"{out.name}-{status}-{time.strftime('%Y%m%d-%H%M%S')}")]
-    for c in cands:
-        if not c.exists() or checkpoint.run_status(c) not in (None, "ok") or (c.is_dir() and not any(c.iterdir())):
-            return c
-    return cands[-1]
 
 
 # ---- the run folder -----------------------------------------------------------------------------------------------
