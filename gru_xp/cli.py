@@ -37,7 +37,8 @@ def _cmd_predict(args) -> int:
     import pandas as pd
 
     from .checkpoint import write_text
-    from .runs import predict_run
+    from .metrics import level_name
+    from .runs import predict_bands, predict_run
 
     steps = None
     if args.horizon is not None:
@@ -47,9 +48,17 @@ def _cmd_predict(args) -> int:
             raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}") from None
         if steps < 1:
             raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}")
+    levels = None
+    if args.intervals is not None:  # checked before any work, like every config value
+        levels = make_config(None, {"intervals": args.intervals}).intervals
     labels, fc, series, lr = predict_run(args.run, args.data, steps, args.device)
     col = "date" if series.dates is not None else "step"
-    text = pd.DataFrame({col: labels, "forecast": fc}).to_csv(index=False, float_format="%.8g")
+    df = pd.DataFrame({col: labels, "forecast": fc})
+    bands = predict_bands(lr, series, len(fc), levels)
+    if bands is not None:  # lower_80, upper_80, lower_95, upper_95 for every step
+        for c in sorted(bands.lower):
+            df[f"lower_{level_name(c)}"], df[f"upper_{level_name(c)}"] = bands.lower[c][0], bands.upper[c][0]
+    text = df.to_csv(index=False, float_format="%.8g")
     if args.out:
         write_text(args.out, text)
         print(f"wrote {len(fc)} forecast step(s) to {args.out}", file=sys.stderr)
@@ -148,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--horizon", default=None, help="steps to forecast (default: the trained horizon; recursive beyond)")
     f.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
     f.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    f.add_argument("--intervals", default=None, metavar="LEVELS",
+                   help="prediction interval levels, e.g. 0.8,0.95, or none (default: the run's)")
     f.set_defaults(func=_cmd_predict)
 
     v = sub.add_parser("vanishing", help="RNN vs GRU vs LSTM: per-step gradient norms on the adding problem, one plot")

@@ -1,0 +1,410 @@
+"""Prediction intervals: conformal calibration per horizon step, online, on forecasts the model did not train on.
+Host edge (NumPy); models enter only as a `predict(X) -> [member outputs]` callable.
+
+Vocabulary (n points y[0..n-1]; an origin t is a forecast's anchor, its last observed index; step k = 1..H
+forecasts y[t + k]):
+    calibration space g: log y for a log model, else y. The model's output is mapped back through scaling and
+        differencing (Pipeline.invert) to a level forecast, and the point forecast reported is that level (averaged
+        over an ensemble's members, shrunk toward naive with --shrink); its error is measured in g, so a step-k
+        error already carries the accumulated step errors of a differenced model, and only g^-1 (exp) remains:
+        a log model's intervals are asymmetric on the original scale and widen with the level.
+    base band [lo, hi] in g, per origin and step: lo = hi = g(point) for a point forecaster (the score is then the
+        absolute error), or g of a trained quantile pair for a quantile model (conformalised quantile regression,
+        Romano et al. 2019).
+    score s(t, k) = max(lo - g(y[t+k]), g(y[t+k]) - hi), observed at time t + k.
+    interval at origin t, step k, level c = 1 - alpha: [lo - q, hi + q] mapped back with g^-1, where q is the
+        r-th smallest of the m step-k scores of origins s with s + k <= t (observed by t: never a value at or after
+        the forecast's targets), the latest `window` of them (0 = all), r = ceil((m + 1) * (1 - a)). a = alpha, or
+        with gamma > 0 adaptive conformal inference (Gibbs & Candes 2021): a_k <- a_k + gamma * (alpha - miss)
+        each time the outcome of an issued step-k interval becomes known (then r is clipped to [1, m]).
+        When m is too small for the level (ceil((m + 1) * c) > m: fewer than 1/alpha - 1 scores) the interval is
+        unbounded, (-inf, inf): no finite interval has the guarantee.
+    Levels are nested afterwards (a higher level's interval contains a lower one's) and contain the point forecast.
+
+Which forecasts calibrate: only out-of-sample ones. The main model trained on targets < v (the validation start),
+so its forecasts from origins >= v - 1 qualify (validation was used only for early stopping). When that gives
+fewer than `calibration_size` step-H errors before the test part, the same ensemble is refitted on the series
+cut at c < v (rolling origin inside the pre-test data; a validation tail as long as the main model's) and its
+forecasts from origins c - 1 .. v - 2 are added (see runs.calibration_refit). The test part then joins one
+observed error at a time, behind each origin.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .metrics import level_name
+
+_EPS = 1e-9  # ceil((m + 1) * 0.8) must be 5 for m = 4, not 6 from 4.000000000000001
+
+
+def _ceil(x: float) -> int:
+    return int(math.ceil(x - _EPS))
+
+
+def min_errors(level: float) -> int:
+    """The fewest scores for which the split-conformal interval at `level` is finite: ceil((m+1) c) <= m."""
+    m = 1
+    while _ceil((m + 1) * level) > m:
+        m += 1
+    return m
+
+
+# ==== the online engine ========================================================================================
+def corrections(cal_origins, scores, query_origins, level: float, window: int = 0, gamma: float = 0.0,
+                query_scores=None) -> tuple[np.ndarray, np.ndarray]:
+    """The conformal correction q (Nq, H) of each query origin and step at `level`, from calibration scores
+    (Nc, H) of origins cal_origins (Nc,) (NaN where not observed), using for query origin t and step k (1-based)
+    only scores of origins s with s + k <= t, the latest `window` of them (0 = all). q = inf when too few.
+    gamma > 0: adaptive conformal inference per step, updated with the misses of the queries' own intervals
+    (query_scores (Nq, H): the score of each query's outcome, NaN when not observed) as they become known.
+    Queries are processed in increasing origin. -> (q (Nq, H), the final a per step (H,))."""
+    cal_origins = np.asarray(cal_origins, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    qo = np.asarray(query_origins, dtype=np.int64)
+    H = scores.shape[1]
+    alpha = 1.0 - float(level)
+    if gamma > 0 and query_scores is None:
+        raise ValueError("adaptive conformal inference needs the queries' own scores")
+    order = np.argsort(cal_origins, kind="stable")
+    per_step = []  # per step: (origins, scores) of the observed scores, in origin order
+    for k in range(H):
+        col = scores[order, k]
+        ok = ~np.isnan(col)
+        per_step.append((cal_origins[order][ok], col[ok]))
+    a = np.full(H, alpha)
+    pending = [deque() for _ in range(H)]  # (time the outcome is known, miss) of issued intervals, per step
+    out = np.full((qo.size, H), np.inf)
+    for j in np.argsort(qo, kind="stable"):
+        t = int(qo[j])
+        for k in range(H):
+            while pending[k] and pending[k][0][0] <= t:
+                a[k] += gamma * (alpha - pending[k].popleft()[1])
+            og, sc = per_step[k]
+            p = int(np.searchsorted(og, t - (k + 1), side="right"))  # scores of origins s <= t - k
+            win = sc[max(0, p - window) if window > 0 else 0:p]
+            m = win.size
+            if m == 0 or _ceil((m + 1) * level) > m:
+                q = np.inf
+            else:
+                r = _ceil((m + 1) * (1.0 - a[k])) if gamma > 0 else _ceil((m + 1) * level)
+                q = float(np.partition(win, min(max(r, 1), m) - 1)[min(max(r, 1), m) - 1])
+            out[j, k] = q
+            if gamma > 0 and not np.isnan(query_scores[j, k]):
+                pending[k].append((t + k + 1, float(query_scores[j, k] > q)))
+    return out, a
+
+
+# ==== forecasts from many origins ==============================================================================
+@dataclass
+class Forecasts:
+    """A forecaster's forecasts from a set of origins, original scale."""
+    origins: np.ndarray  # (N,) anchors t, increasing
+    point: np.ndarray  # (N, H)
+    actual: np.ndarray  # (N, H) y[t + k], NaN past the end of the series
+    quantiles: np.ndarray | None = None  # (N, H, Q) a quantile model's level paths, nondecreasing along Q
+    taus: tuple = ()  # their levels
+
+    def rows(self, keep) -> "Forecasts":
+        q = None if self.quantiles is None else self.quantiles[keep]
+        return Forecasts(self.origins[keep], self.point[keep], self.actual[keep], q, self.taus)
+
+
+def observed(y, origins, steps: int) -> np.ndarray:
+    """(N, steps) y[t + k] for k = 1..steps, NaN where t + k is past the end."""
+    y = np.asarray(y, dtype=np.float64)
+    idx = np.asarray(origins, dtype=np.int64)[:, None] + np.arange(1, steps + 1)[None, :]
+    out = np.full(idx.shape, np.nan)
+    ok = idx < len(y)
+    out[ok] = y[idx[ok]]
+    return out
+
+
+def concat(parts: list) -> Forecasts:
+    """Forecasts of consecutive origin ranges (e.g. a calibration refit's, then the main model's) as one."""
+    parts = [p for p in parts if p is not None and p.origins.size]
+    qs = [p.quantiles for p in parts]
+    return Forecasts(np.concatenate([p.origins for p in parts]), np.concatenate([p.point for p in parts]),
+                     np.concatenate([p.actual for p in parts]),
+                     None if any(q is None for q in qs) else np.concatenate(qs), parts[0].taus)
+
+
+def forecast_paths(predict, pipe, y, origins, steps: int, phase=None, taus: tuple = ()) -> Forecasts:
+    """Level forecasts `steps` ahead from every origin t (using y[:t+1] only): the direct K-step head, applied
+    recursively beyond K (each origin's point forecasts appended to its own history), exactly as runs.forecast
+    does for one origin. predict(X (N, L, I)) -> list of member outputs (N, K) or, for a quantile model with levels
+    `taus` (one of them 0.5), (N, K, Q); members are averaged on the original scale, the median is the point.
+    phase: calendar phases covering every position up to max(origins) + steps + K."""
+    y = np.asarray(y, dtype=np.float64)
+    origins = np.asarray(origins, dtype=np.int64)
+    K, N = pipe.horizon, origins.size
+    mid = list(taus).index(0.5) if taus else None
+    hists = None  # per origin: y[:t+1] and its own point forecasts so far (rounds after the first)
+    points, quants = [], []
+    for _ in range(max(1, math.ceil(int(steps) / K))):
+        if hists is None:
+            X = pipe.inputs(y, origins, phase)  # (N, L, I), the windows a split's X holds
+        else:
+            X = np.concatenate([pipe.inputs(h, [len(h) - 1], phase) for h in hists], axis=0)
+        outs = predict(X)
+
+        def lv(pick):
+            sel = [pick(o) for o in outs]  # members' (N, K) scaled outputs
+            if hists is None:
+                return pipe.invert(y, origins, sel)
+            return np.concatenate([pipe.invert(h, [len(h) - 1], [s[i:i + 1] for s in sel])
+                                   for i, h in enumerate(hists)], axis=0)
+
+        p = lv(lambda o: o if mid is None else o[..., mid])  # (N, K)
+        points.append(p)
+        if mid is not None:
+            quants.append(np.stack([lv(lambda o, j=j: o[..., j]) for j in range(len(taus))], axis=-1))
+        hists = [np.concatenate([y[:t + 1]] + [q[i] for q in points]) for i, t in enumerate(origins)]
+    point = np.concatenate(points, axis=1)[:, :steps] if N else np.zeros((0, steps))
+    quant = np.concatenate(quants, axis=1)[:, :steps] if quants else None
+    return Forecasts(origins, point, observed(y, origins, steps), quant, tuple(taus))
+
+
+# ==== bands ====================================================================================================
+@dataclass
+class Settings:
+    levels: tuple  # increasing, in (0, 1)
+    window: int = 0  # latest scores kept per step (0 = all)
+    gamma: float = 0.0  # adaptive conformal inference step (0 = off)
+    log: bool = False  # calibration space: log levels
+
+    def g(self, v):
+        v = np.asarray(v, dtype=np.float64)
+        if not self.log:
+            return v
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(v)
+
+    def g_inv(self, v):
+        return np.exp(v) if self.log else np.asarray(v, dtype=np.float64)
+
+
+def quantile_pair(taus: tuple, level: float) -> tuple[int, int]:
+    """Indices of the trained quantiles a level's CQR band starts from: the largest <= (1 - c)/2 (else the smallest)
+    and the smallest >= (1 + c)/2 (else the largest)."""
+    lo = [i for i, t in enumerate(taus) if t <= (1.0 - level) / 2 + _EPS]
+    hi = [i for i, t in enumerate(taus) if t >= (1.0 + level) / 2 - _EPS]
+    return (lo[-1] if lo else 0), (hi[0] if hi else len(taus) - 1)
+
+
+def base_band(s: Settings, fc: Forecasts, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi] in the calibration space, (N, H) each."""
+    if fc.quantiles is None:
+        c = s.g(fc.point)
+        return c, c
+    i, j = quantile_pair(fc.taus, level)
+    return s.g(fc.quantiles[..., i]), s.g(fc.quantiles[..., j])
+
+
+def scores(s: Settings, fc: Forecasts, level: float) -> np.ndarray:
+    """(N, H) max(lo - g(y), g(y) - hi); NaN where y is not observed."""
+    lo, hi = base_band(s, fc, level)
+    a = s.g(fc.actual)
+    return np.maximum(lo - a, a - hi)
+
+
+@dataclass
+class Bands:
+    """Intervals of one forecaster at query origins, original scale: level -> (lower (N, H), upper (N, H))."""
+    lower: dict = field(default_factory=dict)
+    upper: dict = field(default_factory=dict)
+    q: dict = field(default_factory=dict)  # level -> corrections (N, H) in the calibration space
+    alpha: dict = field(default_factory=dict)  # level -> final ACI a per step (H,)
+
+
+def bands(s: Settings, cal: Forecasts, query: Forecasts) -> Bands:
+    """Online conformal intervals of the query forecasts from the calibration forecasts (see the module
+    docstring); nested across levels and containing the point forecast."""
+    out = Bands()
+    for level in s.levels:
+        qs = scores(s, query, level) if s.gamma > 0 else None
+        q, a = corrections(cal.origins, scores(s, cal, level), query.origins, level, s.window, s.gamma, qs)
+        lo, hi = base_band(s, query, level)
+        q = np.maximum(q, -(hi - lo) / 2)  # CQR may shrink a band, never past empty
+        with np.errstate(invalid="ignore"):
+            out.lower[level], out.upper[level] = s.g_inv(lo - q), s.g_inv(hi + q)
+        out.q[level], out.alpha[level] = q, a
+    nest(out, query.point, s.levels)
+    return out
+
+
+def nest(b: Bands, point, levels) -> None:
+    """In place: every interval contains the point forecast, and each level's contains the lower levels'."""
+    prev = None
+    for level in sorted(levels):
+        lo, up = np.minimum(b.lower[level], point), np.maximum(b.upper[level], point)
+        if prev is not None:
+            lo, up = np.minimum(lo, prev[0]), np.maximum(up, prev[1])
+        b.lower[level], b.upper[level] = lo, up
+        prev = (lo, up)
+
+
+def columns(levels) -> list[str]:
+    """lower_80, upper_80, lower_95, upper_95, ... (the predictions.csv and predict --out contract)."""
+    return [f"{side}_{level_name(c)}" for c in levels for side in ("lower", "upper")]
+
+
+# ==== a run's intervals ========================================================================================
+PREDICTORS = ("model", "naive", "seasonal_naive")
+
+
+def settings_of(cfg, log: bool, levels=None) -> Settings | None:
+    """The config's interval settings (None when --intervals none); `levels` overrides the config's."""
+    levels = tuple(cfg.intervals if levels is None else levels)
+    return Settings(levels, int(cfg.interval_window), float(cfg.interval_gamma), bool(log)) if levels else None
+
+
+def baseline(name: str, y, origins, steps: int, season: int) -> Forecasts:
+    """The naive or seasonal-naive forecasts from these origins, as Forecasts."""
+    from .data import naive, seasonal_naive
+
+    origins = np.asarray(origins, dtype=np.int64)
+    point = naive(y, origins, steps) if name == "naive" else seasonal_naive(y, origins, steps, season)
+    return Forecasts(origins, np.asarray(point, dtype=np.float64), observed(y, origins, steps))
+
+
+def calibration_origins(pipe, n: int, val_start: int, refit_cut: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(origins of the refitted models' calibration forecasts, origins of the main model's): c - 1 .. v - 2 and
+    v - 1 .. n - 2 (none before the pipeline's first possible origin)."""
+    t0 = pipe.min_anchor()
+    first = max(t0, val_start - 1)
+    refit = np.arange(max(t0, refit_cut - 1), first, dtype=np.int64) if refit_cut is not None else np.zeros(0, np.int64)
+    return refit, np.arange(first, n - 1, dtype=np.int64)
+
+
+def run_bands(s: Settings, y, season: int, cal: Forecasts, queries: dict) -> dict:
+    """split -> predictor -> Bands: the model's (queries[split]) and the naive and seasonal-naive forecasts' from
+    the same origins, each calibrated on its own errors at the calibration origins."""
+    H = cal.point.shape[1]
+    cals = {"model": cal, **{b: baseline(b, y, cal.origins, H, season) for b in PREDICTORS[1:]}}
+    out = {}
+    for split, fq in queries.items():
+        qs = {"model": fq, **{b: baseline(b, y, fq.origins, H, season) for b in PREDICTORS[1:]}}
+        out[split] = {name: bands(s, cals[name], qs[name]) for name in PREDICTORS}
+    return out
+
+
+def attach(s: Settings, metrics_: dict, preds: dict, run_bands_: dict) -> None:
+    """In place: coverage_C, width_C, interval_score_C into each split's predictor metrics (original scale), and the
+    model's lower_C/upper_C (N, K) into each split's predictions (NaN for splits without intervals: train)."""
+    from .metrics import interval_scores
+
+    for split, p in preds.items():
+        by = run_bands_.get(split)
+        for level in s.levels:
+            c = level_name(level)
+            if by is None:  # the model was fitted on these windows: no honest interval exists
+                p[f"lower_{c}"] = p[f"upper_{c}"] = np.full(p["model"].shape, np.nan)
+                continue
+            p[f"lower_{c}"], p[f"upper_{c}"] = by["model"].lower[level], by["model"].upper[level]
+            for name, b in by.items():
+                metrics_[split][name].update(interval_scores(p["actual"], b.lower[level], b.upper[level], level))
+
+
+def end_state(s: Settings, cal: Forecasts, test: Forecasts | None, n: int) -> dict:
+    """What an origin at the end of the series (n - 1) would be given: per level and step, the correction q (in the
+    calibration space), the number of errors it came from and ACI's a (replayed over the test origins)."""
+    H = cal.point.shape[1]
+    out = {}
+    for level in s.levels:
+        qo, qsc = np.array([n - 1]), np.full((1, H), np.nan)
+        if test is not None and s.gamma > 0:
+            qo, qsc = np.concatenate([test.origins, qo]), np.concatenate([scores(s, test, level), qsc])
+        q, a = corrections(cal.origins, scores(s, cal, level), qo, level, s.window, s.gamma, qsc)
+        sc = scores(s, cal, level)
+        counts = [int(min(np.sum(~np.isnan(sc[cal.origins + k + 1 <= n - 1, k])), s.window or 10 ** 9))
+                  for k in range(H)]
+        out[level_name(level)] = {"q": q[-1].tolist(), "errors": counts, "aci_alpha": a.tolist()}
+    return out
+
+
+def forecasts_to_dict(fc: Forecasts) -> dict:
+    d = {"origins": fc.origins.tolist(), "point": fc.point.tolist()}
+    if fc.quantiles is not None:
+        d.update({"quantiles": fc.quantiles.tolist(), "taus": list(fc.taus)})
+    return d
+
+
+def forecasts_from_dict(d: dict, y, steps: int) -> Forecasts:
+    """Stored forecasts (a calibration refit's) back, padded with NaN to `steps` steps, actuals read from y."""
+    origins = np.asarray(d["origins"], dtype=np.int64)
+    point = np.asarray(d["point"], dtype=np.float64).reshape(origins.size, -1)
+    pad = max(0, steps - point.shape[1])
+    point = np.pad(point, ((0, 0), (0, pad)), constant_values=np.nan)[:, :steps]
+    q = d.get("quantiles")
+    if q is not None:
+        q = np.asarray(q, dtype=np.float64).reshape(origins.size, -1, len(d["taus"]))
+        q = np.pad(q, ((0, 0), (0, pad), (0, 0)), constant_values=np.nan)[:, :steps]
+    return Forecasts(origins, point, observed(y, origins, steps), q, tuple(d.get("taus", ())))
+
+
+@dataclass
+class Refit:
+    """The calibration refit of a run (runs.calibration_refit): its members' predict, its own pipeline (scaler,
+    shrink), the cut c it was fitted before, and the quantile levels of its outputs."""
+    predict: object
+    pipeline: object
+    cut: int
+    taus: tuple = ()
+
+
+def calibrate(s: Settings, y, pipe, phase, predict, taus: tuple, val_start: int, refit: Refit | None,
+              queries: dict) -> tuple[Forecasts, dict, dict]:
+    """Calibration forecasts at every out-of-sample origin (the refit's from c - 1, the main model's from v - 1 to
+    n - 2) and the forecasts from each query set of origins (queries: name -> anchors), calibrated online.
+    -> (calibration forecasts (refit's first), name -> the model's query Forecasts, name -> predictor -> Bands)."""
+    K = pipe.horizon
+    ro, mo = calibration_origins(pipe, len(y), val_start, None if refit is None else refit.cut)
+    parts = [forecast_paths(predict, pipe, y, mo, K, phase, taus)]
+    if refit is not None:
+        parts.insert(0, forecast_paths(refit.predict, refit.pipeline, y, ro, K, phase, refit.taus))
+    cal = concat(parts)
+    fq = {k: forecast_paths(predict, pipe, y, a, K, phase, taus) for k, a in queries.items()}
+    return cal, fq, run_bands(s, y, pipe.season, cal, fq)
+
+
+def for_run(cfg, prep, predict, taus: tuple, refit: Refit | None, metrics_: dict, preds: dict) -> dict:
+    """A run's conformal intervals for its validation and test forecasts and the baselines' (see calibrate): metrics
+    and the model's bounds go into metrics_ and preds (see attach). -> the calibration state (intervals.json)."""
+    y, pipe = prep.series.y, prep.pipeline
+    s = settings_of(cfg, pipe.log)
+    first = max(pipe.min_anchor(), prep.val_start - 1)  # the main model's first calibration origin
+    cal, fq, b = calibrate(s, y, pipe, prep.phase, predict, taus, prep.val_start, refit,
+                           {k: getattr(prep, k).anchors for k in ("val", "test") if k in preds})
+    attach(s, metrics_, preds, b)
+    return {"levels": list(s.levels), "window": s.window, "gamma": s.gamma, "space": "log" if s.log else "level",
+            "method": "conformalized quantile regression" if taus else "split conformal on absolute errors",
+            "calibration_size": cfg.calibration_size, "val_start": prep.val_start, "test_start": prep.test_start,
+            "first_origin": int(cal.origins[0]) if cal.origins.size else None,
+            "refit": None if refit is None else {"cut": refit.cut, **forecasts_to_dict(cal.rows(cal.origins < first))},
+            "end": end_state(s, cal, fq.get("test"), len(y))}
+
+
+def for_predict(s: Settings, predict, taus: tuple, pipe, series, final: Forecasts, state: dict | None,
+                val_start: int, test_start: int, phase=None) -> Bands:
+    """Intervals of a forecast from the end of a series (`final`: one origin, n - 1, H steps): calibrated on the
+    main model's forecasts from every origin v - 1 .. n - 2 (recomputed for these H steps, recursive beyond the
+    head, so new observations in the series join) plus the run's stored refit forecasts (steps <= K)."""
+    y = series.y
+    H = final.point.shape[1]
+    _, mo = calibration_origins(pipe, len(y), val_start)
+    parts = [forecast_paths(predict, pipe, y, mo, H, phase, taus)]
+    if state and state.get("refit"):
+        parts.insert(0, forecasts_from_dict(state["refit"], y, H))
+    cal = concat(parts)
+    query = final
+    if s.gamma > 0:  # replay adaptive conformal inference over the test origins up to the end
+        query = concat([cal.rows(cal.origins >= test_start - 1), final])
+    b = bands(s, cal, query)
+    for d in (b.lower, b.upper, b.q):
+        for level in d:
+            d[level] = d[level][-1:]
+    return b
