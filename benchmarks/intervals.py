@@ -74,9 +74,11 @@ GRID = {"window": [0, 100, 50, 30], "gamma": [0.0, 0.005, 0.02], "calibration_si
 
 
 def binomial_band(n: int, c: float) -> tuple[float, float]:
-    """The central 95% range of Binomial(n, c) / n."""
-    pmf = [math.comb(n, k) * c ** k * (1 - c) ** (n - k) for k in range(n + 1)]
-    cdf = np.cumsum(pmf)
+    """The central 95% range of Binomial(n, c) / n (the pmf in log space: n may be thousands)."""
+    k = np.arange(n + 1)
+    logpmf = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k]) \
+        + k * math.log(c) + (n - k) * math.log(1 - c)
+    cdf = np.cumsum(np.exp(logpmf))
     return float(np.searchsorted(cdf, 0.025) / n), float(np.searchsorted(cdf, 0.975) / n)
 
 
@@ -121,7 +123,8 @@ def verdict(runs: list, n: int) -> dict:
     return out
 
 
-def test_mode(args) -> dict:
+def test_mode(args, save=lambda res: None) -> dict:
+    """save(partial results) is called after every config and backtest (a crash keeps what was measured)."""
     results, backtests = [], []
     jobs = [j for j in SUITE if not args.only or j[0] in args.only]
     for label, config, ov, seeds in jobs:
@@ -136,6 +139,7 @@ def test_mode(args) -> dict:
         res = {"label": label, "config": config, "overrides": ov, "seeds": seeds, "runs": runs,
                "summary": summarize(runs, "test"), "verdict": verdict(runs, runs[0]["test_origins"])}
         results.append(res)
+        save({"results": results, "backtests": backtests, "partial": True})
     for label, config, ov, seeds in BACKTESTS:
         if args.only and label not in args.only or args.no_backtest:
             continue
@@ -148,6 +152,7 @@ def test_mode(args) -> dict:
                              for d in r.folds],
                    "overall": {"origins": r.overall["origins"], **interval_record(r.overall["metrics"])}}
             backtests.append(rec)
+            save({"results": results, "backtests": backtests, "partial": True})
             o = rec["overall"]["model"]
             print(f"  backtest {label} seed {sd}: overall cov80 {o['coverage_80']:.3f} cov95 {o['coverage_95']:.3f} "
                   f"w80 {o['width_80']:.4g} ({rec['wall_s']:.0f}s)", flush=True)
@@ -260,7 +265,14 @@ def main(argv=None) -> int:
                                                  "results/intervals-inner.json; none with --only)")
     a = ap.parse_args(argv)
     info, t0 = machine_info(), time.perf_counter()
-    res = inner_mode(a) if a.inner else test_mode(a)
+    out = Path(a.json) if a.json else (None if a.only or a.seeds else
+                                       RESULTS / ("intervals-inner.json" if a.inner else "intervals.json"))
+
+    def save(res):
+        if out is not None:
+            write_json_atomic(out, {"machine": info, "total_seconds": round(time.perf_counter() - t0, 1), **res})
+
+    res = inner_mode(a) if a.inner else test_mode(a, save)
     total = time.perf_counter() - t0
     if a.inner:
         c = res["chosen"]
@@ -272,10 +284,8 @@ def main(argv=None) -> int:
     else:
         print(markdown(res))
     print(f"total {total:.0f}s")
-    out = Path(a.json) if a.json else (None if a.only or a.seeds else
-                                       RESULTS / ("intervals-inner.json" if a.inner else "intervals.json"))
     if out is not None:
-        write_json_atomic(out, {"machine": info, "total_seconds": round(total, 1), **res})
+        save(res)
         print(f"wrote {out}")
     return 0
 

@@ -34,6 +34,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_predict(args) -> int:
+    import numpy as np
     import pandas as pd
 
     from .checkpoint import write_text
@@ -50,7 +51,7 @@ def _cmd_predict(args) -> int:
             raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}")
     levels = None
     if args.intervals is not None:  # checked before any work, like every config value
-        levels = make_config(None, {"intervals": args.intervals}).intervals
+        levels = make_config(None, {"intervals": args.intervals, "interval_window": 0}).intervals
     labels, fc, series, lr = predict_run(args.run, args.data, steps, args.device)
     col = "date" if series.dates is not None else "step"
     df = pd.DataFrame({col: labels, "forecast": fc})
@@ -58,6 +59,10 @@ def _cmd_predict(args) -> int:
     if bands is not None:  # lower_80, upper_80, lower_95, upper_95 for every step
         for c in sorted(bands.lower):
             df[f"lower_{level_name(c)}"], df[f"upper_{level_name(c)}"] = bands.lower[c][0], bands.upper[c][0]
+            if not np.all(np.isfinite(bands.upper[c][0])):
+                print(f"gru-xp: note: the {level_name(c)}% interval is unbounded at some steps: too few calibration "
+                      f"errors for that level (the run keeps the latest {lr.config.interval_window or 'all'} per "
+                      f"step; retrain with a larger --interval-window)", file=sys.stderr)
     text = df.to_csv(index=False, float_format="%.8g")
     if args.out:
         write_text(args.out, text)

@@ -253,6 +253,10 @@ def _check(cfg: RunConfig) -> RunConfig:
          f"{','.join(f'{q:g}' for q in cfg.quantiles)}; e.g. --quantiles 0.1,0.5,0.9")
     need(cfg.interval_window >= 0, f"--interval-window must be >= 0 (0 = every observed error), got "
          f"{cfg.interval_window}")
+    few = [c for c in cfg.intervals if 0 < cfg.interval_window < math.ceil(c / (1.0 - c) - 1e-9)]
+    need(not few, f"--interval-window {cfg.interval_window} is too small for {100 * max(few or [0]):g}% intervals: "
+         f"they need at least {math.ceil(max(few or [0]) / (1.0 - max(few or [0])) - 1e-9)} errors; use a larger "
+         f"--interval-window (or 0 = every error)")
     need(0.0 <= cfg.interval_gamma < 1.0, f"--interval-gamma must be in [0, 1) (0 = off), got {cfg.interval_gamma}")
     need(cfg.calibration_size >= 0, f"--calibration-size must be >= 0 (0 = the validation tail only), got "
          f"{cfg.calibration_size}")

@@ -309,17 +309,19 @@ def attach(s: Settings, metrics_: dict, preds: dict, run_bands_: dict) -> None:
                 metrics_[split][name].update(interval_scores(p["actual"], b.lower[level], b.upper[level], level))
 
 
-def end_state(s: Settings, cal: Forecasts, test: Forecasts | None, n: int) -> dict:
-    """What an origin at the end of the series (n - 1) would be given: per level and step, the correction q (in the
-    calibration space), the number of errors it came from and ACI's a (replayed over the test origins)."""
+def end_state(s: Settings, cal: Forecasts, test_start: int, n: int) -> dict:
+    """What an origin at the end of the series (n - 1) would be given, as `gru-xp predict` computes it: per level
+    and step, the correction q (in the calibration space), the number of errors it came from and ACI's a (replayed
+    over every origin from the test start, as for_predict does)."""
     H = cal.point.shape[1]
     out = {}
     for level in s.levels:
-        qo, qsc = np.array([n - 1]), np.full((1, H), np.nan)
-        if test is not None and s.gamma > 0:
-            qo, qsc = np.concatenate([test.origins, qo]), np.concatenate([scores(s, test, level), qsc])
-        q, a = corrections(cal.origins, scores(s, cal, level), qo, level, s.window, s.gamma, qsc)
         sc = scores(s, cal, level)
+        qo, qsc = np.array([n - 1]), np.full((1, H), np.nan)
+        if s.gamma > 0:
+            after = cal.origins >= test_start - 1
+            qo, qsc = np.concatenate([cal.origins[after], qo]), np.concatenate([sc[after], qsc])
+        q, a = corrections(cal.origins, sc, qo, level, s.window, s.gamma, qsc)
         counts = [int(min(np.sum(~np.isnan(sc[cal.origins + k + 1 <= n - 1, k])), s.window or 10 ** 9))
                   for k in range(H)]
         out[level_name(level)] = {"q": q[-1].tolist(), "errors": counts, "aci_alpha": a.tolist()}
@@ -377,7 +379,7 @@ def for_run(cfg, prep, predict, taus: tuple, refit: Refit | None, metrics_: dict
     y, pipe = prep.series.y, prep.pipeline
     s = settings_of(cfg, pipe.log)
     first = max(pipe.min_anchor(), prep.val_start - 1)  # the main model's first calibration origin
-    cal, fq, b = calibrate(s, y, pipe, prep.phase, predict, taus, prep.val_start, refit,
+    cal, _, b = calibrate(s, y, pipe, prep.phase, predict, taus, prep.val_start, refit,
                            {k: getattr(prep, k).anchors for k in ("val", "test") if k in preds})
     attach(s, metrics_, preds, b)
     return {"levels": list(s.levels), "window": s.window, "gamma": s.gamma, "space": "log" if s.log else "level",
@@ -385,7 +387,7 @@ def for_run(cfg, prep, predict, taus: tuple, refit: Refit | None, metrics_: dict
             "calibration_size": cfg.calibration_size, "val_start": prep.val_start, "test_start": prep.test_start,
             "first_origin": int(cal.origins[0]) if cal.origins.size else None,
             "refit": None if refit is None else {"cut": refit.cut, **forecasts_to_dict(cal.rows(cal.origins < first))},
-            "end": end_state(s, cal, fq.get("test"), len(y))}
+            "end": end_state(s, cal, prep.test_start, len(y))}
 
 
 def for_predict(s: Settings, predict, taus: tuple, pipe, series, final: Forecasts, state: dict | None,

@@ -260,24 +260,26 @@ def test_intervals_none_writes_no_columns_no_state_and_fits_no_refit(tmp_path, m
 def test_run_folder_predict_and_recursive_steps_calibrated_on_their_own_errors(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", "--data", "sine", "--sine-length", "150", "--sine-noise", "0.2", "--seq-length", "8",
-                 "--hidden-size", "5", "--epochs", "3", "--quiet", "--out", str(out)]) == 0
+                 "--hidden-size", "5", "--epochs", "3", "--horizon", "2", "--quiet", "--out", str(out)]) == 0
     st = json.loads((out / "intervals.json").read_text())
-    assert st["levels"] == [0.8, 0.95] and st["refit"]["cut"] < st["val_start"] and st["end"]["80"]["errors"] == [30]
+    assert st["levels"] == [0.8, 0.95] and st["refit"]["cut"] < st["val_start"]
+    assert st["end"]["80"]["errors"] == [30, 30]
     p = pd.read_csv(out / "predictions.csv")
-    test, train = p[p.split == "test"], p[p.split == "train"]
+    test, train = p[(p.split == "test") & (p.horizon == 1)], p[p.split == "train"]
     assert test[["lower_80", "upper_80", "lower_95", "upper_95"]].notna().all().all()
     assert train[["lower_80", "upper_95"]].isna().all().all()  # fitted on: no honest interval
     assert np.all((test.lower_95 <= test.lower_80) & (test.lower_80 <= test.predicted)
                   & (test.predicted <= test.upper_80) & (test.upper_80 <= test.upper_95))
     m = json.loads((out / "metrics.json").read_text())["test"]["model"]
-    assert m["coverage_80"] == pytest.approx(np.mean((test.lower_80 <= test.actual) & (test.actual <= test.upper_80)))
-    assert m["width_95"] == pytest.approx(np.mean(test.upper_95 - test.lower_95))
+    both = p[p.split == "test"]  # metrics are over every step's outputs
+    assert m["coverage_80"] == pytest.approx(np.mean((both.lower_80 <= both.actual) & (both.actual <= both.upper_80)))
+    assert m["width_95"] == pytest.approx(np.mean(both.upper_95 - both.lower_95))
     # predict: the direct step's correction is the run's end state (ACI replayed over the test part)
     lr = load_run(out)
     labels, fc, series, _ = predict_run(out, steps=6)
     b = predict_bands(lr, series, 6)
-    assert b.q[0.8][0, 0] == pytest.approx(st["end"]["80"]["q"][0], rel=1e-12)
-    assert b.alpha[0.8][0] == pytest.approx(st["end"]["80"]["aci_alpha"][0], rel=1e-12)
+    np.testing.assert_allclose(b.q[0.8][0, :2], st["end"]["80"]["q"], rtol=1e-12)
+    np.testing.assert_allclose(b.alpha[0.8][:2], st["end"]["80"]["aci_alpha"], rtol=1e-12)
     # recursive steps are calibrated on their own (recursive, multi-step) errors: by hand with ACI off
     lr.config.interval_gamma = 0.0
     b = predict_bands(lr, series, 6)
@@ -345,6 +347,7 @@ def test_backtest_reports_coverage_per_fold_and_retrain_once_reproduces_train(tm
     (["--interval-window", "-1"], "--interval-window must be >= 0"),
     (["--interval-gamma", "1.5"], "--interval-gamma must be in [0, 1)"),
     (["--calibration-size", "-3"], "--calibration-size must be >= 0"),
+    (["--interval-window", "10"], "--interval-window 10 is too small for 95% intervals: they need at least 19"),
 ])
 def test_bad_interval_and_quantile_flags_are_one_line_exit_2(args, fragment, capsys):
     rc = main(["train", "--data", "sine", *args])
