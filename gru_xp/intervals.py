@@ -66,36 +66,51 @@ def corrections(cal_origins, scores, query_origins, level: float, window: int = 
     scores = np.asarray(scores, dtype=np.float64)
     qo = np.asarray(query_origins, dtype=np.int64)
     H = scores.shape[1]
-    alpha = 1.0 - float(level)
     if gamma > 0 and query_scores is None:
         raise ValueError("adaptive conformal inference needs the queries' own scores")
-    order = np.argsort(cal_origins, kind="stable")
-    per_step = []  # per step: (origins, scores) of the observed scores, in origin order
-    for k in range(H):
+    order, qorder = np.argsort(cal_origins, kind="stable"), np.argsort(qo, kind="stable")
+    out, a = np.full((qo.size, H), np.inf), np.full(H, 1.0 - float(level))
+    for k in range(H):  # the steps are independent: each has its own scores and its own ACI level
         col = scores[order, k]
         ok = ~np.isnan(col)
-        per_step.append((cal_origins[order][ok], col[ok]))
-    a = np.full(H, alpha)
-    pending = [deque() for _ in range(H)]  # (time the outcome is known, miss) of issued intervals, per step
-    out = np.full((qo.size, H), np.inf)
-    for j in np.argsort(qo, kind="stable"):
-        t = int(qo[j])
-        for k in range(H):
-            while pending[k] and pending[k][0][0] <= t:
-                a[k] += gamma * (alpha - pending[k].popleft()[1])
-            og, sc = per_step[k]
-            p = int(np.searchsorted(og, t - (k + 1), side="right"))  # scores of origins s <= t - k
-            win = sc[max(0, p - window) if window > 0 else 0:p]
-            m = win.size
-            if m == 0 or _ceil((m + 1) * level) > m:
-                q = np.inf
-            else:
-                r = _ceil((m + 1) * (1.0 - a[k])) if gamma > 0 else _ceil((m + 1) * level)
-                q = float(np.partition(win, min(max(r, 1), m) - 1)[min(max(r, 1), m) - 1])
-            out[j, k] = q
-            if gamma > 0 and not np.isnan(query_scores[j, k]):
-                pending[k].append((t + k + 1, float(query_scores[j, k] > q)))
+        og, sc = cal_origins[order][ok], col[ok]  # the observed step-k scores, in origin order
+        p = np.searchsorted(og, qo[qorder] - (k + 1), side="right")  # (Nq,) scores of origins s <= t - k
+        wins = _sorted_windows(sc, p, window)
+        m = np.minimum(p, window) if window > 0 else p  # (Nq,) scores in each query's window
+        finite = (m > 0) & (np.ceil((m + 1) * level - _EPS) <= m)  # enough scores for the level
+        if gamma <= 0:
+            r = np.ceil((m + 1) * level - _EPS).astype(np.int64)
+            out[qorder[finite], k] = [_kth(wins, sc, p, i, r[i]) for i in np.flatnonzero(finite)] \
+                if wins is None else wins[finite, r[finite] - 1]
+            continue
+        qs = np.asarray(query_scores, dtype=np.float64)[qorder, k]
+        pending = deque()  # (time the outcome is known, miss) of the intervals issued so far
+        for i, j in enumerate(qorder):
+            t = int(qo[j])
+            while pending and pending[0][0] <= t:
+                a[k] += gamma * ((1.0 - level) - pending.popleft()[1])
+            if finite[i]:
+                r = min(max(_ceil((m[i] + 1) * (1.0 - a[k])), 1), int(m[i]))
+                out[j, k] = _kth(wins, sc, p, i, r)
+            if not np.isnan(qs[i]):
+                pending.append((t + k + 1, float(qs[i] > out[j, k])))
     return out, a
+
+
+def _sorted_windows(sc, p, window: int):
+    """Every query's window sc[max(0, p - window):p], sorted, all at once: (Nq, window), +inf where shorter; None
+    for window 0 (every score: the windows grow, see _kth)."""
+    if window <= 0:
+        return None
+    padded = np.concatenate([np.full(window, np.inf), sc])
+    return np.sort(padded[p[:, None] + np.arange(window)[None, :]], axis=1)
+
+
+def _kth(wins, sc, p, i: int, r: int) -> float:
+    """The r-th smallest (1-based) score of query i's window."""
+    if wins is not None:
+        return float(wins[i, r - 1])
+    return float(np.partition(sc[:p[i]], r - 1)[r - 1])
 
 
 # ==== forecasts from many origins ==============================================================================
@@ -141,31 +156,46 @@ def forecast_paths(predict, pipe, y, origins, steps: int, phase=None, taus: tupl
     y = np.asarray(y, dtype=np.float64)
     origins = np.asarray(origins, dtype=np.int64)
     K, N = pipe.horizon, origins.size
+    rounds = max(1, math.ceil(int(steps) / K))
+    if N == 0:
+        return Forecasts(origins, np.zeros((0, steps)), np.zeros((0, steps)), np.zeros((0, steps, len(taus)))
+                         if taus else None, tuple(taus))
     mid = list(taus).index(0.5) if taus else None
-    hists = None  # per origin: y[:t+1] and its own point forecasts so far (rounds after the first)
+    M = pipe.min_anchor() + 1  # >= L + the differencing lookback: every point a window and its inversion read
+    if origins.min() < M - 1:
+        raise ValueError(f"origins before the first possible one ({M - 1})")
+    # later rounds: each origin's history is its last M points of y (the transforms are elementwise, so the values
+    # read equal the whole prefix's), then its own forecasts so far: one (N, M + r K) matrix
+    first = origins + 1 - M  # (N,) where each tail starts
+    tails = y[first[:, None] + np.arange(M)[None, :]]  # (N, M)
+    hists = None
     points, quants = [], []
-    for _ in range(max(1, math.ceil(int(steps) / K))):
+    for r in range(rounds):
         if hists is None:
-            X = pipe.inputs(y, origins, phase)  # (N, L, I), the windows a split's X holds
+            X, invert = pipe.inputs(y, origins, phase), (lambda sel: pipe.invert(y, origins, sel))
         else:
-            X = np.concatenate([pipe.inputs(h, [len(h) - 1], phase) for h in hists], axis=0)
-        outs = predict(X)
-
-        def lv(pick):
-            sel = [pick(o) for o in outs]  # members' (N, K) scaled outputs
-            if hists is None:
-                return pipe.invert(y, origins, sel)
-            return np.concatenate([pipe.invert(h, [len(h) - 1], [s[i:i + 1] for s in sel])
-                                   for i, h in enumerate(hists)], axis=0)
-
-        p = lv(lambda o: o if mid is None else o[..., mid])  # (N, K)
-        points.append(p)
+            X, invert = _stacked(pipe, hists, first, phase)
+        outs = predict(X)  # the windows of every origin in one batch
+        points.append(invert([o if mid is None else o[..., mid] for o in outs]))  # (N, K)
         if mid is not None:
-            quants.append(np.stack([lv(lambda o, j=j: o[..., j]) for j in range(len(taus))], axis=-1))
-        hists = [np.concatenate([y[:t + 1]] + [q[i] for q in points]) for i, t in enumerate(origins)]
-    point = np.concatenate(points, axis=1)[:, :steps] if N else np.zeros((0, steps))
+            quants.append(np.stack([invert([o[..., j] for o in outs]) for j in range(len(taus))], axis=-1))
+        if r + 1 < rounds:
+            hists = np.concatenate([tails] + points, axis=1)
+    point = np.concatenate(points, axis=1)[:, :steps]
     quant = np.concatenate(quants, axis=1)[:, :steps] if quants else None
     return Forecasts(origins, point, observed(y, origins, steps), quant, tuple(taus))
+
+
+def _stacked(pipe, hists, first, phase):
+    """(inputs (N, L, I), invert(members' (N, K)) -> levels (N, K)) of the windows ending each history (N, n) (rows
+    starting at positions `first` of the series). The rows are laid end to end, each followed by one pad point (so
+    the calendar feature of the position after a row stays its own), and read in one call: a window and its
+    inversion read only their own row's last min_anchor + 1 points, never the row before."""
+    N, n = hists.shape
+    z = np.concatenate([hists, hists[:, -1:]], axis=1).ravel()  # (N * (n + 1),) the pad repeats the last value
+    ends = np.arange(N) * (n + 1) + n - 1  # (N,) each history's last index
+    ph = None if phase is None else np.asarray(phase)[first[:, None] + np.arange(n + 1)[None, :]].ravel()
+    return pipe.inputs(z, ends, ph), (lambda sel: pipe.invert(z, ends, sel))
 
 
 # ==== bands ====================================================================================================

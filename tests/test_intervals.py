@@ -367,3 +367,30 @@ def test_toml_accepts_a_list_a_string_and_none():
     assert make_config(None, {"intervals": "0.95, 0.5"}).intervals == [0.5, 0.95]
     assert make_config(None, {"intervals": "none"}).intervals == []
     assert from_dict({"intervals": [0.9]}).intervals == [0.9] and from_dict({}).intervals == [0.8, 0.95]
+
+
+def test_recursive_paths_from_many_origins_equal_the_one_origin_loop_exactly(tmp_path):
+    """forecast_paths (batched over origins, histories cut to the tail the transforms read) equals the plain loop
+    runs.forecast used to run for one origin on the whole prefix (inputs, predict, invert, append), bit for bit:
+    log, differencing at 1 and 12, calendar inputs, an ensemble, 7 steps from a 2-step head."""
+    dates = pd.date_range("2001-01-01", periods=120, freq="MS")
+    t = np.arange(120)
+    y = np.exp(3 + 0.01 * t + 0.2 * np.sin(2 * np.pi * t / 12)) + np.random.default_rng(0).normal(0, 0.3, 120)
+    p = tmp_path / "m.csv"
+    pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "value": y}).to_csv(p, index=False)
+    r = run(make_config(None, dict(data=str(p), seq_length=5, hidden_size=4, epochs=2, horizon=2, log=True,
+                                   difference=[1, 12], calendar=True, ensemble=2, quiet=True, plots=False,
+                                   intervals=[], dtype="float64")), save=False)
+    pipe, models, series = r.data.pipeline, r.models, r.data.series
+    phase = pipe.phases(series, len(y) + 7 + 2 + 1)
+    predict, _ = member_predict(models)
+    origins = np.arange(60, 110, 7)
+    fc = forecast_paths(predict, pipe, y, origins, 7, phase)
+    for i, o in enumerate(origins):
+        hist, out = y[:o + 1].copy(), []
+        while len(out) < 7:  # the loop of runs.forecast before it delegated to forecast_paths
+            a = np.array([len(hist) - 1])
+            step = pipe.invert(hist, a, predict(pipe.inputs(hist, a, phase)))[0]
+            out.extend(step.tolist())
+            hist = np.concatenate([hist, step])
+        np.testing.assert_allclose(fc.point[i], out[:7], rtol=1e-12, atol=0)
