@@ -45,14 +45,6 @@ def _ceil(x: float) -> int:
     return int(math.ceil(x - _EPS))
 
 
-def min_errors(level: float) -> int:
-    """The fewest scores for which the split-conformal interval at `level` is finite: ceil((m+1) c) <= m."""
-    m = 1
-    while _ceil((m + 1) * level) > m:
-        m += 1
-    return m
-
-
 # ==== the online engine ========================================================================================
 def corrections(cal_origins, scores, query_origins, level: float, window: int = 0, gamma: float = 0.0,
                 query_scores=None) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +132,7 @@ def observed(y, origins, steps: int) -> np.ndarray:
 
 def concat(parts: list) -> Forecasts:
     """Forecasts of consecutive origin ranges (e.g. a calibration refit's, then the main model's) as one."""
-    parts = [p for p in parts if p is not None and p.origins.size]
+    parts = [p for p in parts if p.origins.size] or parts[:1]  # (all empty: the first, empty, as it is)
     qs = [p.quantiles for p in parts]
     return Forecasts(np.concatenate([p.origins for p in parts]), np.concatenate([p.point for p in parts]),
                      np.concatenate([p.actual for p in parts]),
@@ -275,11 +267,6 @@ def nest(b: Bands, point, levels) -> None:
             lo, up = np.minimum(lo, prev[0]), np.maximum(up, prev[1])
         b.lower[level], b.upper[level] = lo, up
         prev = (lo, up)
-
-
-def columns(levels) -> list[str]:
-    """lower_80, upper_80, lower_95, upper_95, ... (the predictions.csv and predict --out contract)."""
-    return [f"{side}_{level_name(c)}" for c in levels for side in ("lower", "upper")]
 
 
 # ==== a run's intervals ========================================================================================

@@ -127,7 +127,8 @@ def format_intervals(metrics: dict, levels) -> str:
             if name in sm and cols[0][0] in sm[name]:
                 lines.append(f"{split:<8} {name:<15}" + "".join(f"{_fmt(sm[name].get(k)):>13}" for k, _ in cols))
     lines.append("prediction intervals (conformal, calibrated only on errors observed before each origin); width "
-                 "and interval score on the original scale")
+                 "and interval score on the original scale; n/a: some intervals unbounded (too few errors observed "
+                 "yet, e.g. at the first validation origins)")
     return "\n".join(lines)
 
 
