@@ -578,7 +578,8 @@ def predict_bands(lr: LoadedRun, series: Series, steps: int, levels=None):
         try:
             with open(path, encoding="utf-8") as f:
                 state = json.load(f)
-            intervals.forecasts_from_dict(state["refit"], series.y, steps) if state.get("refit") else None
+            if state.get("refit"):  # read here so that a damaged file is one clear error
+                intervals.forecasts_from_dict(state["refit"], series.y, steps)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it from the run or retrain "
                             f"with 'gru-xp train'") from None
