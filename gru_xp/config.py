@@ -29,6 +29,8 @@ CELLS = tuple(CELL_REGISTRY)
 SCALERS = ("standard", "minmax", "none")
 OPTIMIZERS = tuple(OPTIMIZER_REGISTRY)
 MISSING = ("error", "drop", "ffill", "interpolate")
+LOSSES = ("mse", "quantile")
+FLOAT_LISTS = ("intervals", "quantiles")  # list fields of levels in (0, 1) (the other list field holds integer lags)
 DEVICES_HINT = "cpu | cuda | cuda:N | auto"
 
 
@@ -75,6 +77,14 @@ class RunConfig:
     tbptt: int = 0  # truncated BPTT window; 0 = full
     seed: int = 0
     ensemble: int = 1  # train this many models (seeds seed, seed+1, ...) and average their forecasts
+    loss: str = "mse"  # mse (point forecasts) | quantile (pinball loss on `quantiles`; the point is the median)
+    quantiles: list = field(default_factory=lambda: [0.1, 0.5, 0.9])  # --loss quantile: levels, 0.5 among them
+    # ---- prediction intervals (intervals.py) -------------------------------------------------------------
+    intervals: list = field(default_factory=lambda: [0.8, 0.95])  # levels; [] (--intervals none) = off
+    # defaults chosen on pre-test data only (benchmarks/intervals.py --inner, results/intervals-inner.json)
+    interval_window: int = 30  # conformal scores kept per horizon step: the latest N observed (0 = all)
+    interval_gamma: float = 0.005  # adaptive conformal inference step size (0 = off)
+    calibration_size: int = 20  # out-of-sample errors per step wanted before the test part (refit if fewer)
     device: str = "cpu"
     dtype: str = "float32"
     # ---- output ------------------------------------------------------------------------------------------
@@ -148,6 +158,8 @@ def _coerce(name: str, value: Any, source: str, defaults=DEFAULTS) -> Any:
         if not math.isfinite(f):
             raise bad("a finite number")
         return f
+    if want is list and name in FLOAT_LISTS:
+        return _levels(name, value, where)
     if want is list:  # difference lags: [1, 12], 12, "1,12", "0"/"none"/"" = no differencing
         items = value
         if isinstance(value, bool):
@@ -173,6 +185,35 @@ def _coerce(name: str, value: Any, source: str, defaults=DEFAULTS) -> Any:
     if not isinstance(value, str):
         raise bad("a string")
     return value
+
+
+def _levels(name: str, value: Any, where: str) -> list:
+    """Levels strictly between 0 and 1, increasing and distinct: a list, one number, or "0.8,0.95"; for
+    intervals also "none" / "" / [] (off)."""
+    example = "0.8,0.95" if name == "intervals" else "0.1,0.5,0.9"
+    items = value
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in ("none", "off", "") and name == "intervals":
+            return []
+        items = [t for t in s.replace(" ", ",").split(",") if t]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    out = []
+    for it in items if isinstance(items, (list, tuple)) else [None]:
+        try:
+            v = float(it) if not isinstance(it, bool) else math.nan
+        except (TypeError, ValueError):
+            v = math.nan
+        if not 0.0 < v < 1.0:
+            raise UserError(f"{where} must be levels strictly between 0 and 1 separated by commas, e.g. {example}"
+                            + (" (or none)" if name == "intervals" else "") + f"; got {value!r} (0.8 means 80%)")
+        out.append(v)
+    if not out and name != "intervals":
+        raise UserError(f"{where} must list at least one level, e.g. {example}")
+    if len(set(out)) != len(out):
+        raise UserError(f"{where} lists a level twice ({value!r}); give each level once, e.g. {example}")
+    return sorted(out)
 
 
 def _check(cfg: RunConfig) -> RunConfig:
@@ -208,6 +249,18 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(cfg.sine_period > 0, f"--sine-period must be positive, got {cfg.sine_period}")
     need(cfg.sine_noise >= 0, f"--sine-noise must be >= 0, got {cfg.sine_noise}")
     need(not (cfg.shrink and cfg.val_ratio == 0), "--shrink is fitted on validation data: set --val-ratio > 0")
+    need(cfg.loss in LOSSES, f"unknown loss {cfg.loss!r}: use one of {', '.join(LOSSES)}")
+    need(0.5 in cfg.quantiles, f"--quantiles must include 0.5 (the point forecast is the median), got "
+         f"{','.join(f'{q:g}' for q in cfg.quantiles)}; e.g. --quantiles 0.1,0.5,0.9")
+    need(cfg.interval_window >= 0, f"--interval-window must be >= 0 (0 = every observed error), got "
+         f"{cfg.interval_window}")
+    few = [c for c in cfg.intervals if 0 < cfg.interval_window < math.ceil(c / (1.0 - c) - 1e-9)]
+    need(not few, f"--interval-window {cfg.interval_window} is too small for {100 * max(few or [0]):g}% intervals: "
+         f"they need at least {math.ceil(max(few or [0]) / (1.0 - max(few or [0])) - 1e-9)} errors; use a larger "
+         f"--interval-window (or 0 = every error)")
+    need(0.0 <= cfg.interval_gamma < 1.0, f"--interval-gamma must be in [0, 1) (0 = off), got {cfg.interval_gamma}")
+    need(cfg.calibration_size >= 0, f"--calibration-size must be >= 0 (0 = the validation tail only), got "
+         f"{cfg.calibration_size}")
     need(bool(str(cfg.data).strip()), "--data is empty: give a CSV path or 'sine'")
     dev = cfg.device.strip().lower()
     need(dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit()),
@@ -317,6 +370,13 @@ HELP = {
     "else row index modulo --season)",
     "ensemble": "train N models (seeds SEED..SEED+N-1, each early-stopped) and average their forecasts on the "
     "original scale (default 1)",
+    "loss": "mse (point forecasts) | quantile (pinball loss on --quantiles, non-crossing; point = the median)",
+    "quantiles": "levels of --loss quantile, including 0.5 (default 0.1,0.5,0.9)",
+    "intervals": "prediction interval levels, e.g. 0.8,0.95 (default), or none",
+    "interval_window": "conformal errors kept per horizon step: the latest N observed (default 30; 0 = all)",
+    "interval_gamma": "adaptive conformal inference step size (default 0.005; 0 = off)",
+    "calibration_size": "out-of-sample errors per step wanted before the test part: when the validation tail has "
+    "fewer, the ensemble is refitted on the series cut earlier to supply them (default 20; 0 = never refit)",
 }
 
 

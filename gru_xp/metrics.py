@@ -5,6 +5,10 @@ over all N*K outputs.
     RMSE = sqrt(mean(e^2))     MAE = mean(|e|)     MAPE = 100 * mean(|e / actual|)  (NaN if any actual is 0)
     MASE = MAE / scale, where scale = mean |y[t] - y[t-m]| over the training part of the series (in-sample
     seasonal-naive MAE with the run's season lag m; m = 1 gives the classic naive scaling).
+Prediction intervals [l, u] at level c (alpha = 1 - c), over every output with an interval (NaN bounds = none issued):
+    coverage_C = mean(l <= y <= u)     width_C = mean(u - l)
+    interval_score_C = mean((u - l) + (2 / alpha) * (l - y) * [y < l] + (2 / alpha) * (y - u) * [y > u])  (Winkler)
+with C the level in percent (80, 95). An unbounded interval (too few errors to calibrate) covers, with width inf.
 """
 from __future__ import annotations
 
@@ -59,6 +63,27 @@ def evaluate(actual, preds: dict, scale: float) -> dict:
     return {name: score(actual, p, scale) for name, p in preds.items()}
 
 
+def level_name(level: float) -> str:
+    """0.8 -> "80", 0.95 -> "95", 0.975 -> "97.5": the suffix of interval columns and metric keys."""
+    return f"{100.0 * float(level):.6g}"
+
+
+def interval_scores(actual, lower, upper, level: float) -> dict:
+    """{coverage_C, width_C, interval_score_C} over the outputs whose interval was issued (finite or unbounded,
+    not NaN); NaN values when there are none."""
+    a, lo, up = (np.asarray(v, dtype=np.float64).ravel() for v in (actual, lower, upper))
+    keep = ~(np.isnan(lo) | np.isnan(up) | np.isnan(a))
+    c = level_name(level)
+    if not keep.any():
+        return {f"coverage_{c}": math.nan, f"width_{c}": math.nan, f"interval_score_{c}": math.nan}
+    a, lo, up = a[keep], lo[keep], up[keep]
+    alpha = 1.0 - float(level)
+    with np.errstate(invalid="ignore"):  # inf - inf never happens (lower < upper); inf * 0 is guarded below
+        miss = np.where(a < lo, lo - a, 0.0) + np.where(a > up, a - up, 0.0)
+    return {f"coverage_{c}": float(np.mean((lo <= a) & (a <= up))), f"width_{c}": float(np.mean(up - lo)),
+            f"interval_score_{c}": float(np.mean((up - lo) + (2.0 / alpha) * miss))}
+
+
 def skill(split_metrics: dict, baseline: str, metric: str = "rmse") -> float:
     """model / baseline for one split's metrics; < 1 means the model beats the baseline."""
     b = split_metrics[baseline][metric]
@@ -88,6 +113,22 @@ def format_table(metrics: dict) -> str:
             row += f"{'':>11}" if name == "model" else f"{_fmt(skill(sm, name)):>11}"
             lines.append(row)
     lines.append("RMSE/base = model RMSE / baseline RMSE (< 1: the model beats that baseline); original scale.")
+    return "\n".join(lines)
+
+
+def format_intervals(metrics: dict, levels) -> str:
+    """Coverage, mean width and interval score of each level, per split with intervals and predictor."""
+    cols = [(f"{k}_{level_name(c)}", f"{label} {level_name(c)}%") for c in levels
+            for k, label in (("coverage", "cover"), ("width", "width"), ("interval_score", "score"))]
+    head = f"{'split':<8} {'predictor':<15}" + "".join(f"{label:>13}" for _, label in cols)
+    lines = [head, "-" * len(head)]
+    for split, sm in metrics.items():
+        for name in MODELS:
+            if name in sm and cols[0][0] in sm[name]:
+                lines.append(f"{split:<8} {name:<15}" + "".join(f"{_fmt(sm[name].get(k)):>13}" for k, _ in cols))
+    lines.append("prediction intervals (conformal, calibrated only on errors observed before each origin); width "
+                 "and interval score on the original scale; n/a: some intervals unbounded (too few errors observed "
+                 "yet, e.g. at the first validation origins)")
     return "\n".join(lines)
 
 

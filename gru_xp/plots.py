@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import atomic_path
+from .metrics import level_name
 
 DPI = 100
 ACTUAL = {"color": "black", "lw": 1.3, "label": "actual"}
@@ -99,23 +100,31 @@ def residual(path, pred, actual, split_names) -> str:
     return save(fig, path)
 
 
-def forecast(path, labels, actual, model, naive, seasonal, season: int) -> str:
-    """The test period: actual, the model and both baselines (1 step ahead)."""
+def forecast(path, labels, actual, model, naive, seasonal, season: int, bands: dict | None = None) -> str:
+    """The test period: actual, the model and both baselines (1 step ahead); bands {level: (lower, upper)} shaded
+    around the model, the widest lightest."""
     fig, ax = _figure(10, 4)
     x = time_axis(labels)
+    for i, (level, (lo, up)) in enumerate(sorted((bands or {}).items(), reverse=True)):
+        lo, up = np.asarray(lo, dtype=np.float64), np.asarray(up, dtype=np.float64)
+        if np.isfinite(lo).any() or np.isfinite(up).any():
+            ax.fill_between(x, lo, up, color=MODEL["color"], alpha=0.12 + 0.13 * i, lw=0,
+                            label=f"{100 * level:g}% interval")
     ax.plot(x, actual, **{**ACTUAL, "lw": 1.5})
     ax.plot(x, model, **MODEL, label="model")
     ax.plot(x, naive, **NAIVE, label="naive (last value)")
     if season > 1:
         ax.plot(x, seasonal, **SEASONAL, label=f"seasonal naive (lag {season})")
-    ax.set_title("Test period: model vs baselines")
+    ax.set_title("Test period: model vs baselines" + (" (shaded: the model's prediction intervals, 1 step ahead)"
+                                                      if bands else ""))
     ax.legend()
     return save(fig, path)
 
 
-def run_plots(folder, prep, preds: dict, history) -> None:
+def run_plots(folder, prep, preds: dict, history, levels=()) -> None:
     """cost.png, sequence.png, residual.png and forecast.png of a run (prep: data.Prepared; preds: split ->
-    {"anchors", "actual", "model", "naive", "seasonal_naive"} on the original scale; history: train.History)."""
+    {"anchors", "actual", "model", "naive", "seasonal_naive", "lower_80", ...} on the original scale; history:
+    train.History; levels: the prediction intervals' levels, shaded in forecast.png)."""
     d = Path(folder)
     labels = np.asarray(prep.series.labels(), dtype=object)
     cost(d / "cost.png", history.train_loss, history.val_loss, history.best_epoch)
@@ -128,8 +137,10 @@ def run_plots(folder, prep, preds: dict, history) -> None:
     residual(d / "residual.png", allp, alla, names)
     if "test" in preds:
         p = preds["test"]
+        bands = {c: (p[f"lower_{level_name(c)}"][:, 0], p[f"upper_{level_name(c)}"][:, 0]) for c in levels
+                 if f"lower_{level_name(c)}" in p}
         forecast(d / "forecast.png", list(labels[p["anchors"] + 1]), p["actual"][:, 0], p["model"][:, 0],
-                 p["naive"][:, 0], p["seasonal_naive"][:, 0], prep.pipeline.season)
+                 p["naive"][:, 0], p["seasonal_naive"][:, 0], prep.pipeline.season, bands)
 
 
 # ---- backtest -----------------------------------------------------------------------------------------------------

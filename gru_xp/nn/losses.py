@@ -1,6 +1,6 @@
 """Losses, each forward followed by its backward. Every loss is a 0-d device array (no host sync).
 
-Legend: B batch, K outputs.
+Legend: B batch, K outputs, Q quantile levels.
 """
 from __future__ import annotations
 
@@ -57,3 +57,20 @@ def softmax_cross_entropy_backward(xp, logits, target):
     """d softmax_cross_entropy / d logits = (softmax(z) * sum_k y_k - y) / B (sum_k y_k = 1 for a distribution)."""
     p = xp.exp(log_softmax(xp, logits))  # (B, K)
     return (p * xp.sum(target, axis=-1, keepdims=True) - target) / logits.shape[0]
+
+
+def pinball(xp, q, target, taus):
+    """Mean over B, K, Q of the pinball (quantile) loss rho_tau(u) = max(tau * u, (tau - 1) * u), u = y - q.
+    q (B, K, Q) quantile forecasts, target (B, K), taus (Q,) the quantile levels in (0, 1)."""
+    u = target[..., None] - q  # (B, K, Q)
+    return xp.mean(xp.maximum(taus * u, (taus - 1.0) * u))
+
+
+def pinball_backward(xp, q, target, taus):
+    """d pinball / d q, same shape as q: -tau / n where the target is above the quantile (u > 0), (1 - tau) / n
+    where it is below; at u == 0 (a kink) the u < 0 side's (1 - tau) / n."""
+    u = target[..., None] - q  # (B, K, Q)
+    n = 1
+    for s in q.shape:
+        n *= s
+    return xp.where(u > 0, -taus, 1.0 - taus) / n
