@@ -28,8 +28,8 @@ import numpy as np
 from . import checkpoint, intervals, metrics, plots
 from .backend import resolve, to_host
 from .config import RunConfig, from_dict
-from .data import (Pipeline, Prepared, Series, actuals, future_labels, load_series, n_inputs, naive, prepare,
-                   seasonal_naive)
+from .covariates import check_steps, config_inputs, describe_covariates
+from .data import Pipeline, Prepared, Series, actuals, future_labels, load_series, naive, prepare, seasonal_naive
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .nn.forecaster import Forecaster
 from .nn.optim import OPTIMIZERS
@@ -54,12 +54,13 @@ class RunResult:
 
 def model_spec(cfg: RunConfig, input_size: int | None = None) -> dict:
     """The Forecaster's model arguments for a config (what model.npz records and load_run passes back)."""
-    spec = {"cell": cfg.cell, "input_size": n_inputs(cfg.calendar) if input_size is None else int(input_size),
+    spec = {"cell": cfg.cell, "input_size": config_inputs(cfg) if input_size is None else int(input_size),
             "hidden_size": cfg.hidden_size, "horizon": cfg.horizon, "num_layers": cfg.layers,
             "bidirectional": cfg.bidirectional, "dropout": cfg.dropout, "reset_after": cfg.reset_after,
             "nonlinearity": cfg.nonlinearity}
     if cfg.loss == "quantile":  # only then: older run folders keep their exact model metadata
         spec["quantiles"] = list(cfg.quantiles)
+    spec.update({"loss": "mae"} if cfg.loss == "mae" else {})  # issue 18; only then, like quantiles
     return spec
 
 
@@ -143,6 +144,7 @@ def _describe(cfg: RunConfig, prep: Prepared, resume: FitState | None) -> str:
             f"({s.freq}), windows train/val/test {prep.train.anchors.size}/{prep.val.anchors.size}/"
             f"{prep.test.anchors.size}, season {pipe.season}, differencing {pipe.lags or 'none'}"
             + (", log" if pipe.log else "") + (f", calendar {pipe.calendar}" if pipe.calendar else "")
+            + describe_covariates(pipe)
             + (f", ensemble of {cfg.ensemble}" if cfg.ensemble > 1 else "")
             + (f", resuming at epoch {resume.epoch + 1}" if resume is not None else ""))
 
@@ -476,6 +478,8 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     if checkpoint.run_kind(d) == "classify":  # issue 17: a classifier's run folder is not a forecaster
         raise UserError(f"run folder {d} is a classifier (written by 'gru-xp classify'), not a forecasting run; "
                         f"classify with 'gru-xp predict --run {d} --text ...' or '--data FILE.ts'")
+    if checkpoint.run_kind(d) == "panel":  # issue 18: many series (gru_xp.panelio.load_panel_run)
+        raise UserError(f"run folder {d} is a panel run: forecast with 'gru-xp predict --run {d} [--series NAME]'")
     params, meta = checkpoint.load(d / "model.npz")
     _check_consistent(d, meta)
     try:
@@ -537,14 +541,16 @@ def forecast_from_end(model, pipe: Pipeline, y, steps: int, series: Series | Non
         raise UserError(f"series of {len(y)} points is too short to forecast: this model needs at least "
                         f"{pipe.min_anchor() + 1} (window {pipe.seq_length}, differencing {pipe.lookback})")
     phase = None
-    if pipe.calendar:
+    if pipe.positional:  # calendar features, covariates (issue 18)
         total = len(y) + int(steps) + pipe.horizon + 1  # every position an input step may be aligned to
         if series is not None:
             phase = pipe.phases(series, total)
-        elif pipe.calendar == "index":
+        elif pipe.calendar == "index" and not (pipe.covariates or pipe.future_covariates):
             phase = np.arange(total, dtype=np.float64)
         else:
-            raise UserError(f"this model uses calendar features ({pipe.calendar}): pass the series with its dates")
+            raise UserError(f"this model uses calendar features ({pipe.calendar}): pass the series with its dates"
+                            if pipe.calendar else "this model uses covariates: pass the series with its columns")
+    check_steps(pipe, steps)
     predict, taus = member_predict(models)
     return intervals.forecast_paths(predict, pipe, y, [len(y) - 1], int(steps), phase, taus), phase
 
