@@ -167,10 +167,8 @@ def _coerce(name: str, value: Any, source: str, defaults=DEFAULTS) -> Any:
         if not math.isfinite(f):
             raise bad("a finite number")
         return f
-    if want is list and name in FLOAT_LISTS:
-        return _levels(name, value, where)
-    if want is list and name in STR_LISTS:
-        return _columns_list(value, where)
+    if want is list and name in FLOAT_LISTS + STR_LISTS:  # levels; column names (issue 18)
+        return _levels(name, value, where) if name in FLOAT_LISTS else _columns_list(value, where)
     if want is list:  # difference lags: [1, 12], 12, "1,12", "0"/"none"/"" = no differencing
         items = value
         if isinstance(value, bool):
@@ -313,6 +311,7 @@ def _check_panel(cfg: RunConfig, need) -> None:
                      ("--refit", cfg.refit)):
         need(panel or not on, f"{flag} is for panels (a .tsf file or a long CSV with --id-col); drop it")
     need(not (panel and cfg.shrink), "--shrink is not available on panels; drop it")
+    need(not (panel and cfg.diagnostics), "--diagnostics is for single series; drop it on a panel")
     need(not (panel and str(cfg.data).strip().lower() == "sine"), "--id-col needs a long CSV, not 'sine'")
 
 

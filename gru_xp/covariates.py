@@ -112,26 +112,23 @@ def features(pipe, P, idx) -> np.ndarray:
     n_past, n_fut, K = len(pipe.covariates), len(pipe.future_covariates), pipe.horizon
     parts = []
     for j, sc in enumerate(pipe.cov_scalers[:n_past]):
-        parts.append(sc.transform(_take(P, idx, 1 + j, pipe.covariates[j], "past"))[..., None])
+        parts.append(sc.transform(_take(P, idx, 1 + j, pipe.covariates[j], "past", K))[..., None])
     for j, sc in enumerate(pipe.cov_scalers[n_past:n_past + n_fut]):
         ahead = idx[..., None] + np.arange(1, K + 1)  # (N, L, K)
-        parts.append(sc.transform(_take(P, ahead, 1 + n_past + j, pipe.future_covariates[j], "future")))
+        parts.append(sc.transform(_take(P, ahead, 1 + n_past + j, pipe.future_covariates[j], "future", K)))
     return np.concatenate(parts, axis=-1)
 
 
-def _take(P, idx, col: int, name: str, kind: str) -> np.ndarray:
-    if idx.size and int(idx.max()) >= P.shape[0]:
-        raise UserError(f"covariate {name!r} is needed {int(idx.max()) - P.shape[0] + 1} position(s) past the data; "
-                        f"add future rows with its values")
-    v = P[idx, col]
-    if np.isnan(v).any():
-        last = int(idx.flat[int(np.flatnonzero(np.isnan(v.ravel()))[0])])
+def _take(P, idx, col: int, name: str, kind: str, K: int) -> np.ndarray:
+    v = P[np.minimum(idx, P.shape[0] - 1), col]
+    if np.isnan(v).any() or (idx.size and int(idx.max()) >= P.shape[0]):
         if kind == "future":
-            raise UserError(f"this forecast needs the future covariate {name!r} at position {last} (row {last + 1} of "
-                            f"the series), which the data does not give; add rows after the last observed target with "
-                            f"{name} filled (target empty), or forecast fewer steps")
-        raise UserError(f"the past covariate {name!r} is not observed at position {last}: a forecast cannot use it "
-                        f"beyond the last observed row; forecast at most the direct head's steps (--horizon)")
+            raise UserError(f"this forecast needs the future covariate {name!r} beyond the rows the data gives (a "
+                            f"forecast of S steps reads it up to ceil(S / K) * K steps ahead, K = --horizon "
+                            f"{K}); add rows after the last observed target with {name} filled (target "
+                            f"empty), or forecast fewer steps")
+        raise UserError(f"the past covariate {name!r} is not observed beyond the last observed row; forecast at most "
+                        f"the direct head's steps (--horizon)")
     return v
 
 

@@ -182,8 +182,9 @@ def forecast_paths(predict, pipe, y, origins, steps: int, phase=None, taus: tupl
 def _stacked(pipe, hists, first, phase):
     """(inputs (N, L, I), invert(members' (N, K)) -> levels (N, K)) of the windows ending each history (N, n) (rows
     starting at positions `first` of the series). The rows are laid end to end, each followed by one pad point (so
-    the calendar feature of the position after a row stays its own), and read in one call: a window and its
-    inversion read only their own row's last min_anchor + 1 points, never the row before."""
+    the calendar feature of the position after a row stays its own; K pad points with future covariates, which a
+    window reads K ahead), and read in one call: a window and its inversion read only their own row's last
+    min_anchor + 1 points, never the row before."""
     N, n = hists.shape
     pad = pipe.horizon if pipe.future_covariates else 1  # positions read after a row: the next phase, or K ahead
     z = np.concatenate([hists, np.repeat(hists[:, -1:], pad, axis=1)], axis=1).ravel()  # (N * (n + pad),)

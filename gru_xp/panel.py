@@ -251,8 +251,8 @@ def prepare_panel(cfg: RunConfig, panel: Panel, stage: str = "select") -> PanelP
     parts = {"train": [], "val": []}
     for i, (pipe, ser) in enumerate(zip(pipes, panel.series)):
         scale = mase_scale(ser.y[:cut[i]], panel.season) if cfg.scale_weight else None
-        if scale is not None and not (scale > 0):
-            scale = 1.0 if not np.isfinite(scale) else scale
+        if scale is not None and not scale > 0:  # a constant training part (or too short for a scale)
+            scale = 1.0
         jobs = [("train", anchor_ranges(cfg, pipe, ser, int(cut[i]), 0), int(cut[i]))]
         if stage == "select" and v[i] < s[i]:
             jobs.append(("val", anchor_ranges(cfg, pipe, ser, int(s[i]), int(v[i]) - 1), int(s[i])))

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import checkpoint, intervals, metrics, panelio
 from .backend import resolve
-from .config import RunConfig, is_panel_config
+from .config import RunConfig, from_dict, is_panel_config
 from .data import naive, seasonal_naive
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .panel import Panel, PanelPrep, load_panel, mase_scale, positions, prepare_panel
@@ -248,6 +248,8 @@ def run_panel(cfg: RunConfig, *, save: bool = True, progress: bool | None = None
     mets, fcs, rows = evaluate(cfg, prep, sel, final_prep, final)
     state = None
     cal = calibration_scores(cfg, prep, sel)
+    if cal is None and cfg.intervals and not cfg.quiet:
+        log("intervals: none (they are calibrated on validation errors: set --val-ratio > 0)")
     if cal is not None:
         state = attach_intervals(cfg, cal, mets, fcs)
         state["series"] = stored_scores(cfg, cal, fcs)
@@ -262,8 +264,9 @@ def run_panel(cfg: RunConfig, *, save: bool = True, progress: bool | None = None
                    if refit_h else ""))
         log(metrics.format_panel_table(mets))
         if state is not None:
-            log(metrics.format_intervals({"test": mets["test"]}, cfg.intervals).replace(
-                "on the original scale", "divided by each series' MASE scale (MSIS)"))
+            log(metrics.format_intervals({"test": mets["test"]}, cfg.intervals).rsplit("\n", 1)[0] + "\nprediction "
+                "intervals: split conformal pooled across series on scale-free validation errors; width and interval "
+                "score divided by each series' MASE scale (MSIS), averaged over series")
     if out is not None:
         panelio.write_panel_run(out, res, be)
         res.out_dir = out
@@ -298,7 +301,11 @@ def predict_panel(run_dir, data: str | None = None, steps: int | None = None, se
     src = lr.meta.get("data", {}).get("source")
     if data is None and src and Path(src).is_file():
         data = src
-    cfg_d = RunConfig(**{**cfg.to_dict(), "data": data or cfg.data})
+    d = {**cfg.to_dict(), "data": data or cfg.data}
+    if not (d["id_col"] or str(d["data"]).strip().lower().endswith(".tsf")):
+        raise UserError(f"--data {data} is not a panel like this run's (a .tsf file, or a long CSV with the id column "
+                        f"{cfg.id_col or '--id-col'}); pass one holding the run's series")
+    cfg_d = from_dict(d)
     panel = load_panel(cfg_d)
     want = lr.names if series is None else [series]
     if series is not None and series not in lr.names:

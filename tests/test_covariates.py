@@ -69,7 +69,7 @@ def test_predict_reads_future_rows_and_refuses_a_horizon_without_them(tmp_path, 
     flipped.to_csv(tmp_path / "flip.csv", index=False)
     assert main(["predict", "--run", str(out), "--data", str(tmp_path / "flip.csv"), "--intervals", "none"]) == 0
     assert not np.allclose(pd.read_csv(io.StringIO(capsys.readouterr().out)).forecast, got.forecast)
-    one_line_error(capsys, main(["predict", "--run", str(out)]), "needs the future covariate 'promo'")
+    one_line_error(capsys, main(["predict", "--run", str(out)]), "needs the future covariate 'promo' beyond the rows")
     one_line_error(capsys, main(["predict", "--run", str(out), "--data", str(tmp_path / "future.csv"), "--horizon",
                                  "6"]), "past covariates (price) are observed only up to")
     part = df.copy()

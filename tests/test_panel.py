@@ -170,14 +170,23 @@ def test_predict_every_series_or_one(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(path), "--id-col", "unique_id", "--horizon", "4", "--seq-length", "8",
                  "--hidden-size", "4", "--epochs", "3", "--quiet", "--no-plots", "--series-embedding", "--refit",
-                 "--out", str(out)]) == 0
+                 "--ensemble", "2", "--future-covariates", "promo", "--out", str(out)]) == 0
+    cfgj = json.loads((out / "config.json").read_text())
+    assert cfgj["model"]["ensemble"] == 2 and cfgj["model"]["input_size"] == 1 + 4 + 3  # y, promo x 4, one-hot
+    assert cfgj["panel"]["stage"] == "refit" and len(cfgj["run"]["refit_epochs"]) == 2
     capsys.readouterr()
-    assert main(["predict", "--run", str(out)]) == 0
+    one_line_error(capsys, main(["predict", "--run", str(out)]), "needs the future covariate 'promo'")
+    fut = pd.read_csv(path)
+    extra = pd.DataFrame([{"unique_id": u, "ds": d, "y": np.nan, "promo": 1.0, "price": 0.0} for u in "abc"
+                          for d in pd.date_range("2004-03-01", periods=8, freq="MS").strftime("%Y-%m-%d")])
+    pd.concat([fut, extra]).to_csv(tmp_path / "future.csv", index=False)
+    assert main(["predict", "--run", str(out), "--data", str(tmp_path / "future.csv")]) == 0
     df = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     assert list(df.columns) == ["series", "date", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]
     assert df.groupby("series").size().to_dict() == {"a": 4, "b": 4, "c": 4}
     assert df.date.iloc[0] == "2004-03-01" and np.all(df.lower_80 <= df.forecast) and np.all(df.forecast <= df.upper_80)
-    assert main(["predict", "--run", str(out), "--series", "b", "--horizon", "6", "--intervals", "none"]) == 0
+    assert main(["predict", "--run", str(out), "--series", "b", "--horizon", "6", "--intervals", "none", "--data",
+                 str(tmp_path / "future.csv")]) == 0
     one = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     assert list(one.columns) == ["series", "date", "forecast"] and len(one) == 6 and set(one.series) == {"b"}
     assert np.allclose(one.forecast.to_numpy()[:4], df[df.series == "b"].forecast.to_numpy(), rtol=1e-6)
