@@ -164,11 +164,12 @@ def calibration_scores(cfg: RunConfig, prep: PanelPrep, sel_models) -> dict | No
                            lambda i: s[i])
     out = {k: {} for k in metrics.MODELS}
     out["scale"] = {}
+    for i, ser in enumerate(panel.series):  # every series' scale (in the calibration space), scored or not
+        sc = mase_scale(intervals.calibration_space(cfg.log, ser.y[:v[i]]), panel.season)
+        out["scale"][i] = sc if sc > 0 else 1.0
     for i, fc in fcs.items():
         y, o, H = panel.series[i].y, fc.origins, fc.point.shape[1]
-        sc = mase_scale(intervals.calibration_space(cfg.log, y[:v[i]]), panel.season)  # in the calibration space
-        sc = sc if sc > 0 else 1.0
-        out["scale"][i] = sc
+        sc = out["scale"][i]
         for k, p in (("model", fc.point), ("naive", naive(y, o, H)), ("seasonal_naive",
                                                                       seasonal_naive(y, o, H, panel.season))):
             out[k][i] = intervals.scale_free(cfg.log, fc.actual, p, sc)
@@ -193,7 +194,7 @@ def attach_intervals(cfg: RunConfig, cal: dict, mets: dict, fcs: dict) -> dict:
             cover, widths, iscores = [], [], []
             for i, d in test.items():
                 h = d["model"].size
-                sc = cal["scale"].get(i, 1.0)
+                sc = cal["scale"][i]
                 lo, up = intervals.pooled_band(cfg.log, d[name], q[:h], sc)
                 if name == "model":
                     d[f"lower_{c}"], d[f"upper_{c}"] = lo, up
@@ -220,7 +221,8 @@ def stored_scores(cfg: RunConfig, cal: dict, fcs: dict) -> dict:
     for i, sc in cal["scale"].items():
         t = fcs["test"].get(i)
         test = intervals.scale_free(cfg.log, t["actual"][None, :], t["model"][None, :], sc) if t else np.zeros((0, 0))
-        out[str(i)] = {"scale": sc, "val": cal["model"][i].tolist(), "test": test.tolist()}
+        val = cal["model"].get(i, np.zeros((0, 0)))
+        out[str(i)] = {"scale": sc, "val": val.tolist(), "test": test.tolist()}
     return out
 
 
