@@ -73,14 +73,16 @@ def make_optimizer(cfg: RunConfig):
 
 
 def predict_scaled(model, X, chunk: int = 4096) -> np.ndarray:
-    """Model outputs (N, K) for host windows X (N, L[, I]), in eval mode, brought to the host once per chunk."""
+    """Model outputs (N, K) for host windows X (N, L[, I]), in eval mode, brought to the host once per chunk; the
+    forwards keep no backward cache (model.no_grad())."""
     if len(X) == 0:
         return np.zeros((0, model.horizon))
     model.eval()
     Xd = to_time_major(model.backend, X)
     outs = []
-    for s in range(0, Xd.shape[1], chunk):
-        outs.append(to_host(model.forward(Xd[:, s:s + chunk, :])))
+    with model.no_grad():
+        for s in range(0, Xd.shape[1], chunk):
+            outs.append(to_host(model.forward(Xd[:, s:s + chunk, :])))
     return np.concatenate(outs, axis=0).astype(np.float64)
 
 

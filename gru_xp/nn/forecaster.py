@@ -6,6 +6,7 @@ what a sequence-to-one model wants; its gradient enters the recurrent layer as d
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 
@@ -29,11 +30,11 @@ class Forecaster:
         self.cell = cell
         self.rnn = build_recurrent(cell, input_size, hidden_size, num_layers=num_layers,
                                    bidirectional=bidirectional, dropout=dropout, reset_after=reset_after,
-                                   nonlinearity=nonlinearity, device=device, dtype=dtype, seed=seed)
+                                   nonlinearity=nonlinearity, device=device, dtype=dtype, seed=seed, fast=fast)
         self.backend = self.rnn.backend
         # fast: the fast path (nn/fast) where the backend supports it; its outputs never leave the model, so its
         # caches may live in workspaces reused from step to step. fast=False: the reference cells.
-        self.rnn.fast, self.rnn.reuse_buffers = bool(fast), True
+        self.rnn.reuse_buffers = True
         self.horizon = horizon
         F = self.rnn.num_directions * hidden_size
         rng = self.backend.rng(None if seed is None else seed + 1)
@@ -80,6 +81,12 @@ class Forecaster:
     def eval(self):
         return self.train(False)
 
+    @contextlib.contextmanager
+    def no_grad(self):
+        """Forwards inside keep no backward cache (inference: predict, forecast, the validation loss)."""
+        with self.rnn.no_grad():
+            yield self
+
     def _last_hidden(self, state_n):
         h_n = state_n if self.rnn.cell.STATES == 1 else state_n[0]  # (L*D, B, H)
         D = self.rnn.num_directions
@@ -110,8 +117,9 @@ class Forecaster:
         return dx
 
     def loss(self, x, y):
-        """The MSE of the current mode's forward (0-d device array), no gradients."""
-        return losses.mse(self.backend.xp, self.forward(x), y)
+        """The MSE of the current mode's forward (0-d device array), no gradients (and no backward cache)."""
+        with self.no_grad():
+            return losses.mse(self.backend.xp, self.forward(x), y)
 
     def loss_and_grads(self, x, y, *, tbptt: int = 0):
         """One full model step without the update: zero grads, forward, MSE, backward. Returns the loss (0-d)."""

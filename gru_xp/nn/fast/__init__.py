@@ -24,8 +24,9 @@ class FastCell:
             ws = self.workspaces[slot] = Workspace()
         return ws
 
-    def forward(self, xp, p, x, state0, *, slot=0, **opts):
-        return self._fwd(xp, p, x, state0, ws=self._ws(slot), reuse=self.reuse, **opts)
+    def forward(self, xp, p, x, state0, *, slot=0, keep_cache: bool = True, **opts):
+        """keep_cache=False: a forward without gradients (only the states are stored; the cache is None)."""
+        return self._fwd(xp, p, x, state0, ws=self._ws(slot), reuse=self.reuse, keep_cache=keep_cache, **opts)
 
     def backward(self, xp, p, cache, dy, dstate_T, g, *, tbptt: int = 0, input_grad: bool = True, slot=0):
         return self._bwd(xp, p, cache, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, ws=self._ws(slot),

@@ -23,7 +23,7 @@ from .._cell import CellParams, cut
 from . import _common
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_to_tbh,
                       fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
-                      recurrent_operands, state_grad, unfold_grads)
+                      recurrent_operands, state_grad, step_array, unfold_grads)
 
 
 @dataclass
@@ -43,12 +43,14 @@ class FastGRUCache(GRUCache):
 
 # ---- forward ----------------------------------------------------------------------------------------------------
 def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: Workspace | None = None,
-                reuse: bool = False):
+                reuse: bool = False, keep_cache: bool = True):
     """Same contract as gru.forward: x (T, B, I), (h0 (B, H),) -> y (T, B, H), (h_T,), cache (FastGRUCache).
     `ws` holds the temporaries (a fresh one when None); `reuse=True` also keeps the cache (and so y) in it, valid
-    until the next forward on this workspace."""
+    until the next forward on this workspace. keep_cache=False (a forward without gradients): gates and candidate
+    live in one step's buffers, only the states (y) are stored, and the cache returned is None."""
     if _common.is_cupy(xp):
-        return _gru_forward_cupy(xp, p, x, state0, reset_after=reset_after, ws=ws, reuse=reuse)
+        y, hT, cache = _gru_forward_cupy(xp, p, x, state0, reset_after=reset_after, ws=ws, reuse=reuse)
+        return y, hT, cache if keep_cache else None
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     (h0,) = state0
@@ -60,12 +62,12 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     w_rec, w_n, w_x = _weights_numpy(xp, ops, ws, p, I, reset_after, half, dt, dev)
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
     x_ones = operands[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
-    gates = cache_array(xp, ws, reuse, "gates", (T, H3, B), dt, dev)  # (T, 3H, B)
-    cand = cache_array(xp, ws, reuse, "cand", (T, H, B), dt, dev)  # (T, H, B)
+    gates = step_array(xp, ws, reuse, keep_cache, "gates", (T, H3, B), dt, dev)  # (T, 3H, B) or one step's
+    cand = step_array(xp, ws, reuse, keep_cache, "cand", (T, H, B), dt, dev)  # (T, H, B) or one step's
 
     mul, add, sub, tanh, matmul = ops.mul, ops.add, ops.sub, ops.tanh, ops.matmul
-    proj_buf = input_proj_buffer(xp, ws, T, H, 4 * H, B, dt, dev)  # n rows' input projection, chunks or all T
-    key = (T, reset_after, id(operands), id(gates), id(cand)) if reuse else None
+    proj_buf = input_proj_buffer(xp, ws, T, H, 4 * H, B, dt, dev, full=keep_cache)  # n rows' input projection
+    key = (T, reset_after, id(operands), id(gates), id(cand)) if reuse and keep_cache else None
     steps = projected_steps(ops, w_x, x_ones, proj_buf, ((0, H),), operands[:T], operands[:T, :H, :],
                             operands[1:, :H, :], gates, gates[:, :H2, :], gates[:, :H, :], gates[:, H:H2, :],
                             gates[:, H2:, :], cand, views_in=None if key is None else (ws, key))
@@ -96,6 +98,9 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
             sub(h_prev, n_t, h_next)
             mul(h_next, z_t, h_next)
             add(h_next, n_t, h_next)
+    if not keep_cache:
+        h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+        return h_v[1:, ...], (h_v[T, ...],), None
     return _outputs(xp, x, operands, gates, cand, x_ones, reset_after, x_in_operands=True)
 
 

@@ -18,8 +18,8 @@ from ..lstm import LSTMCache
 from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_to_tbh,
-                      fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad, unfold_grads,
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, feature_major_to_tbh,
+                      fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array, unfold_grads,
                       weight_grad_buffers)
 
 
@@ -39,8 +39,11 @@ class FastLSTMCache(LSTMCache):
     x_ones: Any = None  # (T, I+1, B) [x_t^T; 1], a view of the operands
 
 
-def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, reuse: bool = False):
-    """Same contract as lstm.forward: x (T, B, I), (h0, c0) -> y (T, B, H), (h_T, c_T), cache (FastLSTMCache)."""
+def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, reuse: bool = False,
+                 keep_cache: bool = True):
+    """Same contract as lstm.forward: x (T, B, I), (h0, c0) -> y (T, B, H), (h_T, c_T), cache (FastLSTMCache).
+    keep_cache=False (a forward without gradients): gates and tanh(c) live in one step's buffers, c in one buffer
+    updated in place, only the states h (y) are stored, and the cache returned is None."""
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     h0, c0 = state0
@@ -55,16 +58,17 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     ops.mul(w_rec[:H3, :], half, out=w_rec[:H3, :])
 
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
-    cell_states = cache_array(xp, ws, reuse, "cell_states", (T + 1, H, B), dt, dev)  # (T+1, H, B)
-    gates = cache_array(xp, ws, reuse, "gates", (T, H4, B), dt, dev)  # (T, 4H, B)
-    tanh_c = cache_array(xp, ws, reuse, "tanh_c", (T, H, B), dt, dev)  # (T, H, B)
+    # without a cache: c_{t-1} and c_t are one buffer (each step updates it elementwise, in place)
+    cell_states = step_array(xp, ws, reuse, keep_cache, "cell_states", (T + 1, H, B), dt, dev, output=True)
+    gates = step_array(xp, ws, reuse, keep_cache, "gates", (T, H4, B), dt, dev)  # (T, 4H, B) or one step's
+    tanh_c = step_array(xp, ws, reuse, keep_cache, "tanh_c", (T, H, B), dt, dev)  # (T, H, B) or one step's
     ops.copy(xp.matrix_transpose(c0), cell_states[0])
     ig = ws.get(xp, "scratch", (H, B), dt, dev)  # (H, B) i ⊙ g
     mul, add, tanh, matmul = ops.mul, ops.add, ops.tanh, ops.matmul
     step_arrays = (operands[:T], operands[1:, :H], cell_states[:T], cell_states[1:], gates, gates[:, :H3],
                    gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:H3], gates[:, H3:], tanh_c)
     key = (T, id(operands), id(cell_states), id(gates), id(tanh_c))
-    steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse else zip(*step_arrays)
+    steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse and keep_cache else zip(*step_arrays)
     for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
         matmul(w_rec, op_t, out=gates_t)  # (4H, H+I+1) @ (H+I+1, B)
         tanh(gates_t, out=gates_t)  # g, and the three sigmoid gates' tanh(a/2)
@@ -75,6 +79,9 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
         add(c_next, ig, out=c_next)  # c = f c_{t-1} + i g
         tanh(c_next, out=tanh_c_t)
         mul(o_t, tanh_c_t, out=h_next)  # h = o tanh(c)
+    if not keep_cache:
+        h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+        return h_v[1:], (h_v[T], xp.matrix_transpose(cell_states[T])), None
     h_v, c_v = feature_major_to_tbh(xp, operands[:, :H, :]), feature_major_to_tbh(xp, cell_states)  # (T+1, B, H)
     cache = FastLSTMCache(x=x, h=h_v, c=c_v, i=feature_major_to_tbh(xp, gates[:, H:2 * H]),
                           f=feature_major_to_tbh(xp, gates[:, 2 * H:H3]), g=feature_major_to_tbh(xp, gates[:, H3:]),

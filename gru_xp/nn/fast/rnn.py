@@ -29,8 +29,9 @@ class FastRNNCache(RNNCache):
 
 
 def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws: Workspace | None = None,
-                reuse: bool = False):
-    """Same contract as rnn.forward: x (T, B, I), (h0,) -> y (T, B, H), (h_T,), cache (FastRNNCache)."""
+                reuse: bool = False, keep_cache: bool = True):
+    """Same contract as rnn.forward: x (T, B, I), (h0,) -> y (T, B, H), (h_T,), cache (FastRNNCache).
+    keep_cache=False (a forward without gradients): the cache returned is None (the states are all it stores)."""
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     T, B, I = x.shape
@@ -52,6 +53,8 @@ def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws:
         else:
             act(h_next, out=h_next)
     h_v = feature_major_to_tbh(xp, operands[:, :H, :])
+    if not keep_cache:
+        return h_v[1:], (h_v[T],), None
     cache = FastRNNCache(x=x, h=h_v, nonlinearity=nonlinearity, operands=operands, x_ones=operands[:T, H:, :])
     return h_v[1:], (h_v[T],), cache
 
