@@ -20,7 +20,7 @@ from array_api_compat import device as device_of
 from ..gru import GRUCache
 from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
-from . import _common
+from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_to_tbh,
                       fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
                       recurrent_operands, state_grad, step_array, unfold_grads)
@@ -71,7 +71,16 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     steps = projected_steps(ops, w_x, x_ones, proj_buf, ((0, H),), operands[:T], operands[:T, :H, :],
                             operands[1:, :H, :], gates, gates[:, :H2, :], gates[:, :H, :], gates[:, H:H2, :],
                             gates[:, H2:, :], cand, views_in=None if key is None else (ws, key))
-    if reset_after:
+    kern = _cpu.kernels() if reset_after and _cpu.usable(xp, B * H) else None
+    if kern is not None:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical, 5 calls a step
+        gate_kernel, state_kernel, half_s = kern.gru_fwd_after_gates, kern.gru_fwd_state, dt.type(0.5)
+        for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
+            matmul(w_rec, op_t, gates_t)  # (3H, H+I+1) @ (H+I+1, B): [a_r/2, a_z/2, W_hn h + b_hn]
+            tanh(rz_t, rz_t)
+            gate_kernel(gates_t, proj_n, n_t, half_s)  # r, z; r hn + W_in x + b_in
+            tanh(n_t, n_t)
+            state_kernel(h_prev, n_t, gates_t, h_next)  # n + z (h - n)
+    elif reset_after:
         # NumPy only (CuPy has its own branch), so `out` is passed positionally: cheaper than out=
         for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
             matmul(w_rec, op_t, gates_t)  # (3H, H+I+1) @ (H+I+1, B): [a_r/2, a_z/2, W_hn h + b_hn]
@@ -240,8 +249,12 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     ops = ops_for(xp)
     cuda = _common.is_cupy(xp)
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda)
+    step_elems = c.cand.shape[1] * c.cand.shape[2]  # H·B
+    kern = _cpu.kernels() if c.reset_after and not cuda and _cpu.usable(xp, step_elems) else None
     if cuda:
         _backward_loop_cupy(xp, ops, c, bufs, dy, tbptt)
+    elif kern is not None:
+        _backward_loop_kernels(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
     else:
         _backward_loop_numpy(xp, ops, ws, reuse, c, bufs, dy, tbptt)
     _add_recurrent_grads(ops, g, c, bufs)
@@ -380,6 +393,41 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
                 ops.fill(dh, 0.0)
         _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
         t1 = t0
+
+
+def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers, dy,
+                           tbptt: int, kern):
+    """_backward_loop_numpy (reset_after) with the fused CPU kernels (_cpu.py), bit-identical: per chunk one
+    factor kernel, per step one kernel and the recurrent GEMM; dh is carried as dhz + dhp (b.dh holds dh z)."""
+    T, H = c.cand.shape[0], c.cand.shape[1]
+    chunk, gates, factors, dgates, dgh = b.chunk, c.gates, b.factors, b.dgates, b.dgh
+
+    def build():  # step t's views: its factors, gate grads (chunks counted from the end), gates
+        out = []
+        for t in range(T):
+            j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
+            out.append((factors[j], dgates[j], dgh[j], gates[t]))
+        return out
+
+    step_views = ws.views("bwd_kernels", (T, chunk, b.dgates_id, id(factors), id(gates)), build) if reuse \
+        else build()
+    one = c.cand.dtype.type(1.0)
+    dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
+    ops.fill(dhp, 0.0)
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        kern.gru_factors_after(gates[t0:t1], c.operands[t0:t1, :H, :], c.cand[t0:t1], factors[: t1 - t0], one)
+        for t in range(t1 - 1, t0 - 1, -1):
+            fac_t, dgates_t, dgh_t, gates_t = step_views[t]
+            step(dhz, dhp, dhz if dy is None else dy[t], dy is not None, fac_t, gates_t, dgates_t)
+            matmul(w_hh_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
+            if tbptt and cut(tbptt, T, t):
+                ops.fill(dhz, 0.0)
+                ops.fill(dhp, 0.0)
+        _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
+        t1 = t0
+    ops.add(dhz, dhp, out=b.dh)  # dh_0 = dh z + dhp, as the portable loop ends
 
 
 def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy, tbptt: int):

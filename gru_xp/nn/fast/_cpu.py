@@ -1,0 +1,106 @@
+"""Fused CPU kernels for the NumPy fast path of the GRU (reset_after, torch's convention): optional, compiled by
+numba when it is installed (`pip install "gru_xp[cpu-kernels]"`), else the portable ufunc loops run.
+
+Legend: H hidden, B batch, m steps of a chunk; arrays feature-major (H, B) per step, as in fast/gru.py.
+
+Each kernel does, element by element, exactly the ufunc calls it replaces, in the same order (+, -, * only; no
+fastmath, so no fused multiply-add): results are bit-identical to the portable path (tested in
+tests/nn/test_fast.py), float32 and float64. What it saves is the ufunc calls (~0.4-0.7 µs each, 10 a forward
+step and 8 a backward step become 4 and 2 besides the GEMM) and the passes over memory between them. tanh stays a
+NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
+
+numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
+_cuda.py; this module is the CPU counterpart, see the README's layout notes). GRU_XP_CPU_KERNELS=0 turns it off.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+STATE: dict = {}
+MIN_STEP_ELEMS = 1024  # B·H of a step from which the kernels run: below, loading numba (~0.4 s a process) buys little
+
+
+def kernels():
+    """The compiled kernels (an object with the functions below as attributes), or None: numba missing, or
+    GRU_XP_CPU_KERNELS=0. Compiled on first call (cached on disk by numba)."""
+    if "k" not in STATE:
+        STATE["k"] = _build() if os.environ.get("GRU_XP_CPU_KERNELS", "1") != "0" else None
+    return STATE["k"]
+
+
+def usable(xp, step_elems: int) -> bool:
+    """True where the kernels run: a NumPy namespace (numba compiles for NumPy arrays), B·H = step_elems of at
+    least MIN_STEP_ELEMS, and numba there."""
+    return (step_elems >= MIN_STEP_ELEMS and getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy")
+            and kernels() is not None)
+
+
+def _build():
+    try:
+        numba = importlib.import_module("numba")
+    except ImportError:
+        return None
+    jit = numba.njit(cache=True, nogil=True)
+
+    @jit
+    def gru_fwd_after_gates(gates, proj_n, cand, half):
+        """gates (3H, B) [tanh(a_r/2), tanh(a_z/2), hn] -> [r, z, hn] in place; cand (H, B) = r hn + proj_n (its
+        tanh follows). Replaces mul(rz, half), add(rz, half), mul(r, hn, n), add(n, proj_n, n)."""
+        H, B = cand.shape
+        for j in range(H):
+            for b in range(B):
+                r = gates[j, b] * half + half
+                gates[j, b] = r
+                gates[H + j, b] = gates[H + j, b] * half + half
+                cand[j, b] = r * gates[2 * H + j, b] + proj_n[j, b]
+
+    @jit
+    def gru_fwd_state(h_prev, cand, gates, h_next):
+        """h_next (H, B) = (h_prev - n) z + n, z = gates[H:2H]. Replaces sub, mul, add."""
+        H, B = cand.shape
+        for j in range(H):
+            for b in range(B):
+                n = cand[j, b]
+                h_next[j, b] = (h_prev[j, b] - n) * gates[H + j, b] + n
+
+    @jit
+    def gru_factors_after(gates, h_prev, cand, factors, one):
+        """For m steps: factors (m, 3, H, B) = [(1-r) r hn, (1-z) z (h_{t-1} - n), (1 - n^2)(1-z)], gates (m, 3H, B),
+        h_prev, cand (m, H, B). Replaces _gru_factors' 8 calls (same products, same order)."""
+        m, H, B = cand.shape
+        for t in range(m):
+            for j in range(H):
+                for b in range(B):
+                    r, z, n = gates[t, j, b], gates[t, H + j, b], cand[t, j, b]
+                    one_z = one - z
+                    factors[t, 0, j, b] = ((one - r) * r) * gates[t, 2 * H + j, b]
+                    factors[t, 1, j, b] = (one_z * z) * (h_prev[t, j, b] - n)
+                    factors[t, 2, j, b] = (one - n * n) * one_z
+
+    @jit
+    def gru_bwd_after(dhz, dhp, dy, has_dy, fac, gates, dgates):
+        """One backward step before its recurrent GEMM. dh = dhz + dhp (+ dy^T), the carried grad as the portable
+        loop has it (dh z + dhp of the step after, then + dy); fac (3, H, B) the step's factors; writes dgates
+        (4H, B) rows [n_h | r | z | n_i] = [da_n r, da_n fac_r, dh fac_z, dh fac_n] and dhz = dh z. dy (B, H) is
+        read only when has_dy."""
+        H, B = dhz.shape
+        for j in range(H):
+            for b in range(B):
+                dh = dhz[j, b] + dhp[j, b]
+                if has_dy:
+                    dh = dh + dy[b, j]
+                da_n = dh * fac[2, j, b]
+                dgates[2 * H + j, b] = dh * fac[1, j, b]
+                dgates[3 * H + j, b] = da_n
+                dgates[H + j, b] = da_n * fac[0, j, b]
+                dgates[j, b] = da_n * gates[j, b]
+                dhz[j, b] = dh * gates[H + j, b]
+
+    return _Kernels(gru_fwd_after_gates, gru_fwd_state, gru_factors_after, gru_bwd_after)
+
+
+class _Kernels:
+    def __init__(self, fwd_gates, fwd_state, factors, bwd):
+        self.gru_fwd_after_gates, self.gru_fwd_state = fwd_gates, fwd_state
+        self.gru_factors_after, self.gru_bwd_after = factors, bwd
