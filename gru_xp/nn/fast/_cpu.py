@@ -80,16 +80,17 @@ def _build():
 
     @jit
     def gru_bwd_after(dhz, dhp, dy, has_dy, fac, gates, dgates):
-        """One backward step before its recurrent GEMM. dh = dhz + dhp (+ dy^T), the carried grad as the portable
+        """One backward step before its recurrent GEMM. dh = dhz + dhp (+ dy), the carried grad as the portable
         loop has it (dh z + dhp of the step after, then + dy); fac (3, H, B) the step's factors; writes dgates
-        (4H, B) rows [n_h | r | z | n_i] = [da_n r, da_n fac_r, dh fac_z, dh fac_n] and dhz = dh z. dy (B, H) is
-        read only when has_dy."""
+        (4H, B) rows [n_h | r | z | n_i] = [da_n r, da_n fac_r, dh fac_z, dh fac_n] and dhz = dh z. dy (H, B),
+        feature-major like the rest (the caller transposes a chunk of steps at a time: reading (B, H) across its
+        rows here costs 2x the kernel), is read only when has_dy."""
         H, B = dhz.shape
         for j in range(H):
             for b in range(B):
                 dh = dhz[j, b] + dhp[j, b]
                 if has_dy:
-                    dh = dh + dy[b, j]
+                    dh = dh + dy[j, b]
                 da_n = dh * fac[2, j, b]
                 dgates[2 * H + j, b] = dh * fac[1, j, b]
                 dgates[3 * H + j, b] = da_n

@@ -413,14 +413,18 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
         else build()
     one = c.cand.dtype.type(1.0)
     dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
+    dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, c.cand.shape[2]), c.cand.dtype,
+                                           device_of(c.cand))  # (chunk, H, B) a chunk of dy^T
     ops.fill(dhp, 0.0)
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         kern.gru_factors_after(gates[t0:t1], c.operands[t0:t1, :H, :], c.cand[t0:t1], factors[: t1 - t0], one)
+        if dy_fm is not None:
+            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
         for t in range(t1 - 1, t0 - 1, -1):
             fac_t, dgates_t, dgh_t, gates_t = step_views[t]
-            step(dhz, dhp, dhz if dy is None else dy[t], dy is not None, fac_t, gates_t, dgates_t)
+            step(dhz, dhp, dhz if dy_fm is None else dy_fm[t - t0], dy_fm is not None, fac_t, gates_t, dgates_t)
             matmul(w_hh_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dhz, 0.0)
