@@ -65,9 +65,11 @@ def _build():
                 h_next[j, b] = (h_prev[j, b] - n) * gates[H + j, b] + n
 
     @jit
-    def gru_factors_after(gates, h_prev, cand, factors, one):
-        """For m steps: factors (m, 3, H, B) = [(1-r) r hn, (1-z) z (h_{t-1} - n), (1 - n^2)(1-z)], gates (m, 3H, B),
-        h_prev, cand (m, H, B). Replaces _gru_factors' 8 calls (same products, same order)."""
+    def gru_factors_after(gates, operands, t0, cand, factors, one):
+        """For m steps t0..t0+m-1: factors (m, 3, H, B) = [(1-r) r hn, (1-z) z (h_{t-1} - n), (1 - n^2)(1-z)],
+        gates (m, 3H, B), cand (m, H, B), h_{t-1} = operands[t, :H] (the whole (T+1, n_cols, B) array is passed: a
+        slice of it is not C-contiguous, and numba's code for such arrays is 2-3x slower). Replaces _gru_factors'
+        8 calls (same products, same order)."""
         m, H, B = cand.shape
         for t in range(m):
             for j in range(H):
@@ -75,7 +77,7 @@ def _build():
                     r, z, n = gates[t, j, b], gates[t, H + j, b], cand[t, j, b]
                     one_z = one - z
                     factors[t, 0, j, b] = ((one - r) * r) * gates[t, 2 * H + j, b]
-                    factors[t, 1, j, b] = (one_z * z) * (h_prev[t, j, b] - n)
+                    factors[t, 1, j, b] = (one_z * z) * (operands[t0 + t, j, b] - n)
                     factors[t, 2, j, b] = (one - n * n) * one_z
 
     @jit

@@ -419,7 +419,7 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
-        kern.gru_factors_after(gates[t0:t1], c.operands[t0:t1, :H, :], c.cand[t0:t1], factors[: t1 - t0], one)
+        kern.gru_factors_after(gates[t0:t1], c.operands, t0, c.cand[t0:t1], factors[: t1 - t0], one)
         if dy_fm is not None:
             ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
         for t in range(t1 - 1, t0 - 1, -1):
