@@ -139,16 +139,15 @@ def test_no_grad_restores_the_switch_after_an_error():
 
 @pytest.mark.parametrize("cell", ["gru", "gru_reset_before", "lstm", "rnn_tanh"])
 def test_no_grad_forward_keeps_no_cache_in_memory(cell):
-    """tracemalloc peak of a fresh forward (fast path, reuse off, float64): without gradients about the output
-    itself (the states, stored beside the input in the recurrent GEMM's operands) plus one step's buffers; with
-    gradients the gate cache on top."""
+    """tracemalloc peak of a new layer's first forward (fast path, float64; everything it allocates, workspaces
+    included): without gradients about the output itself (the states, stored beside the input in the recurrent
+    GEMM's operands) plus one step's buffers and a chunk of input projection; with gradients the gate cache on top."""
     T, B, I, H = 200, 32, 1, 64  # large enough that the GRU's chunk of input projection is small beside y
     x = np.random.default_rng(0).standard_normal((T, B, I))
     out_bytes = T * B * H * 8
     peaks = {}
     for grad in (True, False):
         layer = _make(cell, I, H, dtype="float64")
-        layer.forward(x)  # workspaces for the temporaries exist from now on, as in any later call
         tracemalloc.start()
         if grad:
             y, _ = layer.forward(x)
@@ -191,3 +190,20 @@ def test_forecaster_inference_is_cache_free_and_training_unchanged(cell, cfg):
     got = predict_scaled(m, np.transpose(xv, (1, 0, 2)))
     assert m.rnn.caches == []
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_layer_through_changing_shapes_equals_the_reference(cell):
+    """One public layer (its workspaces, the GRU's internal cache among them, reused from call to call) through
+    forward + backward at changing (T, B): each call equals the reference layer's, to rounding."""
+    fast_layer, ref_layer = (_make(cell, 3, 5, dtype="float64", seed=1, fast=f) for f in (True, False))
+    for T, B in ((6, 4), (6, 4), (2, 7), (9, 1), (6, 4)):
+        x, s0, dy, ds = _problem(fast_layer, T, B, seed=T * B)
+        outs = []
+        for layer in (fast_layer, ref_layer):
+            layer.zero_grad()
+            y, sn = layer.forward(x, s0)
+            dx, ds0 = layer.backward(dy, ds)
+            outs.append([_host(a) for a in (y, *_parts(sn), dx, *_parts(ds0), *layer.grads.values())])
+        for a, b in zip(*outs):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -43,11 +43,13 @@ class FastGRUCache(GRUCache):
 
 # ---- forward ----------------------------------------------------------------------------------------------------
 def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: Workspace | None = None,
-                reuse: bool = False, keep_cache: bool = True):
+                reuse: bool = False, keep_cache: bool = True, private_cache: bool = False):
     """Same contract as gru.forward: x (T, B, I), (h0 (B, H),) -> y (T, B, H), (h_T,), cache (FastGRUCache).
     `ws` holds the temporaries (a fresh one when None); `reuse=True` also keeps the cache (and so y) in it, valid
-    until the next forward on this workspace. keep_cache=False (a forward without gradients): gates and candidate
-    live in one step's buffers, only the states (y) are stored, and the cache returned is None."""
+    until the next forward on this workspace. private_cache=True (a layer, which keeps a cache only until its next
+    forward): the cache arrays that no output is a view of (gates, candidate) live in the workspace even without
+    reuse, so a call does not allocate (and page-fault) ~4x its output anew. keep_cache=False (a forward without
+    gradients): gates and candidate live in one step's buffers, only the states (y) are stored, the cache is None."""
     if _common.is_cupy(xp):
         y, hT, cache = _gru_forward_cupy(xp, p, x, state0, reset_after=reset_after, ws=ws, reuse=reuse)
         return y, hT, cache if keep_cache else None
@@ -62,8 +64,9 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     w_rec, w_n, w_x = _weights_numpy(xp, ops, ws, p, I, reset_after, half, dt, dev)
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
     x_ones = operands[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
-    gates = step_array(xp, ws, reuse, keep_cache, "gates", (T, H3, B), dt, dev)  # (T, 3H, B) or one step's
-    cand = step_array(xp, ws, reuse, keep_cache, "cand", (T, H, B), dt, dev)  # (T, H, B) or one step's
+    internal = reuse or private_cache
+    gates = step_array(xp, ws, internal, keep_cache, "gates", (T, H3, B), dt, dev)  # (T, 3H, B) or one step's
+    cand = step_array(xp, ws, internal, keep_cache, "cand", (T, H, B), dt, dev)  # (T, H, B) or one step's
 
     mul, add, sub, tanh, matmul = ops.mul, ops.add, ops.sub, ops.tanh, ops.matmul
     proj_buf = input_proj_buffer(xp, ws, T, H, 4 * H, B, dt, dev, full=keep_cache)  # n rows' input projection
@@ -360,7 +363,7 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
         return out
 
     key = (T, chunk, reset_after, b.dgates_id, id(factors), id(gates))
-    step_views = ws.views("bwd", key, build) if reuse else build()
+    step_views = ws.views("bwd", key, build) if reuse or ws.bufs.get("gates") is gates else build()
     mul, add, matmul = ops.mul, ops.add, ops.matmul
     dh, dhp, drh, w_hh_t, w_n_t = b.dh, b.dhp, b.drh, b.w_hh_t, b.w_n_t
     t1 = T
@@ -409,8 +412,8 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
             out.append((factors[j], dgates[j], dgh[j], gates[t]))
         return out
 
-    step_views = ws.views("bwd_kernels", (T, chunk, b.dgates_id, id(factors), id(gates)), build) if reuse \
-        else build()
+    key = (T, chunk, b.dgates_id, id(factors), id(gates))
+    step_views = ws.views("bwd_kernels", key, build) if reuse or ws.bufs.get("gates") is gates else build()
     one = c.cand.dtype.type(1.0)
     dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
     dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, c.cand.shape[2]), c.cand.dtype,
