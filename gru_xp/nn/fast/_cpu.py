@@ -1,12 +1,13 @@
-"""Fused CPU kernels for the NumPy fast path of the GRU (reset_after, torch's convention): optional, compiled by
-numba when it is installed (`pip install "gru_xp[cpu-kernels]"`), else the portable ufunc loops run.
+"""Fused CPU kernels for the NumPy fast path of the GRU (reset_after, torch's convention) and the LSTM: optional,
+compiled by numba when it is installed (`pip install "gru_xp[cpu-kernels]"`), else the portable ufunc loops run.
 
 Legend: H hidden, B batch, m steps of a chunk; arrays feature-major (H, B) per step, as in fast/gru.py.
 
 Each kernel does, element by element, exactly the ufunc calls it replaces, in the same order (+, -, * only; no
 fastmath, so no fused multiply-add): results are bit-identical to the portable path (tested in
-tests/nn/test_fast.py), float32 and float64. What it saves is the ufunc calls (~0.4-0.7 µs each, 10 a forward
-step and 8 a backward step become 4 and 2 besides the GEMM) and the passes over memory between them. tanh stays a
+tests/nn/test_cpu_kernels.py), float32 and float64. What it saves is the ufunc calls (~0.4-0.7 µs each; GRU: 10 a
+forward step and 8 a backward step become 4 and 1 besides the GEMM; LSTM: 8 and 8 become 4 and 1) and the passes
+over memory between them. tanh stays a
 NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
 
 numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
@@ -100,10 +101,62 @@ def _build():
                 dgates[j, b] = da_n * gates[j, b]
                 dhz[j, b] = dh * gates[H + j, b]
 
-    return _Kernels(gru_fwd_after_gates, gru_fwd_state, gru_factors_after, gru_bwd_after)
+    @jit
+    def lstm_fwd_gates(gates, c_prev, c_next, half):
+        """gates (4H, B) [tanh(a_o/2), tanh(a_i/2), tanh(a_f/2), g] -> [o, i, f, g] in place; c_next (H, B) =
+        f c_prev + i g (c_prev may be c_next itself: each element is read before it is written). Replaces
+        mul(sig, half), add(sig, half), mul(f, c_prev, c), mul(i, g, ig), add(c, ig, c)."""
+        H, B = c_next.shape
+        for j in range(H):
+            for b in range(B):
+                o = gates[j, b] * half + half
+                i = gates[H + j, b] * half + half
+                f = gates[2 * H + j, b] * half + half
+                gates[j, b], gates[H + j, b], gates[2 * H + j, b] = o, i, f
+                c_next[j, b] = f * c_prev[j, b] + i * gates[3 * H + j, b]
+
+    @jit
+    def lstm_factors(gates, tanh_c, c_prev, factors, one):
+        """For m steps: factors (m, 5, H, B) = [(1-o) o tc, (1-i) i g, (1-f) f c_{t-1}, (1 - g^2) i, (1 - tc^2) o];
+        gates (m, 4H, B) [o | i | f | g], tanh_c, c_prev (m, H, B). Replaces _lstm_factors' 10 calls."""
+        m, H, B = tanh_c.shape
+        for t in range(m):
+            for j in range(H):
+                for b in range(B):
+                    o, i = gates[t, j, b], gates[t, H + j, b]
+                    f, g = gates[t, 2 * H + j, b], gates[t, 3 * H + j, b]
+                    tc = tanh_c[t, j, b]
+                    factors[t, 0, j, b] = ((one - o) * o) * tc
+                    factors[t, 1, j, b] = ((one - i) * i) * g
+                    factors[t, 2, j, b] = ((one - f) * f) * c_prev[t, j, b]
+                    factors[t, 3, j, b] = (one - g * g) * i
+                    factors[t, 4, j, b] = (one - tc * tc) * o
+
+    @jit
+    def lstm_bwd(dh, dy, has_dy, dc, fac, forget, dgates):
+        """One backward step before its recurrent GEMM (which then overwrites dh): with d = dh (+ dy) and
+        dc += d fac_c, dgates (4H, B) = [d fac_o | dc fac_i | dc fac_f | dc fac_g], then dc = dc f (dc_{t-1}).
+        fac (5, H, B) the step's factors; dy (H, B) read only when has_dy."""
+        H, B = dh.shape
+        for j in range(H):
+            for b in range(B):
+                d = dh[j, b]
+                if has_dy:
+                    d = d + dy[j, b]
+                c = dc[j, b] + d * fac[4, j, b]
+                dgates[j, b] = d * fac[0, j, b]
+                dgates[H + j, b] = c * fac[1, j, b]
+                dgates[2 * H + j, b] = c * fac[2, j, b]
+                dgates[3 * H + j, b] = c * fac[3, j, b]
+                dc[j, b] = c * forget[j, b]
+
+    return _Kernels(gru_fwd_after_gates=gru_fwd_after_gates, gru_fwd_state=gru_fwd_state,
+                    gru_factors_after=gru_factors_after, gru_bwd_after=gru_bwd_after, lstm_fwd_gates=lstm_fwd_gates,
+                    lstm_factors=lstm_factors, lstm_bwd=lstm_bwd)
 
 
 class _Kernels:
-    def __init__(self, fwd_gates, fwd_state, factors, bwd):
-        self.gru_fwd_after_gates, self.gru_fwd_state = fwd_gates, fwd_state
-        self.gru_factors_after, self.gru_bwd_after = factors, bwd
+    """The compiled kernels as attributes (gru_*, lstm_*)."""
+
+    def __init__(self, **kernels):
+        self.__dict__.update(kernels)

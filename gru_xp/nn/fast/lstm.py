@@ -17,7 +17,7 @@ from array_api_compat import device as device_of
 from ..lstm import LSTMCache
 from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
-from . import _common
+from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, feature_major_to_tbh,
                       fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array, unfold_grads,
                       weight_grad_buffers)
@@ -69,6 +69,16 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
                    gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:H3], gates[:, H3:], tanh_c)
     key = (T, id(operands), id(cell_states), id(gates), id(tanh_c))
     steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse and keep_cache else zip(*step_arrays)
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    if kern is not None:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical, 5 calls a step
+        gate_kernel, half_s = kern.lstm_fwd_gates, dt.type(0.5)
+        for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
+            matmul(w_rec, op_t, out=gates_t)  # (4H, H+I+1) @ (H+I+1, B)
+            tanh(gates_t, out=gates_t)
+            gate_kernel(gates_t, c_prev, c_next, half_s)  # o, i, f; c = f c_{t-1} + i g
+            tanh(c_next, out=tanh_c_t)
+            mul(o_t, tanh_c_t, out=h_next)  # h = o tanh(c)
+        steps = ()  # done: the portable loop below runs no step
     for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
         matmul(w_rec, op_t, out=gates_t)  # (4H, H+I+1) @ (H+I+1, B)
         tanh(gates_t, out=gates_t)  # g, and the three sigmoid gates' tanh(a/2)
@@ -115,6 +125,36 @@ def _lstm_factors(xp, ops: Ops, c: FastLSTMCache, t0: int, t1: int, factors):
     return factors
 
 
+def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, dy, tbptt: int, kern, bufs, grads,
+                             chunk: int):
+    """lstm_backward's chunk loop with the fused CPU kernels (_cpu.py), bit-identical to the portable one: per chunk
+    one factor kernel (and dy^T copied feature-major), per step one kernel and the recurrent GEMM, then the chunk's
+    weight grads and input backward."""
+    dh, dc, w_hh_t, factors, dgates, forget = bufs
+    dw_terms, dw, operand_copy, input_bwd = grads
+    T, H, B = c.tanh_c.shape
+    one, matmul, step = c.tanh_c.dtype.type(1.0), ops.matmul, kern.lstm_bwd
+    dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, B), c.tanh_c.dtype,
+                                           device_of(c.tanh_c))  # (chunk, H, B) a chunk of dy^T
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        m = t1 - t0
+        kern.lstm_factors(c.gates[t0:t1], c.tanh_c[t0:t1], c.cell_states[t0:t1], factors[:m], one)
+        if dy_fm is not None:
+            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[:m])
+        for t in range(t1 - 1, t0 - 1, -1):
+            j = t - t0
+            step(dh, dh if dy_fm is None else dy_fm[j], dy_fm is not None, dc, factors[j], forget[t], dgates[j])
+            matmul(w_hh_t, dgates[j], out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
+            if tbptt and cut(tbptt, T, t):
+                ops.fill(dh, 0.0)
+                ops.fill(dc, 0.0)
+        add_chunk_weight_grads(xp, ops, dgates[:m], c.operands, t0, t1, dw_terms, dw, operand_copy)
+        input_bwd.add_chunk(t0, t1, dgates[:m])
+        t1 = t0
+
+
 def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
                   input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False):
     """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
@@ -153,10 +193,15 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
                         forget[t], dgates[j]))
         return out
 
-    step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    if kern is None:
+        step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
     input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
                               dx=input_grad)
-    t1 = T
+    if kern is not None:  # the fused CPU kernels (_cpu.py): bit-identical, one kernel and the GEMM a step
+        _backward_chunks_kernels(xp, ops, ws, c, dy, tbptt, kern, (dh, dc, w_hh_t, factors, dgates, forget),
+                                 (dw_terms, dw, operand_copy, input_bwd), chunk)
+    t1 = 0 if kern is not None else T  # with the kernels: done, the portable loop below runs no chunk
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         _lstm_factors(xp, ops, c, t0, t1, factors)
