@@ -137,3 +137,24 @@ def test_bench_readme_table_puts_thread_counts_side_by_side():
     assert "forward, no_grad" in table
     assert "| layer | 2 | H32 |" in format_table(res)
     assert merge_threads([result(2, [0.25, 0.4])])["machine"]["threads"] == 2  # one count: as before
+
+
+def test_bench_worker_times_the_three_kinds_of_row():
+    """One quick worker run in this process (the H32 row, 1 thread): a step, a layer and an inference row, each
+    against torch, with the fields the tables and the JSON need."""
+    import torch
+
+    from gru_xp.bench_worker import worker
+
+    before = torch.get_num_threads()
+    try:
+        res = worker({"device": "cpu", "cells": "gru", "rows": "H32", "repeats": 1, "min_block": 0.0,
+                      "reference": True, "no_extras": True, "quick": True, "kinds": "step,layer,infer", "threads": 1})
+    finally:
+        torch.set_num_threads(before)
+    assert [r["kind"] for r in res["rows"]] == ["step", "layer", "infer"]
+    assert res["machine"]["threads"] == 1 and res["machine"]["cores"] >= 1
+    for r in res["rows"]:
+        assert r["fast_path"] and r["threads"] == 1 and r["gru_xp_ms"] > 0 and r["torch_ms"] > 0
+        assert r["ratio"] == round(r["gru_xp_ms"] / r["torch_ms"], 4) and r["reference_ms"] > 0
+    assert res["rows"][0]["target"] == 0.35 and res["rows"][1]["target"] is None  # 1 thread: issue 6's step targets
