@@ -198,6 +198,36 @@ def _device_rows(device: str) -> list[Row]:
             errs.append([to_host(a) for a in (y, sn, dx, dh0, *layer.grads.values())])
         err = max(rel_err(a, b) for a, b in zip(errs[1], errs[0]))
         rows.append(Row(f"cpu vs {device} forward+backward ({dtype})", err, limit))
+        rows += _device_fast_rows(device, dtype, limit)
+    return rows
+
+
+def _device_fast_rows(device: str, dtype: str, limit: float) -> list[Row]:
+    """Where `device` has a fast path (CuPy: the fused kernels), each cell's fast path there against the
+    reference on NumPy: outputs, states and every gradient, upstream gradients on all, truncated BPTT."""
+    from .nn.recurrent import GRU, LSTM, RNN
+
+    def cast(v):
+        return tuple(a.astype(dtype) for a in v) if isinstance(v, tuple) else v.astype(dtype)
+
+    rows = []
+    for label, cls, kw in (("GRU reset_after=True", GRU, {"reset_after": True}),
+                           ("GRU reset_after=False", GRU, {"reset_after": False}), ("LSTM", LSTM, {}),
+                           ("RNN tanh", RNN, {"nonlinearity": "tanh"}), ("RNN relu", RNN, {"nonlinearity": "relu"})):
+        ref = cls(4, 16, device="cpu", dtype=dtype, seed=7, **kw)
+        dev = cls(4, 16, device=device, dtype=dtype, seed=7, **kw)
+        dev.fast = True
+        if dev.fast_cell() is None:
+            return rows
+        problem = [cast(v) for v in random_problem(ref, T=12, B=8, seed=5)]
+        outs = []
+        for layer in (ref, dev):
+            layer.zero_grad()
+            y, sn = layer.forward(problem[0], problem[1])
+            dx, ds0 = layer.backward(problem[2], problem[3], tbptt=5)
+            outs.append([to_host(a) for a in (y, *_states(sn), dx, *_states(ds0), *layer.grads.values())])
+        err = max(rel_err(a, b) for a, b in zip(outs[1], outs[0]))
+        rows.append(Row(f"cpu vs {device} forward+backward, {label}, fast ({dtype})", err, limit))
     return rows
 
 

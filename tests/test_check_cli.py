@@ -32,6 +32,19 @@ def test_check_on_a_non_default_device_compares_against_numpy():
     assert "cpu vs strict:device1 forward+backward (float32)" in r.stdout
 
 
+def test_device_rows_cover_every_cell_on_the_fast_path():
+    """The rows `gru-xp check --device cuda` adds for the fast path (the fused kernels there), run here with NumPy
+    as the device: every cell, both dtypes; none where the namespace has no fast path."""
+    from gru_xp.check import _device_fast_rows
+
+    for dtype, limit in (("float64", 1e-10), ("float32", 1e-4)):
+        rows = _device_fast_rows("cpu", dtype, limit)
+        assert [r.check.split(", ")[1] for r in rows] == ["GRU reset_after=True", "GRU reset_after=False", "LSTM",
+                                                           "RNN tanh", "RNN relu"]
+        assert all(r.ok for r in rows), rows
+    assert _device_fast_rows("strict", "float64", 1e-10) == []
+
+
 def test_check_fails_with_exit_1_when_a_gradient_is_wrong():
     code = ("import sys, gru_xp.nn.gru as g\n"
             "orig = g.recurrent_weight_grads\n"

@@ -1,8 +1,9 @@
 """The fast paths (nn/fast/, _cuda.py) against the reference paths (gru.py, lstm.py, rnn.py, also through the same
 wrapper): outputs, states (LSTM c too), dx, dstate0 and every parameter gradient; float64 to ~1e-12, float32 within
 dtype tolerance; both GRU conventions, both RNN nonlinearities; random biases; tbptt; dy=None; stacked and
-bidirectional (with dropout); T=1 and B=1; several chunks (tiny chunk constants) and reused workspaces.
-No timing here: speed is measured by `gru_xp.bench` only."""
+bidirectional (with dropout); T=1 and B=1; several chunks (tiny chunk constants) and reused workspaces. The CuPy
+branches run on a GPU here (marker cuda) and, without one, with their kernel bodies compiled on the CPU in
+test_kernels.py. No timing here: speed is measured by `gru_xp.bench` only."""
 from __future__ import annotations
 
 import importlib.util
@@ -233,92 +234,13 @@ def test_cuda_fused_kernels_equal_portable_path(T, B, I, H, reset_after, dtype):
         pytest.skip(f"no CUDA: {why}")
     cpu, gpu = resolve("cpu", dtype), resolve("cuda", dtype)
     p, x, h0, dy, dhT = _cell_problem(cpu, T, B, I, H)
-    ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, cpu, p, x, h0, dy, dhT, reset_after, tbptt=2)
     gp = CellParams(*(gpu.asarray(a) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
-    for dy_g in (gpu.asarray(dy),):
+    for dy_c, dy_g in ((dy, gpu.asarray(dy)), (cpu.zeros(dy.shape), None)):
+        ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, cpu, p, x, h0, dy_c, dhT, reset_after, tbptt=2)
         got, _ = _cell_run(fgru.gru_forward, fgru.gru_backward, gpu, gp, gpu.asarray(x), gpu.asarray(h0), dy_g,
                            gpu.asarray(dhT), reset_after, tbptt=2)
         for name, a, b in zip(NAMES, got, ref):
             _close(a, b, dtype, name)
-
-
-class _KernelsOnNumpy:
-    """NumPy stand-ins for _cuda's fused GRU kernels, written from their CUDA bodies (same gate blocks, same
-    in/out arguments): with them and is_cupy() forced true, fast/gru.py's CuPy branch (its own input projection,
-    operands without x, all-T gate grads, per-step kernel calls, bookkeeping of the weight grads) runs on the
-    CPU, so its orchestration is tested on every machine; the kernels' CUDA bodies need a GPU (test above)."""
-
-    @staticmethod
-    def _rz(gi, G, H):
-        r = np.tanh(G[:H] + gi[:H]) * 0.5 + 0.5
-        z = np.tanh(G[H:2 * H] + gi[H:2 * H]) * 0.5 + 0.5
-        G[:H], G[H:2 * H] = r, z
-        return r, z
-
-    def gru_fwd_after(self, gi, G, hp, n, hx):
-        H = hp.shape[0]
-        r, z = self._rz(gi, G, H)
-        n[...] = np.tanh(r * G[2 * H:] + gi[2 * H:])
-        hx[...] = (hp - n) * z + n
-
-    def gru_fwd_before_rz(self, gi, G, hp):
-        H = hp.shape[0]
-        r, _ = self._rz(gi, G, H)
-        G[2 * H:] = r * hp
-
-    def gru_fwd_before_n(self, gi, tmp, G, hp, n, hx):
-        H = hp.shape[0]
-        n[...] = np.tanh(tmp + gi[2 * H:])
-        hx[...] = (hp - n) * G[H:2 * H] + n
-
-    def gru_bwd_after(self, dhz, dhp, dy, G, hp, n, D):
-        H = hp.shape[0]
-        dh = dhz + dhp + (0 if dy is None else dy)
-        r, z, hn = G[:H], G[H:2 * H], G[2 * H:]
-        da_n = dh * ((1 - z) * (1 - n * n))
-        D[:H], D[H:2 * H] = da_n * r, da_n * (r * (1 - r) * hn)
-        D[2 * H:3 * H], D[3 * H:] = dh * (z * (1 - z) * (hp - n)), da_n
-        dhz[...] = dh * z
-
-    def gru_bwd_before_zn(self, dhz, dhp, dy, G, hp, n, D, dh):
-        H = hp.shape[0]
-        dh[...] = dhz + dhp + (0 if dy is None else dy)
-        z = G[H:2 * H]
-        D[H:2 * H] = dh * (z * (1 - z) * (hp - n))
-        D[2 * H:3 * H] = dh * ((1 - z) * (1 - n * n))
-
-    def gru_bwd_before_r(self, drh, dh, G, hp, D, dhz):
-        H = hp.shape[0]
-        r = G[:H]
-        D[:H] = drh * (r * (1 - r) * hp)
-        dhz[...] = dh * G[H:2 * H] + drh * r
-
-
-@pytest.mark.parametrize("reset_after", [True, False], ids=["reset_after", "reset_before"])
-@pytest.mark.parametrize("with_dy,tbptt", [(True, 0), (False, 0), (True, 3)])
-@pytest.mark.parametrize("T,B,I,H,dw_chunk_elems", [(1, 1, 1, 1, None), (7, 4, 3, 5, None), (12, 6, 1, 9, None),
-                                                   (12, 6, 1, 9, 1)])  # 1: weight grads one step per chunk
-def test_cupy_branch_orchestration_on_numpy(monkeypatch, T, B, I, H, dw_chunk_elems, reset_after, with_dy, tbptt):
-    from gru_xp.nn.fast import _cuda
-
-    if dw_chunk_elems is not None:
-        monkeypatch.setattr(_common, "DW_CHUNK_ELEMS", dw_chunk_elems)
-    kernels = _KernelsOnNumpy()
-    for name in ("gru_fwd_after", "gru_fwd_before_rz", "gru_fwd_before_n", "gru_bwd_after", "gru_bwd_before_zn",
-                 "gru_bwd_before_r"):
-        monkeypatch.setattr(_cuda, name, getattr(kernels, name))
-    be = resolve("cpu", "float64")
-    p, x, h0, dy, dhT = _cell_problem(be, T, B, I, H, seed=5)
-    dy = dy if with_dy else None
-    ref, _ = _cell_run(gru_ref.forward, gru_ref.backward, be, p, x, h0, dy, dhT, reset_after, tbptt=tbptt)
-    monkeypatch.setattr(_common, "is_cupy", lambda xp: True)
-    ws = fast.Workspace()
-    for _ in range(2):  # the second run reuses the workspace
-        got, cache = _cell_run(fgru.gru_forward, fgru.gru_backward, be, p, x, h0, dy, dhT, reset_after,
-                               tbptt=tbptt, ws=ws, reuse=True)
-        assert not cache.x_in_operands  # the CuPy layout, not the CPU one
-        for name, a, b in zip(NAMES, got, ref):
-            _close(a, b, "float64", name)
 
 
 @pytest.mark.cuda
@@ -395,6 +317,29 @@ def test_lstm_rnn_cell_fast_equals_reference(cell, T, B, I, H, dtype):
         for f in ("i", "f", "g", "o", "tc"):
             assert tuple(getattr(cache, f).shape) == (T, B, H)
             _close(getattr(cache, f), getattr(lstm_ref.forward(be.xp, p, x, s0)[2], f), dtype, f)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("T,B,I,H", SHAPES)
+def test_cuda_lstm_rnn_fused_kernels_equal_portable_path(cell, T, B, I, H, dtype):
+    """The LSTM and RNN fast paths on CuPy (fused kernels) against the reference on NumPy: with and without dy,
+    truncated BPTT."""
+    ok, why = cuda_available()
+    if not ok:
+        pytest.skip(f"no CUDA: {why}")
+    mod, ffwd, fbwd, opts = CELLS[cell]
+    cpu, gpu = resolve("cpu", dtype), resolve("cuda", dtype)
+    p, x, s0, dy, dsT = _any_problem(cpu, mod, T, B, I, H)
+    gp = CellParams(*(gpu.asarray(a) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
+    for dy_c, dy_g in ((dy, gpu.asarray(dy)), (cpu.zeros(dy.shape), None)):
+        ref, _ = _any_run(mod.forward, mod.backward, cpu, p, x, s0, dy_c, dsT, tbptt=2, opts=opts)
+        got, cache = _any_run(ffwd, fbwd, gpu, gp, gpu.asarray(x), tuple(gpu.asarray(s) for s in s0), dy_g,
+                              tuple(gpu.asarray(d) for d in dsT), tbptt=2, opts=opts)
+        assert type(cache).__name__.startswith("Fast")
+        for name, a, b in zip(_any_names(mod), got, ref):
+            _close(a, b, dtype, f"{cell} {name}")
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

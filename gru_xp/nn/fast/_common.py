@@ -179,6 +179,15 @@ def feature_major_to_tbh(xp, a):
     return xp.permute_dims(a, (0, 2, 1))
 
 
+def feature_major_copy(xp, ops: Ops, ws: Workspace, name: str, a, dt, dev):
+    """a (T, B, F) -> a contiguous (T, F, B) copy in the workspace (None for None): one strided copy for all T, so
+    that each step's (F, B) slice is contiguous (the CuPy kernels then index every argument with one flat index)."""
+    if a is None:
+        return None
+    T, B, F = a.shape
+    return ops.copy(xp.permute_dims(a, (0, 2, 1)), ws.get(xp, name, (T, F, B), dt, dev))  # (T, F, B)
+
+
 # ---- forward: operands, folded weights, the input projection ahead of its steps --------------------------------
 def recurrent_operands(xp, ops: Ops, ws: Workspace, reuse: bool, x, h0, H: int, dt, dev):
     """(T+1, H+I+1, B) storage of the recurrent GEMM's operands: operands[t] = [h; x[t]; 1] is step t's (0-based),

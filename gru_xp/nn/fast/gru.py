@@ -21,9 +21,9 @@ from ..gru import GRUCache
 from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_to_tbh,
-                      fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
-                      recurrent_operands, state_grad, step_array, unfold_grads)
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_copy,
+                      feature_major_to_tbh, fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones,
+                      ops_for, projected_steps, recurrent_operands, state_grad, step_array, unfold_grads)
 
 
 @dataclass
@@ -254,8 +254,9 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda)
     step_elems = c.cand.shape[1] * c.cand.shape[2]  # H·B
     kern = _cpu.kernels() if c.reset_after and not cuda and _cpu.usable(xp, step_elems) else None
-    if cuda:
-        _backward_loop_cupy(xp, ops, c, bufs, dy, tbptt)
+    if cuda:  # dy feature-major once: every kernel argument contiguous
+        dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
+        _backward_loop_cupy(xp, ops, c, bufs, dy_fm, tbptt)
     elif kern is not None:
         _backward_loop_kernels(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
     else:
@@ -416,7 +417,7 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
     step_views = ws.views("bwd_kernels", key, build) if reuse or ws.bufs.get("gates") is gates else build()
     one = c.cand.dtype.type(1.0)
     dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
-    dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, c.cand.shape[2]), c.cand.dtype,
+    dy_fm = None if dy is None else ws.get(xp, "dy_fm_chunk", (chunk, H, c.cand.shape[2]), c.cand.dtype,
                                            device_of(c.cand))  # (chunk, H, B) a chunk of dy^T
     ops.fill(dhp, 0.0)
     t1 = T
@@ -437,9 +438,9 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
     ops.add(dhz, dhp, out=b.dh)  # dh_0 = dh z + dhp, as the portable loop ends
 
 
-def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy, tbptt: int):
+def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy_fm, tbptt: int):
     """The CuPy backward: per step one or two fused kernels and one or two GEMMs; dh is carried as dhz + dhp (the
-    kernels add them, and dy, on the fly)."""
+    kernels add them, and dy, on the fly). dy_fm: (T, H, B) dy, feature-major and contiguous, or None."""
     from . import _cuda
 
     T, H = c.cand.shape[0], c.cand.shape[1]
@@ -453,7 +454,7 @@ def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy, 
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         for t in range(t1 - 1, t0 - 1, -1):
-            dy_t = None if dy is None else xp.matrix_transpose(dy[t, ...])  # (H, B) view
+            dy_t = None if dy_fm is None else dy_fm[t]  # (H, B) contiguous
             if reset_after:
                 _cuda.gru_bwd_after(dhz, dhp, dy_t, gates[t], operands[t, :H, :], cand[t], dgates[t])
                 matmul(w_hh_t, dgh[t], out=dhp)

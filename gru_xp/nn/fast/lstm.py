@@ -1,4 +1,4 @@
-"""The LSTM's fast twin: same contract as nn/lstm.py, feature-major layout.
+"""The LSTM's fast twin: same contract as nn/lstm.py, feature-major layout, fused CuPy kernels on GPU.
 
 Legend: T steps, B batch, I inputs, H hidden; gate rows internally [o | i | f | g]; arrays feature-major (T, rows, B).
 
@@ -6,6 +6,7 @@ Same layout as the GRU (each step's (4H, B) gate block contiguous, x folded into
 with the gate rows reordered internally to [o | i f g] = torch's [3H:4H | 0:3H] (two blocks, so every reorder is two
 copies): the three sigmoid gates are one contiguous 3H block (their pre-activations halved in the weights, sigmoid
 via tanh, so one tanh covers all 4H rows), and in the backward the three gates driven by dc (i, f, g) are one block.
+CuPy: the same layout and GEMMs, a step's gate math in one fused kernel (_cuda.lstm_fwd, _cuda.lstm_bwd).
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from ..lstm import LSTMCache
 from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, feature_major_to_tbh,
-                      fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array, unfold_grads,
-                      weight_grad_buffers)
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_copy,
+                      feature_major_to_tbh, fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad,
+                      step_array, unfold_grads, weight_grad_buffers)
 
 
 def _lstm_blocks(H: int):
@@ -44,6 +45,9 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     """Same contract as lstm.forward: x (T, B, I), (h0, c0) -> y (T, B, H), (h_T, c_T), cache (FastLSTMCache).
     keep_cache=False (a forward without gradients): gates and tanh(c) live in one step's buffers, c in one buffer
     updated in place, only the states h (y) are stored, and the cache returned is None."""
+    if _common.is_cupy(xp):
+        y, sT, cache = _lstm_forward_cupy(xp, p, x, state0, ws=ws, reuse=reuse)
+        return y, sT, cache if keep_cache else None
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     h0, c0 = state0
@@ -92,6 +96,13 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     if not keep_cache:
         h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
         return h_v[1:], (h_v[T], xp.matrix_transpose(cell_states[T])), None
+    return _outputs(xp, x, operands, cell_states, gates, tanh_c)
+
+
+def _outputs(xp, x, operands, cell_states, gates, tanh_c):
+    """y (T, B, H), (h_T, c_T), FastLSTMCache: views of the feature-major storage."""
+    T, H = tanh_c.shape[0], tanh_c.shape[1]
+    H3 = 3 * H
     h_v, c_v = feature_major_to_tbh(xp, operands[:, :H, :]), feature_major_to_tbh(xp, cell_states)  # (T+1, B, H)
     cache = FastLSTMCache(x=x, h=h_v, c=c_v, i=feature_major_to_tbh(xp, gates[:, H:2 * H]),
                           f=feature_major_to_tbh(xp, gates[:, 2 * H:H3]), g=feature_major_to_tbh(xp, gates[:, H3:]),
@@ -99,6 +110,31 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
                           operands=operands, cell_states=cell_states, gates=gates, tanh_c=tanh_c,
                           x_ones=operands[:T, H:, :])
     return h_v[1:], (h_v[T], c_v[T]), cache
+
+
+def _lstm_forward_cupy(xp, p: CellParams, x, state0, *, ws: Workspace | None, reuse: bool):
+    """lstm_forward on CuPy: the same layout and folded recurrent GEMM, the gate math in one fused kernel per step
+    (_cuda.lstm_fwd: 2 launches a step)."""
+    from . import _cuda
+
+    T, B, I = x.shape
+    H = p.w_hh.shape[1]
+    h0, c0 = state0
+    dev, dt = device_of(x), x.dtype
+    ws = Workspace() if ws is None else ws
+    ops = ops_for(xp)
+    H4 = 4 * H
+    w_rec = fold_weights(ops, ws.get(xp, "w_rec", (H4, H + I + 1), dt, dev), p, _lstm_blocks(H), H, I)  # (4H, H+I+1)
+    ops.mul(w_rec[:3 * H, :], ops.const(0.5, dt, dev), out=w_rec[:3 * H, :])  # o, i, f rows halved
+    operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
+    cell_states = cache_array(xp, ws, reuse, "cell_states", (T + 1, H, B), dt, dev)  # (T+1, H, B)
+    gates = cache_array(xp, ws, reuse, "gates", (T, H4, B), dt, dev)  # (T, 4H, B)
+    tanh_c = cache_array(xp, ws, reuse, "tanh_c", (T, H, B), dt, dev)  # (T, H, B)
+    ops.copy(xp.matrix_transpose(c0), cell_states[0])
+    for t in range(T):
+        ops.matmul(w_rec, operands[t], out=gates[t])  # (4H, H+I+1) @ (H+I+1, B)
+        _cuda.lstm_fwd(gates[t], cell_states[t], cell_states[t + 1], tanh_c[t], operands[t + 1, :H])
+    return _outputs(xp, x, operands, cell_states, gates, tanh_c)
 
 
 def _lstm_factors(xp, ops: Ops, c: FastLSTMCache, t0: int, t1: int, factors):
@@ -160,6 +196,8 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
     if not isinstance(c, FastLSTMCache):
         return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
+    if _common.is_cupy(xp):
+        return _lstm_backward_cupy(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, ws=ws, reuse=reuse)
     T, H, B = c.tanh_c.shape
     dev, dt = device_of(c.x), c.x.dtype
     ws = Workspace() if ws is None else ws
@@ -218,6 +256,51 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
             mul(dc, f_t, out=dc)  # dc_{t-1}
             matmul(w_hh_t, dgates_t, out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
             if tbptt and cut(tbptt, T, t):
+                ops.fill(dh, 0.0)
+                ops.fill(dc, 0.0)
+        add_chunk_weight_grads(xp, ops, dgates[: t1 - t0], c.operands, t0, t1, dw_terms, dw, operand_copy)
+        input_bwd.add_chunk(t0, t1, dgates[: t1 - t0])
+        t1 = t0
+    unfold_grads(ops, g, dw, blocks, H, c.x_ones.shape[1] - 1)
+    dx = input_bwd.finish(g)
+    return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True), xp.asarray(xp.matrix_transpose(dc), copy=True))
+
+
+def _lstm_backward_cupy(xp, p: CellParams, c: FastLSTMCache, dy, dstate_T, g: CellParams, *, tbptt: int,
+                        input_grad: bool, ws: Workspace | None, reuse: bool):
+    """lstm_backward on CuPy: per step one fused kernel (_cuda.lstm_bwd: dh + dy, dc, the four gate grads) and the
+    dh GEMM; per chunk of steps (bounded by the weight-grad terms only: no CPU cache to fit) the weight grads in
+    one batched GEMM and the input backward. dy goes feature-major once, so every kernel argument is contiguous."""
+    from . import _cuda
+
+    T, H, B = c.tanh_c.shape
+    dev, dt = device_of(c.x), c.x.dtype
+    ws = Workspace() if ws is None else ws
+    ops = ops_for(xp)
+    H4 = 4 * H
+    blocks = _lstm_blocks(H)
+    dh = state_grad(xp, ops, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dL/dh_t^T, carried backwards
+    dc = state_grad(xp, ops, ws, "dc", dstate_T, 1, (H, B), dt, dev)  # (H, B) dL/dc_t^T
+    w_hh_t = ws.get(xp, "w_hh_t", (H, H4), dt, dev)  # (H, 4H) W_hh^T, internal gate order
+    for dst, src in blocks:
+        ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
+    n_cols = c.operands.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
+    dw = ops.fill(ws.get(xp, "dw", (H4, n_cols), dt, dev), 0.0)  # (4H, n_cols)
+    dw_terms, operand_copy, chunk = weight_grad_buffers(xp, ws, (H4, n_cols), T, B, dt, dev)
+    dgates_flat, _ = gate_grad_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=False)
+    dgates = xp.reshape(dgates_flat, (chunk, H4, B))  # (chunk, 4H, B) [o | i f g], step t at t - t0
+    dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, dt, dev)  # (T, H, B) or None
+    input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
+                              dx=input_grad)
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        for t in range(t1 - 1, t0 - 1, -1):
+            dgates_t = dgates[t - t0]
+            _cuda.lstm_bwd(dh, None if dy_fm is None else dy_fm[t], c.gates[t], c.cell_states[t], c.tanh_c[t], dc,
+                           dgates_t)
+            ops.matmul(w_hh_t, dgates_t, out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
+            if cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
                 ops.fill(dc, 0.0)
         add_chunk_weight_grads(xp, ops, dgates[: t1 - t0], c.operands, t0, t1, dw_terms, dw, operand_copy)

@@ -1,9 +1,10 @@
-"""The vanilla RNN's fast twin: same contract as nn/rnn.py, feature-major layout.
+"""The vanilla RNN's fast twin: same contract as nn/rnn.py, feature-major layout, fused CuPy kernels on GPU.
 
 Legend: T steps, B batch, I inputs, H hidden (one gate block); arrays feature-major (T, rows, B).
 
 Feature-major h_t^T (H, B), x folded into the recurrent GEMM's operands [h; x[t]; 1] (see recurrent_operands):
 the GEMM writes the pre-activation straight into the next state's slot, so a step is GEMM, activation in place.
+CuPy: the same layout and GEMMs, the activation and its backward in fused kernels (_cuda.rnn_fwd, _cuda.rnn_bwd).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from ..rnn import NONLINEARITIES, RNNCache
 from ..rnn import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common
-from ._common import (InputBackward, Workspace, add_chunk_weight_grads, feature_major_to_tbh, fold_weights, ops_for,
-                      recurrent_operands, state_grad, unfold_grads, weight_grad_buffers)
+from ._common import (InputBackward, Workspace, add_chunk_weight_grads, feature_major_copy, feature_major_to_tbh,
+                      fold_weights, ops_for, recurrent_operands, state_grad, unfold_grads, weight_grad_buffers)
 
 
 @dataclass
@@ -34,6 +35,9 @@ def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws:
     keep_cache=False (a forward without gradients): the cache returned is None (the states are all it stores)."""
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+    if _common.is_cupy(xp):
+        y, sT, cache = _rnn_forward_cupy(xp, p, x, state0, nonlinearity=nonlinearity, ws=ws, reuse=reuse)
+        return y, sT, cache if keep_cache else None
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     (h0,) = state0
@@ -52,11 +56,38 @@ def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws:
             ops.maximum(h_next, zero, out=h_next)
         else:
             act(h_next, out=h_next)
-    h_v = feature_major_to_tbh(xp, operands[:, :H, :])
     if not keep_cache:
+        h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
         return h_v[1:], (h_v[T],), None
+    return _outputs(xp, x, operands, H, nonlinearity)
+
+
+def _outputs(xp, x, operands, H: int, nonlinearity: str):
+    """y (T, B, H), (h_T,), FastRNNCache: views of the operands."""
+    T = operands.shape[0] - 1
+    h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H)
     cache = FastRNNCache(x=x, h=h_v, nonlinearity=nonlinearity, operands=operands, x_ones=operands[:T, H:, :])
     return h_v[1:], (h_v[T],), cache
+
+
+def _rnn_forward_cupy(xp, p: CellParams, x, state0, *, nonlinearity: str, ws: Workspace | None, reuse: bool):
+    """rnn_forward on CuPy: the same layout and folded GEMM, the activation in a fused kernel (2 launches a step)."""
+    from . import _cuda
+
+    T, B, I = x.shape
+    H = p.w_hh.shape[1]
+    (h0,) = state0
+    dev, dt = device_of(x), x.dtype
+    ws = Workspace() if ws is None else ws
+    ops = ops_for(xp)
+    w_rec = fold_weights(ops, ws.get(xp, "w_rec", (H, H + I + 1), dt, dev), p, ((slice(0, H), slice(0, H)),),
+                         H, I)  # (H, H+I+1)
+    operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
+    for t in range(T):
+        h_next = operands[t + 1, :H]  # (H, B) contiguous
+        ops.matmul(w_rec, operands[t], out=h_next)  # the pre-activation, in the next state's slot
+        _cuda.rnn_fwd(nonlinearity, h_next)
+    return _outputs(xp, x, operands, H, nonlinearity)
 
 
 def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
@@ -64,6 +95,8 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     """Same contract as rnn.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
     if not isinstance(c, FastRNNCache):
         return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
+    if _common.is_cupy(xp):
+        return _rnn_backward_cupy(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, ws=ws, reuse=reuse)
     T, n_cols, B = c.operands.shape[0] - 1, c.operands.shape[1], c.operands.shape[2]
     H = p.w_hh.shape[1]
     dev, dt = device_of(c.x), c.x.dtype
@@ -101,6 +134,43 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
                 ops.fill(dh, 0.0)
         add_chunk_weight_grads(xp, ops, da[:m], c.operands, t0, t1, dw_terms, dw, operand_copy)
         input_bwd.add_chunk(t0, t1, da[:m])
+        t1 = t0
+    unfold_grads(ops, g, dw, all_rows, H, n_cols - H - 1)
+    dx = input_bwd.finish(g)
+    return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True),)
+
+
+def _rnn_backward_cupy(xp, p: CellParams, c: FastRNNCache, dy, dstate_T, g: CellParams, *, tbptt: int,
+                       input_grad: bool, ws: Workspace | None, reuse: bool):
+    """rnn_backward on CuPy: per step one fused kernel (_cuda.rnn_bwd: da = (dh + dy) act'(a), act' from h) and the
+    dh GEMM; per chunk of steps (bounded by the weight-grad terms only) the weight grads and the input backward."""
+    from . import _cuda
+
+    T, n_cols, B = c.operands.shape[0] - 1, c.operands.shape[1], c.operands.shape[2]
+    H = p.w_hh.shape[1]
+    dev, dt = device_of(c.x), c.x.dtype
+    ws = Workspace() if ws is None else ws
+    ops = ops_for(xp)
+    all_rows = ((slice(0, H), slice(0, H)),)
+    dh = state_grad(xp, ops, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B)
+    w_hh_t = ops.copy(xp.matrix_transpose(p.w_hh), ws.get(xp, "w_hh_t", (H, H), dt, dev))  # (H, H)
+    dw = ops.fill(ws.get(xp, "dw", (H, n_cols), dt, dev), 0.0)  # (H, n_cols) [W_hh | W_ih | b] columns
+    dw_terms, operand_copy, chunk = weight_grad_buffers(xp, ws, (H, n_cols), T, B, dt, dev)
+    da = ws.get(xp, "dgates", (chunk, H, B), dt, dev)  # (chunk, H, B) pre-activation grads (step t at t - t0)
+    dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, dt, dev)  # (T, H, B) or None
+    input_bwd = InputBackward(xp, ops, ws, reuse, p, all_rows, c.x_ones, H, chunk, dw_rows=slice(0, 0),  # dx only
+                              dx=input_grad)
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        for t in range(t1 - 1, t0 - 1, -1):
+            da_t = da[t - t0]
+            _cuda.rnn_bwd(c.nonlinearity, dh, None if dy_fm is None else dy_fm[t], c.operands[t + 1, :H], da_t)
+            ops.matmul(w_hh_t, da_t, out=dh)  # dh_{t-1} (H, H) @ (H, B)
+            if cut(tbptt, T, t):
+                ops.fill(dh, 0.0)
+        add_chunk_weight_grads(xp, ops, da[: t1 - t0], c.operands, t0, t1, dw_terms, dw, operand_copy)
+        input_bwd.add_chunk(t0, t1, da[: t1 - t0])
         t1 = t0
     unfold_grads(ops, g, dw, all_rows, H, n_cols - H - 1)
     dx = input_bwd.finish(g)
