@@ -207,3 +207,56 @@ def test_a_layer_through_changing_shapes_equals_the_reference(cell):
             outs.append([_host(a) for a in (y, *_parts(sn), dx, *_parts(ds0), *layer.grads.values())])
         for a, b in zip(*outs):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_flush_subnormals_zeroes_only_what_is_below_the_threshold():
+    from gru_xp.backend import resolve
+    from gru_xp.nn.fast import Workspace
+    from gru_xp.nn.fast._common import flush_subnormals, flush_threshold, ops_for
+
+    for dtype in ("float32", "float64"):
+        be = resolve("cpu", dtype)
+        thr = flush_threshold(be.xp, be.np_dtype)
+        fi = np.finfo(be.np_dtype)
+        assert thr == float(fi.smallest_normal) / float(fi.eps)
+        a = np.array([1.0, -3e-3, thr * 2, -thr * 2, thr / 2, -thr / 2, fi.smallest_normal / 4, 0.0], dtype=dtype)
+        want = np.where(np.abs(a) < thr, 0.0, a).astype(dtype)
+        flush_subnormals(be.xp, ops_for(be.xp), Workspace(), a)
+        np.testing.assert_array_equal(a, want)
+        assert a[2] == thr * 2 and a[4] == 0.0
+
+
+@pytest.mark.parametrize("path", ["portable", "kernels"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh"])
+def test_long_sequences_flush_vanishing_grads_and_agree_with_the_reference(cell, path, monkeypatch):
+    """T 300 from the last state only: the carried grad vanishes below the flush threshold long before step 0 (the
+    reference keeps its tiny and subnormal crumbs, the fast path zeroes them, which keeps the CPU off its slow path:
+    the portable loops once a chunk, 8 steps here, the CPU kernels every step); every output and grad agrees with
+    the reference within float32 rounding."""
+    from gru_xp.nn.fast import _common, _cpu
+
+    T, B, I, H = 300, 3, 2, 8
+    if path == "portable":
+        monkeypatch.setattr(_common, "CHUNK_ELEMS", 8 * B * H)
+        monkeypatch.setitem(_cpu.STATE, "k", None)
+    elif cell == "rnn_tanh" or _cpu.kernels() is None:
+        pytest.skip("no CPU kernel for this cell" if cell == "rnn_tanh" else "numba not installed")
+    else:
+        monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    outs = []
+    for fast in (False, True):
+        layer = _make(cell, I, H, dtype="float32", seed=3, fast=fast)
+        for v in layer.params.values():
+            v *= 0.3  # small weights: a quickly vanishing gradient
+        y, sn = layer.forward(x)
+        ds = tuple(np.ones_like(s) for s in _parts(sn))
+        dx, ds0 = layer.backward(None, ds if len(ds) > 1 else ds[0])
+        outs.append([_host(a) for a in (y, dx, *_parts(ds0), *layer.grads.values())])
+    ref, got = outs
+    ref_mag, got_mag = np.abs(ref[1]).max(axis=(1, 2)), np.abs(got[1]).max(axis=(1, 2))  # (T,) max |dx_t|
+    flushed = (ref_mag > 0) & (ref_mag < 1e-30) & (got_mag == 0)
+    assert flushed.any(), "the problem must reach the flush (reference tiny but nonzero where the fast path is 0)"
+    for a, b in zip(got, ref):  # float32 tolerance relative to each array's scale (as tests/nn/test_fast.py)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(1.0, float(np.abs(b).max())))

@@ -82,18 +82,21 @@ def _build():
                     factors[t, 2, j, b] = (one - n * n) * one_z
 
     @jit
-    def gru_bwd_after(dhz, dhp, dy, has_dy, fac, gates, dgates):
+    def gru_bwd_after(dhz, dhp, dy, has_dy, fac, gates, dgates, tiny):
         """One backward step before its recurrent GEMM. dh = dhz + dhp (+ dy), the carried grad as the portable
         loop has it (dh z + dhp of the step after, then + dy); fac (3, H, B) the step's factors; writes dgates
         (4H, B) rows [n_h | r | z | n_i] = [da_n r, da_n fac_r, dh fac_z, dh fac_n] and dhz = dh z. dy (H, B),
         feature-major like the rest (the caller transposes a chunk of steps at a time: reading (B, H) across its
-        rows here costs 2x the kernel), is read only when has_dy."""
+        rows here costs 2x the kernel), is read only when has_dy. |dh| < tiny (_common.flush_threshold) is flushed to
+        zero (_common.flush_subnormals: the portable loops do it once a chunk)."""
         H, B = dhz.shape
         for j in range(H):
             for b in range(B):
                 dh = dhz[j, b] + dhp[j, b]
                 if has_dy:
                     dh = dh + dy[j, b]
+                if -tiny < dh < tiny:
+                    dh = dh - dh  # +0 (a literal 0 would make numba compute dh in float64)
                 da_n = dh * fac[2, j, b]
                 dgates[2 * H + j, b] = dh * fac[1, j, b]
                 dgates[3 * H + j, b] = da_n
@@ -133,17 +136,22 @@ def _build():
                     factors[t, 4, j, b] = (one - tc * tc) * o
 
     @jit
-    def lstm_bwd(dh, dy, has_dy, dc, fac, forget, dgates):
+    def lstm_bwd(dh, dy, has_dy, dc, fac, forget, dgates, tiny):
         """One backward step before its recurrent GEMM (which then overwrites dh): with d = dh (+ dy) and
         dc += d fac_c, dgates (4H, B) = [d fac_o | dc fac_i | dc fac_f | dc fac_g], then dc = dc f (dc_{t-1}).
-        fac (5, H, B) the step's factors; dy (H, B) read only when has_dy."""
+        fac (5, H, B) the step's factors; dy (H, B) read only when has_dy. d and dc below tiny in magnitude
+        (_common.flush_threshold) are flushed to zero (the portable loop does it once a chunk)."""
         H, B = dh.shape
         for j in range(H):
             for b in range(B):
                 d = dh[j, b]
                 if has_dy:
                     d = d + dy[j, b]
+                if -tiny < d < tiny:
+                    d = d - d
                 c = dc[j, b] + d * fac[4, j, b]
+                if -tiny < c < tiny:
+                    c = c - c
                 dgates[j, b] = d * fac[0, j, b]
                 dgates[H + j, b] = c * fac[1, j, b]
                 dgates[2 * H + j, b] = c * fac[2, j, b]

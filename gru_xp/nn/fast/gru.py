@@ -22,8 +22,9 @@ from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_copy,
-                      feature_major_to_tbh, fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones,
-                      ops_for, projected_steps, recurrent_operands, state_grad, step_array, unfold_grads)
+                      feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights, gate_grad_buffer,
+                      input_proj_buffer, input_with_ones, ops_for, projected_steps, recurrent_operands, state_grad,
+                      step_array, unfold_grads)
 
 
 @dataclass
@@ -395,6 +396,7 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
                 add(dh, dhp, dh)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
+        flush_subnormals(xp, ops, ws, dh)  # once a chunk: long sequences' vanishing dh leaves the CPU's slow path
         _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
         t1 = t0
 
@@ -415,7 +417,7 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
 
     key = (T, chunk, b.dgates_id, id(factors), id(gates))
     step_views = ws.views("bwd_kernels", key, build) if reuse or ws.bufs.get("gates") is gates else build()
-    one = c.cand.dtype.type(1.0)
+    one, tiny = c.cand.dtype.type(1.0), c.cand.dtype.type(flush_threshold(xp, c.cand.dtype))
     dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
     dy_fm = None if dy is None else ws.get(xp, "dy_fm_chunk", (chunk, H, c.cand.shape[2]), c.cand.dtype,
                                            device_of(c.cand))  # (chunk, H, B) a chunk of dy^T
@@ -428,7 +430,8 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
             ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
         for t in range(t1 - 1, t0 - 1, -1):
             fac_t, dgates_t, dgh_t, gates_t = step_views[t]
-            step(dhz, dhp, dhz if dy_fm is None else dy_fm[t - t0], dy_fm is not None, fac_t, gates_t, dgates_t)
+            step(dhz, dhp, dhz if dy_fm is None else dy_fm[t - t0], dy_fm is not None, fac_t, gates_t, dgates_t,
+                 tiny)
             matmul(w_hh_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dhz, 0.0)

@@ -20,8 +20,8 @@ from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_copy,
-                      feature_major_to_tbh, fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad,
-                      step_array, unfold_grads, weight_grad_buffers)
+                      feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights, gate_grad_buffer,
+                      ops_for, recurrent_operands, state_grad, step_array, unfold_grads, weight_grad_buffers)
 
 
 def _lstm_blocks(H: int):
@@ -170,6 +170,7 @@ def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, dy, 
     dw_terms, dw, operand_copy, input_bwd = grads
     T, H, B = c.tanh_c.shape
     one, matmul, step = c.tanh_c.dtype.type(1.0), ops.matmul, kern.lstm_bwd
+    tiny = c.tanh_c.dtype.type(flush_threshold(xp, c.tanh_c.dtype))  # carried grads below: zero (flush_subnormals)
     dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, B), c.tanh_c.dtype,
                                            device_of(c.tanh_c))  # (chunk, H, B) a chunk of dy^T
     t1 = T
@@ -181,7 +182,7 @@ def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, dy, 
             ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[:m])
         for t in range(t1 - 1, t0 - 1, -1):
             j = t - t0
-            step(dh, dh if dy_fm is None else dy_fm[j], dy_fm is not None, dc, factors[j], forget[t], dgates[j])
+            step(dh, dh if dy_fm is None else dy_fm[j], dy_fm is not None, dc, factors[j], forget[t], dgates[j], tiny)
             matmul(w_hh_t, dgates[j], out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
@@ -258,6 +259,8 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
                 ops.fill(dc, 0.0)
+        flush_subnormals(xp, ops, ws, dh)  # once a chunk: see _common.flush_subnormals
+        flush_subnormals(xp, ops, ws, dc)
         add_chunk_weight_grads(xp, ops, dgates[: t1 - t0], c.operands, t0, t1, dw_terms, dw, operand_copy)
         input_bwd.add_chunk(t0, t1, dgates[: t1 - t0])
         t1 = t0

@@ -18,7 +18,8 @@ from ..rnn import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common
 from ._common import (InputBackward, Workspace, add_chunk_weight_grads, feature_major_copy, feature_major_to_tbh,
-                      fold_weights, ops_for, recurrent_operands, state_grad, unfold_grads, weight_grad_buffers)
+                      flush_subnormals, fold_weights, ops_for, recurrent_operands, state_grad, unfold_grads,
+                      weight_grad_buffers)
 
 
 @dataclass
@@ -132,6 +133,7 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
             matmul(w_hh_t, da_t, out=dh)  # dh_{t-1} (H, H) @ (H, B)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
+        flush_subnormals(xp, ops, ws, dh)  # once a chunk: see _common.flush_subnormals
         add_chunk_weight_grads(xp, ops, da[:m], c.operands, t0, t1, dw_terms, dw, operand_copy)
         input_bwd.add_chunk(t0, t1, da[:m])
         t1 = t0
