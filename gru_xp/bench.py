@@ -191,10 +191,11 @@ def format_table(res: dict) -> str:
                      f" MiB over {f['workspace_bytes'] / 2**20:.1f} MiB of workspaces; reference "
                      f"{r['first_step_peak_bytes'] / 2**20:.1f} MiB ({r['first_step_peak_over_cache']}x)")
     for im in res.get("infer_memory", []):
-        lines.append(f"peak memory, {im['cell']} forward (T {im['T']}, B {im['B']}, I {im['I']}, H {im['H']}; output "
-                     f"y {im['output_bytes'] / 2**20:.1f} MiB): no_grad {im['no_grad']['peak_bytes'] / 2**20:.1f} MiB "
-                     f"({im['no_grad']['peak_over_output']}x the output), with the backward cache "
-                     f"{im['with_cache']['peak_bytes'] / 2**20:.1f} MiB ({im['with_cache']['peak_over_output']}x)")
+        ng, wc = im["no_grad"], im["with_cache"]
+        lines.append(f"peak memory, {im['cell']} forward, a new layer's first call (T {im['T']}, B {im['B']}, I "
+                     f"{im['I']}, H {im['H']}; output y {im['output_bytes'] / 2**20:.1f} MiB): no_grad "
+                     f"{ng['peak_bytes'] / 2**20:.1f} MiB ({ng['peak_over_output']}x the output), with the backward "
+                     f"cache {wc['peak_bytes'] / 2**20:.1f} MiB ({wc['peak_over_output']}x)")
     return "\n".join(lines)
 
 
