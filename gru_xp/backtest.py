@@ -18,6 +18,10 @@ Folds (n points; s = round(split_ratio * n) starts the config's test part, exact
 The series is read once. Metrics are on the original scale, per fold and overall (over the concatenated fold
 predictions) for the model, naive and seasonal naive; MASE uses the in-sample seasonal-naive MAE of each fold's
 training part (overall: fold 0's, i.e. the train command's). Writes backtest.json and backtest.png.
+Prediction intervals (--intervals, default 0.8,0.95): each trained model is calibrated as in `gru-xp train` with
+y[:b_i] as its pre-test data (its validation tail, a calibration refit inside y[:b_i] when that is short, then
+each observed error of the blocks it forecasts, one at a time behind each origin); coverage, mean width and
+interval score per fold and overall, for the model and both baselines.
 """
 from __future__ import annotations
 
@@ -29,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, metrics, plots
+from . import checkpoint, intervals, metrics, plots
 from . import data as _data
 from .backend import resolve
 from .config import RunConfig, add_config_flags, make_config, overrides
-from .runs import build_model, make_optimizer, predict_scaled
+from .runs import build_model, calibration_refit, make_optimizer, member_predict, predict_scaled
 from .train import fit, host_params
 from .errors import UserError
 
@@ -151,6 +155,7 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
     labels = series.labels()
     fold_out, preds, secs_train, secs_eval = [], [], [], []
     pipe, phase = None, None
+    s_int, served = intervals.settings_of(cfg, cfg.log), None  # interval settings; (anchors, Bands) of the model
     for f in fl:
         trained = retrain == "every" or f.index == 0
         hist = None
@@ -171,6 +176,9 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
                 hist = h if hist is None else hist  # the first member's history is reported
             if cfg.shrink and f.val_anchors.size:
                 pipe.fit_shrink(y, f.val_anchors, [predict_scaled(m, Xv) for m in models])
+            if s_int is not None:
+                served = _fold_bands(cfg, s_int, series, f, fl if retrain == "once" else [f], pipe, phase, models, be,
+                                     progress, log)
         t2 = time.perf_counter()
         Xt, _ = pipe.windows(y, f.test_anchors, phase)
         lv = pipe.invert(y, f.test_anchors, [predict_scaled(m, Xt) for m in models])
@@ -178,6 +186,8 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
         p, m = _score(y, f.test_anchors, lv, K, season, scale)
         t3 = time.perf_counter()
         p["anchors"], p["actual"] = f.test_anchors, _data.actuals(y, f.test_anchors, K)
+        if served is not None:
+            _attach_fold(s_int, served, p, m)
         preds.append(p)
         d = f.to_dict(labels)
         d.update({"trained": trained, "metrics": m, "skill_rmse": _skill(m), "mase_scale": scale,
@@ -195,11 +205,15 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
                 f"RMSE model {m['model']['rmse']:.4g} naive {m['naive']['rmse']:.4g}  "
                 f"train {t2 - t1:.2f}s eval {t3 - t2:.3f}s")
 
-    cat = {k: np.concatenate([p[k] for p in preds]) for k in ("anchors", "actual", "model", "naive",
-                                                              "seasonal_naive")}
+    cat = {k: np.concatenate([p[k] for p in preds]) for k in preds[0] if k != "bands"}
     cat["fold"] = np.concatenate([np.full(p["anchors"].size, i) for i, p in enumerate(preds)])
     scale0 = fold_out[0]["mase_scale"]
     om = metrics.evaluate(cat["actual"], {k: cat[k] for k in metrics.MODELS}, scale0)
+    if served is not None:  # overall coverage, width and interval score over every fold's outputs
+        for name in metrics.MODELS:
+            for c in s_int.levels:
+                lo, up = (np.concatenate([p["bands"][name][i][c] for p in preds]) for i in (0, 1))
+                om[name].update(metrics.interval_scores(cat["actual"], lo, up, c))
     overall = {"origins": int(cat["anchors"].size), "metrics": om, "skill_rmse": _skill(om), "mase_scale": scale0}
     trained_secs = [s for s, d in zip(secs_train, fold_out) if d["trained"]]
     spf = {"train": [round(s, 4) for s in secs_train], "eval": [round(s, 4) for s in secs_eval],
@@ -208,6 +222,32 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
            "total": round(time.perf_counter() - t_all, 4), "device": be.describe()}
     bounds = [f.test_start for f in fl] + [fl[-1].test_end]
     return BacktestResult(cfg, retrain, fold_out, overall, spf, cat, series, bounds)
+
+
+def _fold_bands(cfg: RunConfig, s, series, f: Fold, folds: list, pipe, phase, models, be, progress, log):
+    """Intervals of a trained fold model over the blocks it forecasts (its own fold, or with --retrain once every
+    fold): calibrated as in `gru-xp train` with y[:b_i] as the pre-test data. -> (anchors, predictor -> Bands)."""
+    prep = _data.prepare(cfg, series, points=(f.val_start, f.test_start))  # the fold's split, for the refit
+    refit = calibration_refit(cfg, prep, be, progress, log if not cfg.quiet and not progress else (lambda *a: None))
+    anchors = np.concatenate([g.test_anchors for g in folds])
+    predict, taus = member_predict(models)
+    _, _, b = intervals.calibrate(s, series.y, pipe, phase, predict, taus, f.val_start, refit, {"q": anchors})
+    return anchors, b["q"]
+
+
+def _attach_fold(s, served, p: dict, m: dict) -> None:
+    """A fold's rows of the served bands: interval metrics into m, the model's bounds into p (lower_80, ...), every
+    predictor's into p["bands"] (for the overall metrics)."""
+    anchors, b = served
+    rows = np.isin(anchors, p["anchors"])
+    p["bands"] = {name: ({c: bb.lower[c][rows] for c in s.levels}, {c: bb.upper[c][rows] for c in s.levels})
+                  for name, bb in b.items()}
+    for name, (lo, up) in p["bands"].items():
+        for c in s.levels:
+            m[name].update(metrics.interval_scores(p["actual"], lo[c], up[c], c))
+    for c in s.levels:
+        p[f"lower_{metrics.level_name(c)}"], p[f"upper_{metrics.level_name(c)}"] = p["bands"]["model"][0][c], \
+            p["bands"]["model"][1][c]
 
 
 # ==== output ==================================================================================================
@@ -232,6 +272,9 @@ def format_table(r: BacktestResult) -> str:
     lines.append(row("overall", "", o["origins"], o["metrics"], o["skill_rmse"], "", ""))
     lines.append("/naive, /s.naive = model RMSE / baseline RMSE (< 1: the model wins)")
     lines.append(metrics.format_table({"all": o["metrics"]}).split("\nRMSE/base")[0])
+    if r.config.intervals:
+        lines.append(metrics.format_intervals({**{f"fold {d['fold']}": d["metrics"] for d in r.folds},
+                                               "overall": o["metrics"]}, r.config.intervals))
     s = r.seconds_per_fold
     lines.append(f"time per trained fold {s['train_mean_trained_folds']:.2f}s, evaluation {s['eval_mean']:.3f}s per "
                  f"fold, total {s['total']:.1f}s ({s['device']})")

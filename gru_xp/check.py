@@ -43,20 +43,31 @@ def randomize_params(layer: Recurrent, seed: int = 0, scale: float = 0.6) -> Non
     layer.load_state_dict({k: rng.normal(size=tuple(v.shape)) * scale for k, v in layer.params.items()})
 
 
-def objective(layer: Recurrent, x, s0, dy, ds) -> float:
+def random_lengths(T: int, B: int, seed: int = 0) -> np.ndarray:
+    """(B,) lengths in 1..T for a right-padded batch, with T itself and 1 among them when B allows (both edges)."""
+    rng = np.random.default_rng(seed + 7)
+    L = rng.integers(1, T + 1, size=B)
+    L[0] = T
+    if B > 1:
+        L[1] = 1
+    return L
+
+
+def objective(layer: Recurrent, x, s0, dy, ds, lengths=None) -> float:
     """L = sum(y * dy) + sum over final states of sum(s_n * ds): its gradient is what backward computes."""
-    y, sn = layer.forward(x, s0)
+    y, sn = layer.forward(x, s0, lengths=lengths)
     total = float(np.sum(to_host(y) * dy))
     for s, d in zip(_states(sn), _states(ds)):
         total += float(np.sum(to_host(s) * d))
     return total
 
 
-def finite_difference(layer: Recurrent, x, s0, dy, ds, eps: float = 1e-6, tbptt: int = 0) -> dict:
+def finite_difference(layer: Recurrent, x, s0, dy, ds, eps: float = 1e-6, tbptt: int = 0, lengths=None) -> dict:
     """Central differences of `objective` for every parameter, x and state0, beside the analytic backward.
-    Returns {name: (analytic, numeric)} as host float64 arrays. Use float64 and tiny shapes."""
+    Returns {name: (analytic, numeric)} as host float64 arrays. Use float64 and tiny shapes. lengths: variable
+    lengths (B,) for every forward."""
     layer.zero_grad()
-    layer.forward(x, s0)
+    layer.forward(x, s0, lengths=lengths)
     dx, ds0 = layer.backward(dy, ds, tbptt=tbptt)
     out = {k: (to_host(g).copy(), None) for k, g in layer.grads.items()}
     out["x"], out["state0"] = (to_host(dx), None), (np.stack([to_host(a) for a in _states(ds0)]), None)
@@ -68,10 +79,10 @@ def finite_difference(layer: Recurrent, x, s0, dy, ds, eps: float = 1e-6, tbptt:
             v = base.copy()
             v[i] = base[i] + eps
             put(v)
-            fp = objective(layer, *current())
+            fp = objective(layer, *current(), lengths=lengths)
             v[i] = base[i] - eps
             put(v)
-            fm = objective(layer, *current())
+            fm = objective(layer, *current(), lengths=lengths)
             num[i] = (fp - fm) / (2 * eps)
         put(base)
         return num
@@ -135,8 +146,9 @@ def _fd_rows(device: str) -> list[Row]:
     return rows
 
 
-def torch_parity(layer: Recurrent, x, s0, dy, ds) -> dict:
-    """Run the same computation in torch (float64, autograd); return {name: rel error} for outputs and grads."""
+def torch_parity(layer: Recurrent, x, s0, dy, ds, lengths=None) -> dict:
+    """Run the same computation in torch (float64, autograd); return {name: rel error} for outputs and grads.
+    lengths: torch's packed sequences (pack_padded_sequence(..., enforce_sorted=False), outputs padded back to T)."""
     import torch
 
     from .interop import to_torch_module
@@ -144,13 +156,22 @@ def torch_parity(layer: Recurrent, x, s0, dy, ds) -> dict:
     tm = to_torch_module(layer)
     xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
     st = [torch.tensor(np.asarray(a, np.float64), requires_grad=True) for a in _states(s0)]
-    yt, snt = tm(xt, st[0] if len(st) == 1 else tuple(st))
+    s0t = st[0] if len(st) == 1 else tuple(st)
+    if lengths is None:
+        yt, snt = tm(xt, s0t)
+    else:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(xt, torch.as_tensor(np.asarray(lengths), dtype=torch.int64),
+                                      enforce_sorted=False)
+        yp, snt = tm(packed, s0t)
+        yt, _ = pad_packed_sequence(yp, total_length=xt.shape[0])
     obj = (yt * torch.tensor(dy)).sum()
     for s, d in zip(_states(snt), _states(ds)):
         obj = obj + (s * torch.tensor(np.asarray(d))).sum()
     obj.backward()
     layer.zero_grad()
-    y, sn = layer.forward(x, s0)
+    y, sn = layer.forward(x, s0, lengths=lengths)
     dx, ds0 = layer.backward(dy, ds)
     errs = {"y": rel_err(y, yt.detach().numpy()), "x": rel_err(dx, xt.grad.numpy())}
     for i, (a, b) in enumerate(zip(_states(sn), _states(snt))):
@@ -176,6 +197,19 @@ def _torch_rows(device: str) -> list[Row]:
             errs = torch_parity(layer, *random_problem(layer, T=6, B=3, seed=4))
             mod = label.split()[0]
             rows.append(Row(f"PyTorch torch.nn.{mod} parity, {path} ({device}, float64)", max(errs.values()), 1e-10))
+    for label, make in _layers(device):  # variable lengths: torch's packed sequences, stacked and bidirectional
+        if label == "GRU reset_after=False":
+            continue
+        one = make()  # the same cell and options, stacked and bidirectional
+
+        def stacked(cls=type(one), opts=one.cell_opts):
+            return cls(3, 4, num_layers=2, bidirectional=True, device=device, dtype="float64", seed=0, **opts)
+
+        for path, layer in _paths(stacked):
+            randomize_params(layer, seed=5)
+            errs = torch_parity(layer, *random_problem(layer, T=6, B=4, seed=6), lengths=random_lengths(6, 4, seed=7))
+            rows.append(Row(f"PyTorch packed sequences, {label.split()[0]} 2-layer bidirectional, {path} "
+                            f"({device}, float64)", max(errs.values()), 1e-10))
     return rows
 
 

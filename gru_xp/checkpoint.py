@@ -265,3 +265,17 @@ def atomic_dir(final: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _remove_stale(final.parent, f".{final.name}.tmp-")  # never ".old-": it may be the only copy of a run
+
+
+def run_kind(p: Path) -> str | None:
+    """None (not a run folder), "classify" (written by gru-xp classify) or "forecast" (gru-xp train): config.json's
+    "kind", absent in forecasting run folders."""
+    p = Path(p)
+    if not is_run_folder(p):
+        return None
+    try:
+        with open(p / "config.json", encoding="utf-8") as f:
+            kind = json.load(f).get("kind", "forecast")
+    except (OSError, ValueError, AttributeError):
+        return "forecast"
+    return kind if kind in ("classify", "forecast") else "forecast"

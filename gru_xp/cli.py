@@ -34,10 +34,19 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_predict(args) -> int:
+    import numpy as np
     import pandas as pd
 
-    from .checkpoint import write_text
-    from .runs import predict_run
+    from .checkpoint import run_kind, write_text
+    from .metrics import level_name
+    from .runs import predict_bands, predict_run
+
+    kind = run_kind(args.run) if args.run else None
+    if kind == "classify":
+        return _predict_classes(args)
+    if args.text:
+        raise UserError(f"--text needs a classification run folder (written by 'gru-xp classify'); {args.run} is "
+                        f"{'a forecasting run' if kind else 'not a run folder'}")
 
     steps = None
     if args.horizon is not None:
@@ -47,9 +56,21 @@ def _cmd_predict(args) -> int:
             raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}") from None
         if steps < 1:
             raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}")
+    levels = None
+    if args.intervals is not None:  # checked before any work, like every config value
+        levels = make_config(None, {"intervals": args.intervals, "interval_window": 0}).intervals
     labels, fc, series, lr = predict_run(args.run, args.data, steps, args.device)
     col = "date" if series.dates is not None else "step"
-    text = pd.DataFrame({col: labels, "forecast": fc}).to_csv(index=False, float_format="%.8g")
+    df = pd.DataFrame({col: labels, "forecast": fc})
+    bands = predict_bands(lr, series, len(fc), levels)
+    if bands is not None:  # lower_80, upper_80, lower_95, upper_95 for every step
+        for c in sorted(bands.lower):
+            df[f"lower_{level_name(c)}"], df[f"upper_{level_name(c)}"] = bands.lower[c][0], bands.upper[c][0]
+            if not np.all(np.isfinite(bands.upper[c][0])):
+                print(f"gru-xp: note: the {level_name(c)}% interval is unbounded at some steps: too few calibration "
+                      f"errors for that level (the run keeps the latest {lr.config.interval_window or 'all'} per "
+                      f"step; retrain with a larger --interval-window)", file=sys.stderr)
+    text = df.to_csv(index=False, float_format="%.8g")
     if args.out:
         write_text(args.out, text)
         print(f"wrote {len(fc)} forecast step(s) to {args.out}", file=sys.stderr)
@@ -57,6 +78,32 @@ def _cmd_predict(args) -> int:
         sys.stdout.write(text)
     return 0
 
+
+# ---- classify (issue 17) -------------------------------------------------------------------------------------------
+def _cmd_classify(args) -> int:
+    from .classify import run_classify
+    from .config import classify_overrides, make_classify_config
+
+    run_classify(make_classify_config(args.config, classify_overrides(args)))
+    return 0
+
+
+def _predict_classes(args) -> int:
+    """`gru-xp predict --run DIR` on a classify run folder: one row per input, label, probability per class."""
+    from .checkpoint import write_text
+    from .classify import load_classifier, predict_frame
+
+    for flag, given in (("--horizon", args.horizon), ("--intervals", args.intervals)):
+        if given is not None:
+            raise UserError(f"{flag} is for forecasting runs; {args.run} is a classifier (drop {flag})")
+    df = predict_frame(load_classifier(args.run, args.device), texts=args.text or None, data=args.data)
+    text = df.to_csv(index=False, float_format="%.6g")
+    if args.out:
+        write_text(args.out, text)
+        print(f"wrote {len(df)} prediction(s) to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _cmd_vanishing(args) -> int:
@@ -142,13 +189,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(t)
     t.set_defaults(func=_cmd_train)
 
-    f = sub.add_parser("predict", help="forecast past the end of a series with a trained run")
-    f.add_argument("--run", required=True, help="run folder written by 'gru-xp train'")
-    f.add_argument("--data", default=None, help="CSV to forecast from (default: the run's training data)")
+    f = sub.add_parser("predict", help="forecast past the end of a series with a trained run, or classify inputs "
+                                       "with a 'gru-xp classify' run")
+    f.add_argument("--run", required=True, help="run folder written by 'gru-xp train' or 'gru-xp classify'")
+    f.add_argument("--data", default=None, help="CSV to forecast from (default: the run's training data); for a "
+                                                "classifier: a .ts file, or a text folder / CSV, to classify")
+    f.add_argument("--text", action="append", default=None, metavar="TEXT",
+                   help="classifier runs: a document to classify (repeatable)")
     f.add_argument("--horizon", default=None, help="steps to forecast (default: the trained horizon; recursive beyond)")
     f.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
     f.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    f.add_argument("--intervals", default=None, metavar="LEVELS",
+                   help="prediction interval levels, e.g. 0.8,0.95, or none (default: the run's)")
     f.set_defaults(func=_cmd_predict)
+
+    from .config import add_classify_flags
+
+    cl = sub.add_parser("classify", help="train a sequence classifier (.ts series or text) on variable-length "
+                                         "batches, beside majority and 1-NN baselines; write a run folder")
+    cl.add_argument("--config", default=None, help="TOML config (path or name in configs/, e.g. japanese-vowels)")
+    add_classify_flags(cl)
+    cl.set_defaults(func=_cmd_classify)
 
     v = sub.add_parser("vanishing", help="RNN vs GRU vs LSTM: per-step gradient norms on the adding problem, one plot")
     v.add_argument("--T", type=_positive_int, default=100, help="sequence length (default 100)")

@@ -29,6 +29,8 @@ CELLS = tuple(CELL_REGISTRY)
 SCALERS = ("standard", "minmax", "none")
 OPTIMIZERS = tuple(OPTIMIZER_REGISTRY)
 MISSING = ("error", "drop", "ffill", "interpolate")
+LOSSES = ("mse", "quantile")
+FLOAT_LISTS = ("intervals", "quantiles")  # list fields of levels in (0, 1) (the other list field holds integer lags)
 DEVICES_HINT = "cpu | cuda | cuda:N | auto"
 
 
@@ -75,6 +77,14 @@ class RunConfig:
     tbptt: int = 0  # truncated BPTT window; 0 = full
     seed: int = 0
     ensemble: int = 1  # train this many models (seeds seed, seed+1, ...) and average their forecasts
+    loss: str = "mse"  # mse (point forecasts) | quantile (pinball loss on `quantiles`; the point is the median)
+    quantiles: list = field(default_factory=lambda: [0.1, 0.5, 0.9])  # --loss quantile: levels, 0.5 among them
+    # ---- prediction intervals (intervals.py) -------------------------------------------------------------
+    intervals: list = field(default_factory=lambda: [0.8, 0.95])  # levels; [] (--intervals none) = off
+    # defaults chosen on pre-test data only (benchmarks/intervals.py --inner, results/intervals-inner.json)
+    interval_window: int = 30  # conformal scores kept per horizon step: the latest N observed (0 = all)
+    interval_gamma: float = 0.005  # adaptive conformal inference step size (0 = off)
+    calibration_size: int = 20  # out-of-sample errors per step wanted before the test part (refit if fewer)
     device: str = "cpu"
     dtype: str = "float32"
     # ---- output ------------------------------------------------------------------------------------------
@@ -91,13 +101,14 @@ FIELDS = {f.name: f for f in fields(RunConfig)}
 DEFAULTS = RunConfig()
 
 
-def _type_of(name: str):
-    return type(getattr(DEFAULTS, name))
+def _type_of(name: str, defaults=DEFAULTS):
+    return type(getattr(defaults, name))
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Turn a TOML value or a flag string into the field's type, or raise UserError naming the key."""
-    want = _type_of(name)
+def _coerce(name: str, value: Any, source: str, defaults=DEFAULTS) -> Any:
+    """Turn a TOML value or a flag string into the field's type (the type of `defaults`' field), or raise
+    UserError naming the key."""
+    want = _type_of(name, defaults)
     flag = f"--{name.replace('_', '-')}"
     where = f"{flag} in {source}" if source != "command line" else flag
 
@@ -147,6 +158,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not math.isfinite(f):
             raise bad("a finite number")
         return f
+    if want is list and name in FLOAT_LISTS:
+        return _levels(name, value, where)
     if want is list:  # difference lags: [1, 12], 12, "1,12", "0"/"none"/"" = no differencing
         items = value
         if isinstance(value, bool):
@@ -172,6 +185,35 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if not isinstance(value, str):
         raise bad("a string")
     return value
+
+
+def _levels(name: str, value: Any, where: str) -> list:
+    """Levels strictly between 0 and 1, increasing and distinct: a list, one number, or "0.8,0.95"; for
+    intervals also "none" / "" / [] (off)."""
+    example = "0.8,0.95" if name == "intervals" else "0.1,0.5,0.9"
+    items = value
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in ("none", "off", "") and name == "intervals":
+            return []
+        items = [t for t in s.replace(" ", ",").split(",") if t]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    out = []
+    for it in items if isinstance(items, (list, tuple)) else [None]:
+        try:
+            v = float(it) if not isinstance(it, bool) else math.nan
+        except (TypeError, ValueError):
+            v = math.nan
+        if not 0.0 < v < 1.0:
+            raise UserError(f"{where} must be levels strictly between 0 and 1 separated by commas, e.g. {example}"
+                            + (" (or none)" if name == "intervals" else "") + f"; got {value!r} (0.8 means 80%)")
+        out.append(v)
+    if not out and name != "intervals":
+        raise UserError(f"{where} must list at least one level, e.g. {example}")
+    if len(set(out)) != len(out):
+        raise UserError(f"{where} lists a level twice ({value!r}); give each level once, e.g. {example}")
+    return sorted(out)
 
 
 def _check(cfg: RunConfig) -> RunConfig:
@@ -207,6 +249,18 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(cfg.sine_period > 0, f"--sine-period must be positive, got {cfg.sine_period}")
     need(cfg.sine_noise >= 0, f"--sine-noise must be >= 0, got {cfg.sine_noise}")
     need(not (cfg.shrink and cfg.val_ratio == 0), "--shrink is fitted on validation data: set --val-ratio > 0")
+    need(cfg.loss in LOSSES, f"unknown loss {cfg.loss!r}: use one of {', '.join(LOSSES)}")
+    need(0.5 in cfg.quantiles, f"--quantiles must include 0.5 (the point forecast is the median), got "
+         f"{','.join(f'{q:g}' for q in cfg.quantiles)}; e.g. --quantiles 0.1,0.5,0.9")
+    need(cfg.interval_window >= 0, f"--interval-window must be >= 0 (0 = every observed error), got "
+         f"{cfg.interval_window}")
+    few = [c for c in cfg.intervals if 0 < cfg.interval_window < math.ceil(c / (1.0 - c) - 1e-9)]
+    need(not few, f"--interval-window {cfg.interval_window} is too small for {100 * max(few or [0]):g}% intervals: "
+         f"they need at least {math.ceil(max(few or [0]) / (1.0 - max(few or [0])) - 1e-9)} errors; use a larger "
+         f"--interval-window (or 0 = every error)")
+    need(0.0 <= cfg.interval_gamma < 1.0, f"--interval-gamma must be in [0, 1) (0 = off), got {cfg.interval_gamma}")
+    need(cfg.calibration_size >= 0, f"--calibration-size must be >= 0 (0 = the validation tail only), got "
+         f"{cfg.calibration_size}")
     need(bool(str(cfg.data).strip()), "--data is empty: give a CSV path or 'sine'")
     dev = cfg.device.strip().lower()
     need(dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit()),
@@ -216,9 +270,10 @@ def _check(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(FIELDS)}"
+def suggest(key: str, valid=None) -> str:
+    valid = list(FIELDS if valid is None else valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
 
 
 def resolve_config_path(path: str) -> Path:
@@ -234,7 +289,9 @@ def resolve_config_path(path: str) -> Path:
                     f"({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.toml')))})")
 
 
-def read_toml(path: str | Path) -> dict:
+def read_toml(path: str | Path, valid=None) -> dict:
+    """A config file's settings, flattened; every key must be in `valid` (default: RunConfig's fields)."""
+    valid = FIELDS if valid is None else valid
     p = resolve_config_path(str(path))
     try:
         with open(p, "rb") as f:
@@ -253,8 +310,8 @@ def read_toml(path: str | Path) -> dict:
         else:
             flat[k] = v
     for k in flat:
-        if k not in FIELDS:
-            raise UserError(f"unknown key {k!r} in {p}{suggest(k)}")
+        if k not in valid:
+            raise UserError(f"unknown key {k!r} in {p}{suggest(k, valid)}")
     flat.setdefault("name", p.stem)
     return flat
 
@@ -313,6 +370,13 @@ HELP = {
     "else row index modulo --season)",
     "ensemble": "train N models (seeds SEED..SEED+N-1, each early-stopped) and average their forecasts on the "
     "original scale (default 1)",
+    "loss": "mse (point forecasts) | quantile (pinball loss on --quantiles, non-crossing; point = the median)",
+    "quantiles": "levels of --loss quantile, including 0.5 (default 0.1,0.5,0.9)",
+    "intervals": "prediction interval levels, e.g. 0.8,0.95 (default), or none",
+    "interval_window": "conformal errors kept per horizon step: the latest N observed (default 30; 0 = all)",
+    "interval_gamma": "adaptive conformal inference step size (default 0.005; 0 = off)",
+    "calibration_size": "out-of-sample errors per step wanted before the test part: when the validation tail has "
+    "fewer, the ensemble is refitted on the series cut earlier to supply them (default 20; 0 = never refit)",
 }
 
 
@@ -331,3 +395,148 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 def overrides(args: argparse.Namespace) -> dict:
     """The RunConfig fields given on the command line (see add_config_flags)."""
     return {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
+
+
+# ==== classify (issue 17): ClassifyConfig, its TOML files and its flags ===========================================
+@dataclass
+class ClassifyConfig:
+    """`gru-xp classify`: defaults <- TOML <- flags, like RunConfig (same coercion, same one-line errors)."""
+
+    # ---- data --------------------------------------------------------------------------------------------------
+    name: str = "classify"  # the default run folder is runs/<name>-<timestamp>
+    data: str = ""  # training data: a .ts file, a folder DIR/<class>/*.txt, or a CSV (--text-col, --label-col)
+    test: str = ""  # test data of the same kind ("" = none)
+    text_col: str = "text"  # CSV text column
+    label_col: str = "label"  # CSV label column
+    classes: list = field(default_factory=list)  # text folders: the class folders to use, in this order
+    val_ratio: float = 0.2  # stratified tail of each training class held out for early stopping; 0 = none
+    max_length: int = 0  # steps (tokens) kept per sequence, the first ones; 0 = all
+    vocab_size: int = 1000  # text: the most frequent training words + padding (0) + unknown (1)
+    embedding_dim: int = 64  # text: embedding dimension
+    # ---- model -------------------------------------------------------------------------------------------------
+    cell: str = "gru"
+    hidden_size: int = 64
+    layers: int = 1
+    dropout: float = 0.0
+    bidirectional: bool = False
+    reset_after: bool = True
+    nonlinearity: str = "tanh"
+    dense_size: int = 32  # Dense(relu) units between the recurrent state and the logits; 0 = none
+    # ---- training ----------------------------------------------------------------------------------------------
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    clip: float = 0.0
+    batch_size: int = 64  # 0 = full batch
+    epochs: int = 50
+    patience: int = 0  # early stopping on validation loss; 0 = off (the best epoch is still restored)
+    bucket: bool = False  # batches of similar lengths (less padding; same numbers per batch either way)
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    # ---- output ------------------------------------------------------------------------------------------------
+    out: str = ""  # run folder; "" = runs/<name>-<timestamp>
+    plots: bool = True
+    quiet: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CLASSIFY_FIELDS = {f.name: f for f in fields(ClassifyConfig)}
+CLASSIFY_DEFAULTS = ClassifyConfig()
+CLASSIFY_HELP = {
+    "data": "training data: a UEA/UCR .ts file, a folder DIR/<class>/*.txt (aclImdb layout) or a CSV",
+    "test": "test data of the same kind (never used for a choice)", "text_col": "CSV text column (default text)",
+    "label_col": "CSV label column (default label)", "classes": "text folders: class folder names, e.g. neg,pos",
+    "val_ratio": "stratified tail of each training class held out for early stopping (0 = train on all for "
+    "exactly --epochs)", "max_length": "steps (tokens) kept per sequence (0 = all)",
+    "vocab_size": "text: vocabulary size including padding (0) and unknown (1)",
+    "embedding_dim": "text: embedding dimension", "cell": " | ".join(CELLS), "layers": "stacked recurrent layers",
+    "dense_size": "Dense(relu) units before the output layer (0 = none)", "optimizer": " | ".join(OPTIMIZERS),
+    "batch_size": "minibatch size (0 = full batch)", "patience": "early-stopping patience in epochs (0 = off)",
+    "bucket": "batch sequences of similar length together", "device": DEVICES_HINT,
+    "out": "run folder (default runs/<name>-<timestamp>)", "quiet": "no progress bar or table",
+}
+
+
+def _classify_value(name: str, value: Any, source: str) -> Any:
+    if name == "classes":  # a list of folder names: ["neg", "pos"] or "neg,pos"
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise UserError(f"--classes in {source} must be a list of folder names, got {value!r}")
+        return [v.strip() for v in items if v.strip()]
+    return _coerce(name, value, source, CLASSIFY_DEFAULTS)
+
+
+def _check_classify(cfg: ClassifyConfig) -> ClassifyConfig:
+    def need(ok, msg):
+        if not ok:
+            raise UserError(msg)
+
+    need(bool(cfg.data.strip()), "--data is required: a .ts file, a folder DIR/<class>/*.txt or a CSV")
+    need(0.0 <= cfg.val_ratio < 1.0, f"--val-ratio must be in [0, 1), got {cfg.val_ratio}")
+    need(cfg.max_length >= 0, f"--max-length must be >= 0 (0 = all steps), got {cfg.max_length}")
+    need(cfg.vocab_size >= 2, f"--vocab-size must be at least 2 (0 = padding, 1 = unknown word), got "
+         f"{cfg.vocab_size}")
+    need(cfg.embedding_dim >= 1, f"--embedding-dim must be at least 1, got {cfg.embedding_dim}")
+    need(cfg.cell in CELLS, f"unknown cell {cfg.cell!r}: use one of {', '.join(CELLS)}")
+    need(cfg.nonlinearity in NONLINEARITIES,
+         f"unknown nonlinearity {cfg.nonlinearity!r}: use one of {', '.join(NONLINEARITIES)}")
+    need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    need(cfg.hidden_size >= 1, f"--hidden-size must be at least 1, got {cfg.hidden_size}")
+    need(cfg.layers >= 1, f"--layers must be at least 1, got {cfg.layers}")
+    need(cfg.dense_size >= 0, f"--dense-size must be >= 0 (0 = none), got {cfg.dense_size}")
+    need(0.0 <= cfg.dropout < 1.0, f"--dropout must be in [0, 1), got {cfg.dropout}")
+    need(cfg.lr > 0.0, f"--lr must be positive, got {cfg.lr}")
+    need(cfg.weight_decay >= 0.0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+    need(cfg.clip >= 0.0, f"--clip must be >= 0 (0 = off), got {cfg.clip}")
+    need(cfg.batch_size >= 0, f"--batch-size must be >= 0 (0 = full batch), got {cfg.batch_size}")
+    need(cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}")
+    need(cfg.patience >= 0, f"--patience must be >= 0 (0 = off), got {cfg.patience}")
+    need(cfg.dtype in ("float32", "float64"), f"unknown dtype {cfg.dtype!r}: use float32 or float64")
+    dev = cfg.device.strip().lower()
+    need(dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+         f"unknown device {cfg.device!r}: use {DEVICES_HINT}")
+    need(all(c.isalnum() or c in "-_." for c in cfg.name) and cfg.name,
+         f"--name {cfg.name!r} must be letters, digits, '-', '_' or '.'")
+    return cfg
+
+
+def make_classify_config(config_file: str | Path | None = None, overrides: dict | None = None) -> ClassifyConfig:
+    """Defaults <- TOML <- overrides (flag values; None means 'not given')."""
+    kw = {}
+    if config_file is not None:
+        source = str(resolve_config_path(str(config_file)))
+        kw = {k: _classify_value(k, v, source) for k, v in read_toml(config_file, CLASSIFY_FIELDS).items()}
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in CLASSIFY_FIELDS:
+            raise UserError(f"unknown setting {k!r}{suggest(k, CLASSIFY_FIELDS)}")
+        kw[k] = _classify_value(k, v, "command line")
+    return _check_classify(ClassifyConfig(**kw))
+
+
+def classify_from_dict(d: dict) -> ClassifyConfig:
+    """Rebuild a ClassifyConfig saved in a run folder (ignores keys a newer version may have added)."""
+    if not isinstance(d, dict):
+        raise UserError(f"saved config must be a table of settings, got {type(d).__name__}")
+    return _check_classify(ClassifyConfig(**{k: _classify_value(k, v, "saved config") for k, v in d.items()
+                                             if k in CLASSIFY_FIELDS}))
+
+
+def add_classify_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ClassifyConfig field (booleans also as --no-FLAG); None unless given."""
+    for f in fields(ClassifyConfig):
+        names = ["--" + f.name.replace("_", "-")]
+        if isinstance(f.default, bool):
+            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=CLASSIFY_HELP.get(f.name, HELP.get(f.name)))
+        else:
+            p.add_argument(*names, dest=f.name, default=None, metavar=f.name.upper(),
+                           help=CLASSIFY_HELP.get(f.name, HELP.get(f.name)))
+
+
+def classify_overrides(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(ClassifyConfig) if getattr(args, f.name, None) is not None}

@@ -517,14 +517,15 @@ def origins(t0: int, v: int, s: int, e: int, n: int, K: int) -> tuple[np.ndarray
     return (np.arange(t0, v - K), np.arange(max(t0, v - 1), s - K), np.arange(max(t0, s - 1), min(e - 1, n - K)))
 
 
-def prepare(cfg: RunConfig, series: Series | None = None) -> Prepared:
-    """Series -> chronological split -> scaler fitted on the training part -> windows for train / val / test."""
+def prepare(cfg: RunConfig, series: Series | None = None, points: tuple[int, int] | None = None) -> Prepared:
+    """Series -> chronological split -> scaler fitted on the training part -> windows for train / val / test.
+    points: (v, s) instead of the config's split points (a calibration refit on the series cut at s)."""
     series = load_series(cfg) if series is None else series
     y, n = series.y, len(series.y)
     season = cfg.season or series.season
     L, K = cfg.seq_length, cfg.horizon
     pipe = make_pipeline(cfg, series, season)
-    v, s = split_points(n, cfg.split_ratio, cfg.val_ratio)
+    v, s = split_points(n, cfg.split_ratio, cfg.val_ratio) if points is None else (int(points[0]), int(points[1]))
     train_a, val_a, test_a = origins(pipe.min_anchor(), v, s, n, n, K)
     need = []
     if train_a.size < 1:

@@ -104,8 +104,8 @@ def record(target, x, y=None, *, dy=None, dstate_n=None, tbptt: int = 0) -> Diag
                 raise UserError("record(model, x, y): the model's targets y (B, K) are needed for its loss")
             pred = target.forward(x)
             yt = be.asarray(y)
-            loss = float(to_host(losses.mse(xp, pred, yt)))
-            target.backward(losses.mse_backward(xp, pred, yt), tbptt=tbptt)
+            loss = float(to_host(target.objective(pred, yt)))  # the model's own loss: MSE, or pinball
+            target.backward(target.objective_backward(pred, yt), tbptt=tbptt)
         else:
             out, _ = layer.forward(x)
             if y is not None:

@@ -5,6 +5,7 @@ pyplot state, so plotting is safe off the main thread and leaks no figures).
     cost / sequence / residual / forecast          those four, one by one
     backtest(path, r)                              walk-forward folds against the baselines
     diagnostics(diag, path) / vanishing(r, path)   per-step gradient norms and gates; the vanishing-gradient curves
+    curves(path, ...) / confusion(path, ...)       a classifier's loss and accuracy per epoch; its confusion matrix
 
 One style: actual black, model red, naive gray dashed, seasonal naive orange dotted; train/validation/test blue,
 green, red; light grid. Each function returns the path it wrote.
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import atomic_path
+from .metrics import level_name
 
 DPI = 100
 ACTUAL = {"color": "black", "lw": 1.3, "label": "actual"}
@@ -98,23 +100,31 @@ def residual(path, pred, actual, split_names) -> str:
     return save(fig, path)
 
 
-def forecast(path, labels, actual, model, naive, seasonal, season: int) -> str:
-    """The test period: actual, the model and both baselines (1 step ahead)."""
+def forecast(path, labels, actual, model, naive, seasonal, season: int, bands: dict | None = None) -> str:
+    """The test period: actual, the model and both baselines (1 step ahead); bands {level: (lower, upper)} shaded
+    around the model, the widest lightest."""
     fig, ax = _figure(10, 4)
     x = time_axis(labels)
+    for i, (level, (lo, up)) in enumerate(sorted((bands or {}).items(), reverse=True)):
+        lo, up = np.asarray(lo, dtype=np.float64), np.asarray(up, dtype=np.float64)
+        if np.isfinite(lo).any() or np.isfinite(up).any():
+            ax.fill_between(x, lo, up, color=MODEL["color"], alpha=0.12 + 0.13 * i, lw=0,
+                            label=f"{100 * level:g}% interval")
     ax.plot(x, actual, **{**ACTUAL, "lw": 1.5})
     ax.plot(x, model, **MODEL, label="model")
     ax.plot(x, naive, **NAIVE, label="naive (last value)")
     if season > 1:
         ax.plot(x, seasonal, **SEASONAL, label=f"seasonal naive (lag {season})")
-    ax.set_title("Test period: model vs baselines")
+    ax.set_title("Test period: model vs baselines" + (" (shaded: the model's prediction intervals, 1 step ahead)"
+                                                      if bands else ""))
     ax.legend()
     return save(fig, path)
 
 
-def run_plots(folder, prep, preds: dict, history) -> None:
+def run_plots(folder, prep, preds: dict, history, levels=()) -> None:
     """cost.png, sequence.png, residual.png and forecast.png of a run (prep: data.Prepared; preds: split ->
-    {"anchors", "actual", "model", "naive", "seasonal_naive"} on the original scale; history: train.History)."""
+    {"anchors", "actual", "model", "naive", "seasonal_naive", "lower_80", ...} on the original scale; history:
+    train.History; levels: the prediction intervals' levels, shaded in forecast.png)."""
     d = Path(folder)
     labels = np.asarray(prep.series.labels(), dtype=object)
     cost(d / "cost.png", history.train_loss, history.val_loss, history.best_epoch)
@@ -127,8 +137,10 @@ def run_plots(folder, prep, preds: dict, history) -> None:
     residual(d / "residual.png", allp, alla, names)
     if "test" in preds:
         p = preds["test"]
+        bands = {c: (p[f"lower_{level_name(c)}"][:, 0], p[f"upper_{level_name(c)}"][:, 0]) for c in levels
+                 if f"lower_{level_name(c)}" in p}
         forecast(d / "forecast.png", list(labels[p["anchors"] + 1]), p["actual"][:, 0], p["model"][:, 0],
-                 p["naive"][:, 0], p["seasonal_naive"][:, 0], prep.pipeline.season)
+                 p["naive"][:, 0], p["seasonal_naive"][:, 0], prep.pipeline.season, bands)
 
 
 # ---- backtest -----------------------------------------------------------------------------------------------------
@@ -195,4 +207,53 @@ def vanishing(result: dict, path="vanishing_gradient.png") -> str:
     ax.set_xlabel("time step t (the loss reads the state at t = T-1)")
     ax.set_ylabel("||dL/dh_t|| / ||dL/dh_{T-1}||")
     ax.legend(loc="best")
+    return save(fig, path)
+
+
+# ==== classification (issue 17) ===================================================================================
+def curves(path, train_loss, val_loss, train_acc, val_acc, best_epoch: int | None = None) -> str:
+    """The tutorial's two panels: loss and accuracy per epoch, training and validation."""
+    fig, (ax1, ax2) = _figure_row(10, 4)
+    ep = np.arange(1, len(train_loss) + 1)
+    for ax, tr, va, what in ((ax1, train_loss, val_loss, "loss"), (ax2, train_acc, val_acc, "accuracy")):
+        ax.plot(ep, tr, color=SPLIT_COLORS["train"], label="train")
+        if va is not None and len(va) and np.isfinite(np.asarray(va, dtype=float)).any():
+            ax.plot(ep, va, color=SPLIT_COLORS["val"], label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"best epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.set_title(f"{what.capitalize()} per epoch")
+        ax.legend()
+    return save(fig, path)
+
+
+def _figure_row(width: float, height: float):
+    """Two panels side by side, the one style."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig, axes
+
+
+def confusion(path, matrix, classes, title: str = "Confusion matrix") -> str:
+    """Counts per (true, predicted) class, shaded by each row's share."""
+    m = np.asarray(matrix)
+    C = len(classes)
+    fig, ax = _figure(max(4.0, 0.6 * C + 2.5), max(3.5, 0.6 * C + 2.0))
+    ax.grid(False)
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(C):
+        for j in range(C):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(C), [str(c) for c in classes], rotation=45 if C > 6 else 0)
+    ax.set_yticks(range(C), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
     return save(fig, path)

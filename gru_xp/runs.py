@@ -8,7 +8,8 @@
     predict_run(dir, ...)          both, for `gru-xp predict`
     predict_scaled(model, X)       model outputs for windows, scaled units, host
 
-A run folder (written atomically): model.npz, config.json, metrics.json, history.json, predictions.csv, plots.
+A run folder (written atomically): model.npz, config.json, metrics.json, history.json, predictions.csv, plots,
+and intervals.json (the prediction intervals' calibration state; see intervals.py).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, metrics, plots
+from . import checkpoint, intervals, metrics, plots
 from .backend import resolve, to_host
 from .config import RunConfig, from_dict
 from .data import (Pipeline, Prepared, Series, actuals, future_labels, load_series, n_inputs, naive, prepare,
@@ -44,18 +45,22 @@ class RunResult:
     out_dir: Path | None
     model: Forecaster  # the (first) model; with --ensemble N > 1 the first member
     data: Prepared
-    predictions: dict  # split -> {"anchors", "actual", "model", "naive", "seasonal_naive"} (N, K) original scale
+    predictions: dict  # split -> {"anchors", "actual", "model", "naive", "seasonal_naive", "lower_80", ...} (N, K)
     status: str = "ok"  # "ok" or "diverged" (metrics then come from the best epoch before the divergence)
     models: list = field(default_factory=list)  # every ensemble member (seeds seed, seed+1, ...); [model] if N = 1
     histories: list = field(default_factory=list)  # their histories; `history` is the first member's
+    intervals: dict | None = None  # the intervals' calibration state (intervals.json); None with --intervals none
 
 
 def model_spec(cfg: RunConfig, input_size: int | None = None) -> dict:
     """The Forecaster's model arguments for a config (what model.npz records and load_run passes back)."""
-    return {"cell": cfg.cell, "input_size": n_inputs(cfg.calendar) if input_size is None else int(input_size),
+    spec = {"cell": cfg.cell, "input_size": n_inputs(cfg.calendar) if input_size is None else int(input_size),
             "hidden_size": cfg.hidden_size, "horizon": cfg.horizon, "num_layers": cfg.layers,
             "bidirectional": cfg.bidirectional, "dropout": cfg.dropout, "reset_after": cfg.reset_after,
             "nonlinearity": cfg.nonlinearity}
+    if cfg.loss == "quantile":  # only then: older run folders keep their exact model metadata
+        spec["quantiles"] = list(cfg.quantiles)
+    return spec
 
 
 def build_model(cfg: RunConfig, device=None, input_size: int | None = None, seed: int | None = None) -> Forecaster:
@@ -72,11 +77,12 @@ def make_optimizer(cfg: RunConfig):
     return OPTIMIZERS["adam"](cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def predict_scaled(model, X, chunk: int = 4096) -> np.ndarray:
-    """Model outputs (N, K) for host windows X (N, L[, I]), in eval mode, brought to the host once per chunk; the
-    forwards keep no backward cache (model.no_grad())."""
+def predict_outputs(model, X, chunk: int = 4096) -> np.ndarray:
+    """Model outputs (N, K), or (N, K, Q) for a quantile model, for host windows X (N, L[, I]), in eval mode,
+    brought to the host once per chunk; the forwards keep no backward cache (model.no_grad())."""
+    Q = () if model.quantiles is None else (len(model.quantiles),)
     if len(X) == 0:
-        return np.zeros((0, model.horizon))
+        return np.zeros((0, model.horizon) + Q)
     model.eval()
     Xd = to_time_major(model.backend, X)
     outs = []
@@ -84,6 +90,18 @@ def predict_scaled(model, X, chunk: int = 4096) -> np.ndarray:
         for s in range(0, Xd.shape[1], chunk):
             outs.append(to_host(model.forward(Xd[:, s:s + chunk, :])))
     return np.concatenate(outs, axis=0).astype(np.float64)
+
+
+def predict_scaled(model, X, chunk: int = 4096) -> np.ndarray:
+    """Point outputs (N, K) for host windows X (N, L[, I]): the model's, or a quantile model's median."""
+    out = predict_outputs(model, X, chunk)
+    return out if model.quantiles is None else out[..., list(model.quantiles).index(0.5)]
+
+
+def member_predict(models):
+    """predict(X) -> every member's outputs (what intervals.forecast_paths calls), and the quantile levels."""
+    taus = tuple(models[0].quantiles or ())
+    return (lambda X: [predict_outputs(m, X) for m in models]), taus
 
 
 # ---- the whole job --------------------------------------------------------------------------------------------
@@ -154,12 +172,14 @@ def run(cfg: RunConfig, *, save: bool = True, progress: bool | None = None, log=
     if not cfg.quiet:
         log(_describe(cfg, prep, resume))
     models, hists, diverged = _train_members(cfg, prep, be, out, t0, progress, resume, interruptible)
+    refit = calibration_refit(cfg, prep, be, progress, log, interruptible) if cfg.intervals else None
     pred = {k: [predict_scaled(m, getattr(prep, k).X) for m in models] for k in ("train", "val", "test")}
     if cfg.shrink:  # selection on validation only: how far to trust the model over the naive forecast
         prep.pipeline.fit_shrink(prep.series.y, prep.val.anchors, pred["val"])
     mets, preds = evaluate_splits(prep, pred)
+    state = intervals.for_run(cfg, prep, *member_predict(models), refit, mets, preds) if cfg.intervals else None
     status = "ok" if diverged is None else "diverged"
-    result = RunResult(cfg, mets, hists[0], None, models[0], prep, preds, status, models, hists)
+    result = RunResult(cfg, mets, hists[0], None, models[0], prep, preds, status, models, hists, state)
     if not cfg.quiet:
         if cfg.shrink:
             log(f"shrink toward naive {prep.pipeline.shrink:.3f} (fitted on validation)")
@@ -170,7 +190,38 @@ def run(cfg: RunConfig, *, save: bool = True, progress: bool | None = None, log=
                 + (f", DIVERGED at epoch {h.diverged_epoch}: metrics are from the best epoch"
                    if h.diverged_epoch else ""))
         log(metrics.format_table(mets))
+        if state is not None:
+            log(metrics.format_intervals(mets, cfg.intervals))
     return _finish_run(cfg, result, be, out, diverged, t0, log)
+
+
+def calibration_refit(cfg: RunConfig, prep: Prepared, be, progress: bool = False, log=print,
+                      interruptible: bool = True):
+    """The intervals' rolling-origin refit inside the pre-test data: when the main model's out-of-sample forecasts
+    before the test part (origins v-1 .. s-1-K) give fewer than cfg.calibration_size step-K errors, the same
+    ensemble (same seeds and settings) is fitted on the series cut at c = s - K - calibration_size + 1 (a validation
+    tail as long as the main model's, its own scaler and shrink) to forecast origins c-1 .. v-2. -> (predict, pipeline,
+    c, taus) as an intervals.Refit, or None (not needed, the series too short, or Ctrl-C during it: the validation
+    tail alone calibrates; the models already trained are kept)."""
+    K, v, s = cfg.horizon, prep.val_start, prep.test_start
+    c = s - K - cfg.calibration_size + 1
+    if cfg.calibration_size <= 0 or c >= v:
+        return None
+    try:
+        pc = prepare(cfg, prep.series, points=(c - (s - v), c))
+        if not cfg.quiet:
+            log(f"intervals: {max(0, s - K - v + 1)} out-of-sample errors per step before the test part, "
+                f"{cfg.calibration_size} wanted: refitting on the first {c} points for {v - c} more")
+        models = _train_members(cfg, pc, be, None, time.perf_counter(), progress, None, interruptible)[0]
+    except (UserError, TrainingDiverged, TrainingInterrupted) as e:
+        e = "Ctrl-C" if isinstance(e, TrainingInterrupted) else e
+        if not cfg.quiet:
+            log(f"intervals: no calibration refit ({e}); calibrating on the validation tail only")
+        return None
+    if cfg.shrink and pc.val.anchors.size:
+        pc.pipeline.fit_shrink(prep.series.y, pc.val.anchors, [predict_scaled(m, pc.val.X) for m in models])
+    predict, taus = member_predict(models)
+    return intervals.Refit(predict, pc.pipeline, c, taus)
 
 
 def _train_members(cfg: RunConfig, prep: Prepared, be, out, t0: float, progress: bool, resume: FitState | None,
@@ -337,6 +388,9 @@ def _predictions_csv(prep: Prepared, preds: dict) -> str:
                              p["seasonal_naive"][i, h]))
     col0 = "date" if prep.series.dates is not None else "step"
     df = pd.DataFrame(rows, columns=[col0, "split", "horizon", "actual", "predicted", "naive", "seasonal_naive"])
+    bounds = [c for c in next(iter(preds.values()), {}) if c.startswith(("lower_", "upper_"))]
+    for c in bounds:  # the intervals' bounds, in the rows' order (split, step, origin); empty where none was issued
+        df[c] = np.concatenate([p[c][:, h] for p in preds.values() for h in range(K)])
     if K == 1:
         df = df.drop(columns="horizon")
     return df.to_csv(index=False, float_format="%.8g")
@@ -355,8 +409,10 @@ def write_run(out: Path, r: RunResult, be, seconds: float) -> None:
         checkpoint.write_json(tmp / "metrics.json", metrics.jsonable(r.metrics))
         checkpoint.write_json(tmp / "history.json", _history_json(r.history, r.status, r.histories))
         checkpoint.write_text(tmp / "predictions.csv", _predictions_csv(prep, r.predictions))
+        if r.intervals is not None:
+            checkpoint.write_json(tmp / "intervals.json", metrics.jsonable(r.intervals))
         if cfg.plots:
-            plots.run_plots(tmp, prep, r.predictions, r.history)
+            plots.run_plots(tmp, prep, r.predictions, r.history, cfg.intervals)
         if cfg.diagnostics:  # on (up to 256) validation windows, else training windows
             from .diagnostics import write_diagnostics
 
@@ -400,6 +456,7 @@ class LoadedRun:
     config: RunConfig
     meta: dict
     models: list = field(default_factory=list)  # every ensemble member; [model] for a single model
+    folder: Path | None = None  # the run folder it was loaded from
 
 
 def _member_states(params: dict, n_members: int) -> list[dict]:
@@ -417,6 +474,9 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run folder {d} not found; pass --run DIR written by 'gru-xp train'")
+    if checkpoint.run_kind(d) == "classify":  # issue 17: a classifier's run folder is not a forecaster
+        raise UserError(f"run folder {d} is a classifier (written by 'gru-xp classify'), not a forecasting run; "
+                        f"classify with 'gru-xp predict --run {d} --text ...' or '--data FILE.ts'")
     params, meta = checkpoint.load(d / "model.npz")
     _check_consistent(d, meta)
     try:
@@ -439,7 +499,7 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     for m, st in zip(models, states):
         m.load_state_dict(st)
         m.eval()
-    return LoadedRun(models[0], pipe, cfg, meta, models)
+    return LoadedRun(models[0], pipe, cfg, meta, models, d)
 
 
 def _check_consistent(d: Path, meta: dict) -> None:
@@ -466,6 +526,12 @@ def forecast(model, pipe: Pipeline, y, steps: int, series: Series | None = None)
     forecasts averaged on the original scale at every step). With calendar features the phases of the future
     positions come from `series` (its dates continued at its frequency; y must be series.y), or from the row
     index when the pipeline's calendar is the index."""
+    return forecast_from_end(model, pipe, y, steps, series)[0].point[0]
+
+
+def forecast_from_end(model, pipe: Pipeline, y, steps: int, series: Series | None = None) -> tuple:
+    """forecast's work: -> (intervals.Forecasts from the one origin len(y) - 1, with a quantile model's level paths
+    too; the calendar phases it used, or None)."""
     y = np.asarray(y, dtype=np.float64)
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     if len(y) - 1 < pipe.min_anchor():
@@ -480,15 +546,8 @@ def forecast(model, pipe: Pipeline, y, steps: int, series: Series | None = None)
             phase = np.arange(total, dtype=np.float64)
         else:
             raise UserError(f"this model uses calendar features ({pipe.calendar}): pass the series with its dates")
-    hist = y.copy()
-    out = []
-    while len(out) < steps:
-        t = np.array([len(hist) - 1])
-        x = pipe.inputs(hist, t, phase)
-        p = pipe.invert(hist, t, [predict_scaled(m, x) for m in models])[0]  # (K,)
-        out.extend(p.tolist())
-        hist = np.concatenate([hist, p])
-    return np.asarray(out[:steps])
+    predict, taus = member_predict(models)
+    return intervals.forecast_paths(predict, pipe, y, [len(y) - 1], int(steps), phase, taus), phase
 
 
 def predict_run(run_dir, data: str | None = None, steps: int | None = None, device: str = "cpu") -> tuple:
@@ -508,3 +567,28 @@ def predict_run(run_dir, data: str | None = None, steps: int | None = None, devi
         raise UserError(f"--horizon must be at least 1, got {k}")
     f = forecast(lr.models or [lr.model], lr.pipeline, series.y, k, series=series)
     return future_labels(series, k), f, series, lr
+
+
+def predict_bands(lr: LoadedRun, series: Series, steps: int, levels=None):
+    """Prediction intervals of predict_run's forecast (`steps` past the end of `series`): intervals.Bands with
+    (1, steps) bounds per level, or None with intervals off (the run's --intervals none and no `levels`). Calibrated
+    on the run's out-of-sample forecasts from every origin from its validation start to the end of `series`
+    (recursive ones beyond the trained horizon) and its stored calibration refit (intervals.json)."""
+    s = intervals.settings_of(lr.config, lr.pipeline.log, levels)
+    if s is None:
+        return None
+    state, path = None, None if lr.folder is None else lr.folder / "intervals.json"
+    if path is not None and path.is_file():
+        try:
+            with open(path, encoding="utf-8") as f:
+                state = json.load(f)
+            if state.get("refit"):  # read here so that a damaged file is one clear error
+                intervals.forecasts_from_dict(state["refit"], series.y, steps)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it from the run or retrain "
+                            f"with 'gru-xp train'") from None
+    models = lr.models or [lr.model]
+    final, phase = forecast_from_end(models, lr.pipeline, series.y, steps, series)
+    data = lr.meta.get("data", {})
+    v, st = int(data.get("val_start", 0)), int(data.get("test_start", 0))
+    return intervals.for_predict(s, *member_predict(models), lr.pipeline, series, final, state, v, st, phase)

@@ -144,7 +144,8 @@ def data_fingerprint(cfg: RunConfig) -> tuple[str, str | None]:
 
 # settings added after sweeps existed: left out of the key at their default, so a sweep started by an older version
 # keeps its keys (its finished rows are not re-run)
-LATER_DEFAULTS = {"calendar": False, "ensemble": 1, "nonlinearity": "tanh"}
+LATER_DEFAULTS = {"calendar": False, "ensemble": 1, "nonlinearity": "tanh", "loss": "mse", "quantiles": [0.1, 0.5, 0.9],
+                  "intervals": [0.8, 0.95], "interval_window": 30, "interval_gamma": 0.005, "calibration_size": 20}
 
 
 def task_key(settings: dict, data_sha256: str) -> str:

@@ -7,6 +7,10 @@
 `state_dict`/`load_state_dict`, `train()`/`eval()`, `backend` and `rnn.rng` (its dropout generator).
 Device discipline: X/Y are moved to the device once; a batch is an index-take on device; the batch loop never
 syncs (losses accumulate as 0-d device arrays); one device->host transfer per epoch reads train and val loss.
+Variable-length sequences (classification): `lengths` (N,) ride along, moved once, taken per batch like X, and
+passed as loss_and_grads(..., lengths=, check_lengths=False) (checked here once, on the host). Each batch's steps
+are cut to its longest sequence (decided on the host: no sync); `bucket` groups similar lengths into batches. A
+model with `correct(y)` (the Classifier) gets accuracy per epoch too (AccuracyHistory), in the same one sync.
 Run folders, resume files and forecasts live in runs.py and resume.py.
 """
 from __future__ import annotations
@@ -28,6 +32,9 @@ from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .nn.optim import OPTIMIZERS, clip_grad_norm
 
 
+PER_EPOCH = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")  # History fields kept per epoch
+
+
 @dataclass
 class History:
     train_loss: list = field(default_factory=list)  # per epoch, the model's loss on its scaled targets
@@ -41,7 +48,7 @@ class History:
 
     def summary(self) -> dict:
         """Every field but the per-epoch losses (JSON-able; best_loss None when infinite)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("train_loss", "val_loss")}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in PER_EPOCH}
         d["best_loss"] = d["best_loss"] if math.isfinite(d["best_loss"]) else None
         return d
 
@@ -50,10 +57,19 @@ class History:
         """The inverse of summary(), given the per-epoch losses."""
         h = cls([float(v) for v in train_loss], [float(v) for v in val_loss])
         for f in dataclasses.fields(cls):
-            if f.name not in ("train_loss", "val_loss"):
+            if f.name not in PER_EPOCH:
                 v = summary[f.name]  # a missing key is a corrupt file (KeyError)
                 setattr(h, f.name, f.default if v is None else type(f.default)(v))
         return h
+
+
+@dataclass
+class AccuracyHistory(History):
+    """A classifier's History: also the share of correctly classified sequences per epoch (training: running over
+    the epoch's minibatches in training mode, as Keras reports it; validation: after the epoch, eval mode)."""
+
+    train_accuracy: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)  # NaN when there is no validation set
 
 
 @dataclass
@@ -75,7 +91,9 @@ class FitState:
 
 
 def to_time_major(be, X):
-    """host (N, L, I) (or (N, L)) -> device (L, N, I), once."""
+    """host (N, L, I) (or (N, L)) -> device (L, N, I), once. Integer X (token ids (N, L)) -> int64 (L, N)."""
+    if np.issubdtype(np.asarray(X).dtype, np.integer):
+        return be.asarray(np.ascontiguousarray(np.asarray(X, dtype=np.int64).T), dtype=be.xp.int64)
     X = np.asarray(X, dtype=be.np_dtype)
     if X.ndim == 2:
         X = X[..., None]
@@ -145,6 +163,13 @@ class _DeviceData:
     Y: Any  # (N, K)
     Xv: Any = None  # (L, Nv, I) or None
     Yv: Any = None  # (Nv, K) or None
+    lengths: Any = None  # (N,) int64 on device: variable-length sequences (None: every one has L steps)
+    host_lengths: Any = None  # (N,) the same on the host: batch widths are decided there (no sync)
+    val_batches: list = field(default_factory=list)  # [(device index (n,), steps, n)]: validation in chunks
+    val_lengths: Any = None  # (Nv,) int64 on device
+    bucket: bool = False  # batches of similar lengths (sorted, then shuffled as whole batches)
+    trim: bool = True  # cut each batch to its longest sequence
+    accuracy: bool = False  # the model has correct(y): accuracy per epoch
 
     @property
     def n(self) -> int:
@@ -174,6 +199,91 @@ def _move(be, X, Y, X_val, Y_val) -> _DeviceData:
     return data
 
 
+VAL_CHUNK = 256  # validation sequences per forward (variable lengths: sorted by length, so little padding)
+
+
+def host_lengths(lengths, n: int, T: int, what: str = "lengths") -> np.ndarray:
+    """Check variable lengths on the host, once: (n,) integers in 1..T. -> int64 array."""
+    L = np.asarray(lengths)
+    if L.shape != (n,) or not (np.issubdtype(L.dtype, np.integer) or L.size == 0):
+        raise UserError(f"{what} must be ({n},) integers (one per sequence), got shape {L.shape} {L.dtype}")
+    if L.size and (L.min() < 1 or L.max() > T):
+        raise UserError(f"{what} must be between 1 and {T} (the padded length), got {L.min()}..{L.max()}")
+    return L.astype(np.int64)
+
+
+def _move_lengths(be, data: _DeviceData, lengths, val_lengths) -> None:
+    """Variable lengths: checked on the host, moved once; validation split into length-sorted chunks (indices
+    moved once)."""
+    xp = be.xp
+    data.host_lengths = host_lengths(lengths, data.n, int(data.X.shape[0]))
+    data.lengths = be.asarray(data.host_lengths, dtype=xp.int64)
+    if data.has_val:
+        nv = int(data.Yv.shape[0])
+        hv = host_lengths(val_lengths, nv, int(data.Xv.shape[0]), "validation lengths")
+        data.val_lengths = be.asarray(hv, dtype=xp.int64)
+        order = np.argsort(hv, kind="stable")
+        for s in range(0, nv, VAL_CHUNK):
+            idx = order[s:s + VAL_CHUNK]
+            data.val_batches.append((be.asarray(idx, dtype=xp.int64), int(hv[idx].max()), len(idx)))
+
+
+def batch_order(host_len: np.ndarray, bs: int, rng, bucket: bool) -> list:
+    """Host index arrays of one epoch's minibatches. Random batches: a permutation cut into bs-sized pieces.
+    bucket: sequences sorted by length (random tie-break) cut into batches, whose order is then shuffled."""
+    N = len(host_len)
+    if bs >= N:
+        return [np.arange(N)]
+    if not bucket:
+        perm = rng.permutation(N)
+        return [perm[s:s + bs] for s in range(0, N, bs)]
+    by_len = np.lexsort((rng.random(N), host_len))
+    pieces = [by_len[s:s + bs] for s in range(0, N, bs)]
+    return [pieces[i] for i in rng.permutation(len(pieces))]
+
+
+def _batches(data: _DeviceData, bs: int, rng, be):
+    """Yield (xb, yb, extra loss_and_grads keywords) for one epoch's minibatches (index-takes on device)."""
+    xp, N = be.xp, data.n
+    if data.lengths is None:
+        if bs < N:
+            perm = xp.asarray(rng.permutation(N), device=be.device)  # host permutation, moved once per epoch
+        for s in range(0, N, bs):
+            if bs < N:
+                idx = perm[s:s + bs]
+                yield xp.take(data.X, idx, axis=1), xp.take(data.Y, idx, axis=0), {}
+            else:
+                yield data.X, data.Y, {}
+        return
+    host = batch_order(data.host_lengths, bs, rng, data.bucket)
+    perm = be.asarray(np.concatenate(host), dtype=xp.int64)  # moved once per epoch
+    s = 0
+    for idx_h in host:
+        idx = perm[s:s + len(idx_h)]
+        s += len(idx_h)
+        steps = int(data.host_lengths[idx_h].max()) if data.trim else int(data.X.shape[0])
+        yield (xp.take(data.X[:steps, ...], idx, axis=1), xp.take(data.Y, idx, axis=0),
+               {"lengths": xp.take(data.lengths, idx, axis=0), "check_lengths": False})
+
+
+def _val_loss(model, data: _DeviceData):
+    """Validation loss (and number correct when tracked) as 0-d device arrays, in eval mode."""
+    xp = model.backend.xp
+    if data.lengths is None:
+        return model.loss(data.Xv, data.Yv), None
+    total = correct = None
+    for idx, steps, n in data.val_batches:
+        yb = xp.take(data.Yv, idx, axis=0)
+        part = model.loss(xp.take(data.Xv[:steps, ...], idx, axis=1), yb,
+                          lengths=xp.take(data.val_lengths, idx, axis=0), check_lengths=False) * n
+        total = part if total is None else total + part
+        if data.accuracy:
+            c = model.correct(yb)
+            correct = c if correct is None else correct + c
+    nv = int(data.Yv.shape[0])
+    return total / nv, (None if correct is None else correct / nv)
+
+
 def _restore(model, optimizer, rng, state: FitState) -> _Progress:
     """Continue exactly where an interrupted fit stopped: parameters, optimizer, both generators, counters."""
     be = model.backend
@@ -193,33 +303,33 @@ def _restore(model, optimizer, rng, state: FitState) -> _Progress:
 
 def _epoch(model, optimizer, data: _DeviceData, bs: int, rng, *, clip: float, tbptt: int, poke=None):
     """One pass over the training windows in minibatches of bs (shuffled by the host generator when bs < N), then
-    the validation loss: (train loss, val loss) as host floats, the epoch's one sync. poke: called after the first
-    minibatch (the Ctrl-C test hook)."""
+    the validation loss: (train loss, val loss, train accuracy, val accuracy) as host floats (accuracies NaN unless
+    tracked), the epoch's one sync. poke: called after the first minibatch (the Ctrl-C test hook)."""
     xp, be, N = model.backend.xp, model.backend, data.n
     model.train()
-    total = None
-    if bs < N:
-        perm = xp.asarray(rng.permutation(N), device=be.device)  # host permutation, moved once per epoch
-    for s in range(0, N, bs):
-        if bs < N:
-            idx = perm[s:s + bs]
-            xb, yb = xp.take(data.X, idx, axis=1), xp.take(data.Y, idx, axis=0)
-        else:
-            xb, yb = data.X, data.Y
-        loss = model.loss_and_grads(xb, yb, tbptt=tbptt)
+    total = correct = None
+    for j, (xb, yb, extra) in enumerate(_batches(data, bs, rng, be)):
+        loss = model.loss_and_grads(xb, yb, tbptt=tbptt, **extra)
+        if data.accuracy:
+            c = model.correct(yb)
+            correct = c if correct is None else correct + c
         if clip > 0:
             clip_grad_norm(xp, model.grads, clip)
         optimizer.step(xp, model.params, model.grads)
         part = loss * int(yb.shape[0])
         total = part if total is None else total + part
-        if poke is not None and s == 0:
+        if poke is not None and j == 0:
             poke()
     train_loss = total / N
+    acc = [correct / N] if data.accuracy else []
     if not data.has_val:
-        return float(to_host(train_loss)), math.nan
+        vals = to_host(xp.stack([train_loss] + acc)) if acc else [to_host(train_loss)]  # the one sync
+        return float(vals[0]), math.nan, (float(vals[1]) if acc else math.nan), math.nan
     model.eval()
-    pair = to_host(xp.stack([train_loss, model.loss(data.Xv, data.Yv)]))  # the one sync of the epoch
-    return float(pair[0]), float(pair[1])
+    val_loss, val_correct = _val_loss(model, data)
+    vals = to_host(xp.stack([train_loss, val_loss] + acc + ([val_correct] if acc else [])))  # the one sync
+    return float(vals[0]), float(vals[1]), (float(vals[2]) if acc else math.nan), \
+        (float(vals[3]) if acc else math.nan)
 
 
 def _record(model, prog: _Progress, epoch: int, tl: float, vl: float, has_val: bool) -> bool:
@@ -272,10 +382,16 @@ def _progress_bar(progress: bool, epochs: int, done: int, desc: str):
 
 def fit(model, X, Y, X_val=None, Y_val=None, *, optimizer=None, epochs: int = 100, batch_size: int = 32,
         patience: int = 0, clip: float = 0.0, tbptt: int = 0, seed: int = 0, progress: bool = True,
-        desc: str = "train", state: FitState | None = None, interruptible: bool = True) -> History:
+        desc: str = "train", state: FitState | None = None, interruptible: bool = True, lengths=None,
+        val_lengths=None, bucket: bool = False, trim: bool = True, keep_last: bool = False) -> History:
     """Train `model` in place; the parameters of the best epoch (validation loss, else training loss) are restored.
 
     X (N, L[, I]) and Y (N, K) are host arrays in model units; X_val/Y_val likewise or None.
+    lengths / val_lengths: (N,) / (Nv,) integers in 1..L, right padding (variable-length sequences; the model takes
+        loss_and_grads(..., lengths=)); each batch runs up to its longest sequence unless trim=False (the same
+        numbers either way: padded steps are masked); bucket: batches of similar lengths.
+    keep_last: without validation data, keep the last epoch's parameters (train for exactly `epochs`) instead of
+        restoring the epoch with the lowest training loss.
     state: continue from a FitState (saved by an interrupted fit) up to `epochs` in total; with the same data,
         settings and backend the result is bit-identical to a run that was never interrupted.
     Divergence (train or validation loss NaN/inf): training stops at the end of that epoch, the best parameters so
@@ -285,14 +401,23 @@ def fit(model, X, Y, X_val=None, Y_val=None, *, optimizer=None, epochs: int = 10
     """
     optimizer = optimizer if optimizer is not None else OPTIMIZERS["adam"](1e-3)
     data = _move(model.backend, X, Y, X_val, Y_val)
+    if lengths is not None:
+        _move_lengths(model.backend, data, lengths, val_lengths)
+        data.bucket, data.trim = bool(bucket), bool(trim)
+    data.accuracy = hasattr(model, "correct")
     N = data.n
     bs = N if batch_size <= 0 or batch_size >= N else int(batch_size)
     rng = np.random.default_rng(seed)  # host randomness for shuffling
-    prog = _Progress(History()) if state is None else _restore(model, optimizer, rng, state)
+    prog = _Progress(AccuracyHistory() if data.accuracy else History()) if state is None else \
+        _restore(model, optimizer, rng, state)
+    keep_last = keep_last and not data.has_val
     seconds_before, hook_epoch, t_start = prog.hist.seconds, _hook_epoch(seed), time.perf_counter()
 
-    def restore_best():
-        if prog.best_state is not None:
+    def restore_best(diverged: bool = False):
+        if keep_last and prog.hist.train_loss and not diverged:
+            prog.hist.best_epoch = len(prog.hist.train_loss)  # the last epoch's parameters stay
+            prog.hist.best_loss = prog.hist.train_loss[-1]
+        elif prog.best_state is not None:
             model.load_state_dict(prog.best_state)
         model.eval()
         prog.hist.seconds = seconds_before + time.perf_counter() - t_start
@@ -302,15 +427,18 @@ def fit(model, X, Y, X_val=None, Y_val=None, *, optimizer=None, epochs: int = 10
     try:
         with latch:
             for epoch in range(prog.first, epochs + 1):
-                tl, vl = _epoch(model, optimizer, data, bs, rng, clip=clip, tbptt=tbptt,
-                                poke=latch.poke if epoch == hook_epoch else None)
+                tl, vl, ta, va = _epoch(model, optimizer, data, bs, rng, clip=clip, tbptt=tbptt,
+                                        poke=latch.poke if epoch == hook_epoch else None)
+                if data.accuracy:
+                    prog.hist.train_accuracy.append(ta)
+                    prog.hist.val_accuracy.append(va)
                 if _record(model, prog, epoch, tl, vl, data.has_val):
-                    restore_best()
+                    restore_best(diverged=True)
                     raise _diverged(prog, epoch, tl, vl)
                 if bar is not None:
                     bar.set_postfix_str(f"train {tl:.4g}  val {vl:.4g}  best {prog.hist.best_epoch}", refresh=False)
                     bar.update(1)
-                if patience and prog.bad_epochs >= patience:
+                if patience and prog.bad_epochs >= patience and not keep_last:
                     prog.hist.stopped_early = True
                     break
                 if latch.hit and epoch < epochs:  # the epoch's bookkeeping is done: stop here, resumable

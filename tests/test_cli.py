@@ -36,14 +36,16 @@ def test_tiny_train_writes_a_complete_run_folder(tmp_path, capsys):
               "residual.png", "forecast.png"):
         assert (out / f).is_file(), f
     m = json.loads((out / "metrics.json").read_text())
+    ikeys = {f"{k}_{c}" for k in ("coverage", "width", "interval_score") for c in (80, 95)}
     for split in ("train", "test"):
         assert set(m[split]) >= {"model", "naive", "seasonal_naive"}
-        assert set(m[split]["model"]) == {"rmse", "mae", "mape", "mase"}
+        assert set(m[split]["model"]) == {"rmse", "mae", "mape", "mase"} | (ikeys if split == "test" else set())
     c = json.loads((out / "config.json").read_text())
     assert c["config"]["horizon"] == 2 and len(c["data"]["sha256"]) == 64
     assert c["run"]["dtype"] == "float32" and "numpy" in c["run"]["versions"]
     p = pd.read_csv(out / "predictions.csv")
-    assert list(p.columns) == ["step", "split", "horizon", "actual", "predicted", "naive", "seasonal_naive"]
+    assert list(p.columns) == ["step", "split", "horizon", "actual", "predicted", "naive", "seasonal_naive",
+                               "lower_80", "upper_80", "lower_95", "upper_95"]
     assert set(p["split"]) >= {"train", "test"}
     test = p[p.split == "test"]
     from gru_xp import metrics
@@ -67,11 +69,12 @@ def test_predict_round_trip_and_recursive_horizon(tmp_path, capsys):
     assert main(["predict", "--run", str(out), "--horizon", "5", "--out", str(f2)]) == 0
     a, b = pd.read_csv(f1), pd.read_csv(f2)
     pd.testing.assert_frame_equal(a, b)
-    assert list(a.columns) == ["step", "forecast"] and len(a) == 5 and a.step.iloc[0] == 120
+    assert list(a.columns) == ["step", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]
+    assert len(a) == 5 and a.step.iloc[0] == 120
     assert np.isfinite(a.forecast).all()
     capsys.readouterr()
     assert main(["predict", "--run", str(out)]) == 0  # default: the trained horizon, to stdout
-    assert capsys.readouterr().out.strip().splitlines()[0] == "step,forecast"
+    assert capsys.readouterr().out.strip().splitlines()[0] == "step,forecast,lower_80,upper_80,lower_95,upper_95"
 
 
 def test_predict_with_other_data_and_dates(tmp_path, capsys):

@@ -221,5 +221,5 @@ def test_cli_train_predict_with_calendar_and_ensemble(tmp_path, capsys):
     assert main(["predict", "--run", str(out), "--horizon", "3"]) == 0
     text = capsys.readouterr().out
     lines = text.strip().splitlines()
-    assert lines[0] == "date,forecast" and len(lines) == 4
+    assert lines[0] == "date,forecast,lower_80,upper_80,lower_95,upper_95" and len(lines) == 4
     assert lines[1].startswith("2009-03-01")  # the month after the last date (2001-03 + 96 months - 1)

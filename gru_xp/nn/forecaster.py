@@ -1,8 +1,10 @@
-"""A forecaster: recurrent layer(s) -> linear head on the last hidden state -> K outputs.
+"""A forecaster: recurrent layer(s) -> linear head on the last hidden state -> K outputs (or K x Q quantiles).
 
-Legend: T time steps, B batch, I input features, H hidden, D directions, K horizon.
+Legend: T time steps, B batch, I input features, H hidden, D directions, K horizon, Q quantile levels.
 The head reads the last layer's final state of each direction (forward: h at T-1, reverse: h at 0), which is
 what a sequence-to-one model wants; its gradient enters the recurrent layer as dstate_n.
+With `quantiles` (levels in (0, 1), increasing) the linear head has K*Q outputs, read as raw (B, K, Q) and passed
+through the non-crossing head (head.noncrossing_forward), and the loss is the pinball loss averaged over the levels.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ from .recurrent import build_recurrent
 
 
 class Forecaster:
-    """Recurrent layer(s) -> linear head on the last hidden state of each direction -> K outputs, MSE loss."""
+    """Recurrent layer(s) -> linear head on the last hidden state of each direction -> K outputs, MSE loss; or, with
+    quantiles, K x Q non-crossing quantiles and the pinball loss."""
 
     def __init__(self, cell: str = "gru", input_size: int = 1, hidden_size: int = 32, horizon: int = 1, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, reset_after: bool = True,
-                 nonlinearity: str = "tanh", device="cpu", dtype="float32", seed: int = 0, fast: bool = True):
+                 nonlinearity: str = "tanh", quantiles=None, device="cpu", dtype="float32", seed: int = 0,
+                 fast: bool = True):
         try:
             ok = not isinstance(horizon, bool) and operator.index(horizon) >= 1
         except TypeError:
@@ -36,11 +40,14 @@ class Forecaster:
         # caches may live in workspaces reused from step to step. fast=False: the reference cells.
         self.rnn.reuse_buffers = True
         self.horizon = horizon
+        self.quantiles = _check_quantiles(quantiles)  # None: point forecasts (MSE); else Q increasing levels
+        Q = 1 if self.quantiles is None else len(self.quantiles)
+        self.taus = None if self.quantiles is None else self.backend.asarray(list(self.quantiles))  # (Q,)
         F = self.rnn.num_directions * hidden_size
         rng = self.backend.rng(None if seed is None else seed + 1)
         bound = 1.0 / math.sqrt(F)
-        self.head = {"weight": self.backend.uniform(rng, (horizon, F), bound),  # (K, F)
-                     "bias": self.backend.uniform(rng, (horizon,), bound)}  # (K,)
+        self.head = {"weight": self.backend.uniform(rng, (horizon * Q, F), bound),  # (K*Q, F), k-major
+                     "bias": self.backend.uniform(rng, (horizon * Q,), bound)}  # (K*Q,)
         self.head_grads = {k: self.backend.zeros(v.shape) for k, v in self.head.items()}
 
     # flat views, rebuilt on each call so that load_state_dict (which swaps arrays) is never stale
@@ -95,16 +102,23 @@ class Forecaster:
         return last[0] if D == 1 else xp.concat(last, axis=-1)  # (B, D*H)
 
     def forward(self, x):
-        """x (T, B, I) -> pred (B, K)."""
+        """x (T, B, I) -> pred (B, K), or quantiles (B, K, Q) nondecreasing along Q."""
         xp = self.backend.xp
         _, state_n = self.rnn.forward(x)
         self._feat = self._last_hidden(state_n)  # (B, D*H)
-        return head.linear_forward(xp, self.head["weight"], self.head["bias"], self._feat)
+        out = head.linear_forward(xp, self.head["weight"], self.head["bias"], self._feat)  # (B, K*Q)
+        if self.quantiles is None:
+            return out
+        self._raw = xp.reshape(out, (out.shape[0], self.horizon, len(self.quantiles)))  # (B, K, Q)
+        return head.noncrossing_forward(xp, self._raw)
 
     def backward(self, dpred, *, tbptt: int = 0, input_grad: bool = True):
-        """dpred (B, K) -> accumulates every parameter gradient; returns dx (T, B, I) (None if not input_grad:
-        then it is not computed)."""
+        """dpred (B, K) (or (B, K, Q) with quantiles) -> accumulates every parameter gradient; returns dx (T, B, I)
+        (None if not input_grad: then it is not computed)."""
         xp, rnn = self.backend.xp, self.rnn
+        if self.quantiles is not None:
+            draw = head.noncrossing_backward(xp, self._raw, dpred)  # (B, K, Q)
+            dpred = xp.reshape(draw, (draw.shape[0], self.horizon * len(self.quantiles)))  # (B, K*Q)
         dfeat = head.linear_backward(xp, self.head["weight"], self._feat, dpred, self.head_grads["weight"],
                                      self.head_grads["bias"])  # (B, D*H)
         L, D, H = rnn.num_layers, rnn.num_directions, rnn.hidden_size
@@ -116,16 +130,41 @@ class Forecaster:
         dx, _ = rnn.backward(None, dstate, tbptt=tbptt, input_grad=input_grad)
         return dx
 
+    def objective(self, pred, y):
+        """The model's loss of a forward's output against targets y (B, K): MSE, or pinball with quantiles."""
+        if self.quantiles is None:
+            return losses.mse(self.backend.xp, pred, y)
+        return losses.pinball(self.backend.xp, pred, y, self.taus)
+
+    def objective_backward(self, pred, y):
+        """d objective / d pred, same shape as pred."""
+        if self.quantiles is None:
+            return losses.mse_backward(self.backend.xp, pred, y)
+        return losses.pinball_backward(self.backend.xp, pred, y, self.taus)
+
     def loss(self, x, y):
-        """The MSE of the current mode's forward (0-d device array), no gradients (and no backward cache)."""
+        """The loss (MSE, or pinball) of the current mode's forward (0-d device array), no gradients (and no
+        backward cache)."""
         with self.no_grad():
-            return losses.mse(self.backend.xp, self.forward(x), y)
+            return self.objective(self.forward(x), y)
 
     def loss_and_grads(self, x, y, *, tbptt: int = 0):
-        """One full model step without the update: zero grads, forward, MSE, backward. Returns the loss (0-d)."""
-        xp = self.backend.xp
+        """One full model step without the update: zero grads, forward, loss, backward. Returns the loss (0-d)."""
         self.zero_grad()
         pred = self.forward(x)
-        loss = losses.mse(xp, pred, y)
-        self.backward(losses.mse_backward(xp, pred, y), tbptt=tbptt, input_grad=False)  # dx: nobody reads it
+        loss = self.objective(pred, y)
+        self.backward(self.objective_backward(pred, y), tbptt=tbptt, input_grad=False)  # dx: nobody reads it
         return loss
+
+
+def _check_quantiles(quantiles):
+    """None, or a tuple of increasing levels strictly inside (0, 1)."""
+    if quantiles is None:
+        return None
+    try:
+        qs = tuple(float(q) for q in quantiles)
+    except (TypeError, ValueError):
+        qs = ()
+    if not qs or not all(0.0 < q < 1.0 for q in qs) or any(b <= a for a, b in zip(qs, qs[1:])):
+        raise UserError(f"quantiles must be increasing levels strictly between 0 and 1, got {quantiles!r}")
+    return qs

@@ -74,11 +74,13 @@ def forward(xp, p: CellParams, x, state0):
 
 
 def backward(xp, p: CellParams, cc: LSTMCache, dy, dstate_T, gr: CellParams, *, tbptt: int = 0,
-             dh_record=None, input_grad: bool = True):
+             dh_record=None, input_grad: bool = True, dc_steps=None):
     """dy (T, B, H) or None (zeros),
     dstate_T = (dh_T, dc_T) (either may be None) -> dx (T, B, I), (dh0, dc0). Accumulates into gr.
     input_grad=False: dx is not computed (None), as when nothing upstream needs it (a model's input).
-    dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it."""
+    dh_record: optional (T, B, H) array; when given, dL/dh_t (total, before the step's backward) is written to it.
+    dc_steps: optional (T, B, H) upstream gradient on c_t at every step, added to dc as dy is to dh (variable
+    lengths: the gradient of each sequence's final c enters at its own last step; see recurrent.py)."""
     T, B, H = cc.i.shape
     dev, dt = device_of(cc.x), cc.x.dtype
     da = xp.empty((T, B, 4 * H), dtype=dt, device=dev)  # (T, B, 4H) pre-activation grads, gates i, f, g, o
@@ -88,6 +90,8 @@ def backward(xp, p: CellParams, cc: LSTMCache, dy, dstate_T, gr: CellParams, *, 
     for t in range(T - 1, -1, -1):
         if dy is not None:  # None: no upstream gradient on y (e.g. a head on the last state only)
             dh = dh + dy[t, ...]  # (B, H)
+        if dc_steps is not None:
+            dc = dc + dc_steps[t, ...]  # (B, H)
         if dh_record is not None:
             dh_record[t, ...] = dh
         i, f, g, o, tc = cc.i[t, ...], cc.f[t, ...], cc.g[t, ...], cc.o[t, ...], cc.tc[t, ...]  # (B, H) each

@@ -1,15 +1,35 @@
 """The one wrapper around the cells: stacks layers, runs the reverse direction, applies dropout between layers,
-names parameters like torch. Written once, shared by GRU, LSTM and RNN.
+masks variable-length batches, names parameters like torch. Written once, shared by GRU, LSTM and RNN.
 
 Legend: T time steps, B batch, I input features, H hidden units, L layers, D directions (1 or 2).
-    forward:  x (T, B, I), state0 -> y (T, B, D*H), state_n; each state array is (L*D, B, H), index k*D + d
+    forward:  x (T, B, I), state0, lengths=None -> y (T, B, D*H), state_n; each state array is (L*D, B, H),
+              index k*D + d
     backward: dy (T, B, D*H), dstate_n -> dx (T, B, I), dstate0; parameter grads accumulate into `self.grads`
 Parameter names are torch's: weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}, suffix _reverse for d=1.
+
+Variable lengths (lengths (B,) integers, 1 <= L_b <= T, right padding): torch's packed sequences
+(pack_padded_sequence(..., enforce_sorted=False)), done here once for every cell and both paths, with no new cell
+math. Right padding puts the padded steps after the real ones, so a cell run over all T steps computes every real
+step exactly; only what is read out changes:
+  * outputs are masked: y_t = 0 at padded steps (t >= L_b), so the next layer and the loss see zeros there;
+  * the final state is each sequence's state at its own last step: gathered from y at t = L_b - 1 (y_t is h_t;
+    the LSTM's c from its cache's c);
+  * the reverse direction runs on each sequence reversed within its own length, x'[t, b] = x[L_b - 1 - t, b] for
+    t < L_b (padded steps stay in place): again right-padded, and the same gather undoes it (its own inverse);
+  * backward: dy is masked the same way and the final-state gradient dh_n is folded into dy at t = L_b - 1 (y_t is
+    h_t, so this is the same gradient); the LSTM's dc_n has no output to fold into and enters its cell backward as
+    a per-step term (dc_steps, nonzero only at t = L_b - 1). The cells then start from a zero state gradient at T, so
+    every padded step carries exactly zero gradient: dx is zero there and adds nothing to the parameter grads.
+  * dropout between layers draws one host generator per layer from the layer's generator and fills its (T, B, D*H)
+    mask in time-major order, so a real step's mask does not depend on how much padding follows it.
+With lengths=None none of this runs (the code path is the plain one). Truncated BPTT counts steps from T and is not
+combined with lengths.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from . import gru as gru_cell
@@ -19,6 +39,62 @@ from ._cell import CellParams
 from .fast import fast_cell_for
 from ..backend import Backend, resolve
 from ..errors import UserError
+
+
+@dataclass
+class Packing:
+    """Index arrays of one right-padded variable-length batch (built once per forward with lengths)."""
+
+    lengths: Any  # (B,) int64 on the layer's device
+    valid: Any  # (T, B, 1) 1 at real steps (t < L_b), 0 at padded ones, the layer's dtype
+    last: Any  # (T, B, 1) 1 at each sequence's last real step (t = L_b - 1)
+    rev: Any  # (T*B,) flat index of step t of sequence b reversed within its own length (padded steps stay)
+    final: Any  # (B,) flat index (L_b - 1) * B + b of each sequence's last real step
+
+    def reverse(self, xp, a):
+        """a (T, B, F) -> each sequence reversed within its own length (its own inverse)."""
+        T, B, F = a.shape
+        return xp.reshape(xp.take(xp.reshape(a, (T * B, F)), self.rev, axis=0), (T, B, F))
+
+    def at_last(self, xp, a):
+        """a (T, B, F) -> (B, F): each sequence's value at its own last real step."""
+        T, B, F = a.shape
+        return xp.take(xp.reshape(a, (T * B, F)), self.final, axis=0)
+
+
+def integer_lengths(be: Backend, lengths, B: int):
+    """lengths (B,) of integers (host or device, any namespace) -> int64 array on the backend's device (no sync)."""
+    dt = getattr(lengths, "dtype", None)
+    if dt is None:
+        ok = isinstance(lengths, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                        for v in lengths)
+    else:
+        ok = "int" in str(dt)
+    if not ok:
+        raise UserError(f"lengths must be integers (one per sequence), got {str(dt) if dt is not None else lengths!r}")
+    L = be.asarray(lengths, dtype=be.xp.int64)
+    if tuple(L.shape) != (B,):
+        raise UserError(f"lengths must have shape ({B},) (one per sequence of the batch), got {tuple(L.shape)}")
+    return L
+
+
+def make_packing(be: Backend, lengths, T: int, B: int, check: bool = True) -> Packing:
+    """The Packing of a batch; check=True also checks 1 <= L_b <= T (one device->host read; callers that checked
+    the lengths on the host already, like train.fit, pass check=False and the batch loop never syncs)."""
+    xp, dev = be.xp, be.device
+    L = integer_lengths(be, lengths, B)
+    if check and B and bool(xp.any((L < 1) | (L > T))):
+        raise UserError(f"lengths must be between 1 and T={T} (right padding: each sequence's real steps first), got "
+                        f"values from {int(xp.min(L))} to {int(xp.max(L))}")
+    t = xp.reshape(xp.arange(T, dtype=xp.int64, device=dev), (T, 1))  # (T, 1)
+    Lr = xp.reshape(L, (1, B))  # (1, B)
+    b_flat = xp.arange(B, dtype=xp.int64, device=dev)  # (B,)
+    b = xp.reshape(b_flat, (1, B))  # (1, B)
+    real = t < Lr  # (T, B)
+    rev_t = xp.where(real, Lr - 1 - t, t)  # (T, B)
+    return Packing(lengths=L, valid=xp.reshape(xp.astype(real, be.dtype), (T, B, 1)),
+                   last=xp.reshape(xp.astype(t == Lr - 1, be.dtype), (T, B, 1)),
+                   rev=xp.reshape(rev_t * B + b, (T * B,)), final=(L - 1) * B + b_flat)
 
 
 class Recurrent:
@@ -49,6 +125,7 @@ class Recurrent:
         self.grads = {name: self.backend.zeros(shape) for name, shape in self.param_shapes()}
         self.caches: list = []  # the last forward's cell caches, index k*D + d (read by backward, diagnostics)
         self._masks: list = []
+        self._packing: Packing | None = None  # the last forward's variable-length index arrays (None: all T steps)
         self.record_dh = False  # backward(record=None) follows this flag (diagnostics through a Forecaster)
         # fast (the default): nn/fast's twin of the cell where the namespace supports it (NumPy, CuPy); False: the
         # reference cells. Either way every output a caller receives is its own array: only reuse_buffers=True
@@ -155,8 +232,11 @@ class Recurrent:
                                     fast_cell_for(self.cell, self.backend.xp, reuse=self.reuse_buffers))
         return fc[1]
 
-    def forward(self, x, state0=None, **kw):
-        """x (T, B, I) -> y (T, B, D*H), state_n (GRU/RNN: array (L*D, B, H); LSTM: (h_n, c_n))."""
+    def forward(self, x, state0=None, lengths=None, *, check_lengths: bool = True, **kw):
+        """x (T, B, I) -> y (T, B, D*H), state_n (GRU/RNN: array (L*D, B, H); LSTM: (h_n, c_n)).
+        lengths: None (every sequence has T steps) or (B,) integers, 1 <= L_b <= T, right padding: torch's packed
+        sequences (outputs zero past each length, state_n at each sequence's own last step; see the module doc).
+        check_lengths=False skips the range check (one device->host read) for lengths checked on the host."""
         state0 = kw.pop("h0", state0)
         if kw:
             raise TypeError(f"unexpected arguments {sorted(kw)}")
@@ -166,29 +246,47 @@ class Recurrent:
             raise UserError(f"input must be (T, B, {self.input_size}) time-major, got shape {tuple(x.shape)}")
         T, B, _ = x.shape
         s0 = self._state0(state0, B)
+        pk = self._packing = None if lengths is None else make_packing(be, lengths, T, B, check_lengths)
         D = self.num_directions
         self.caches, self._masks = [], []
         finals = [[None] * (self.num_layers * D) for _ in range(self.cell.STATES)]
+        drop = self.training and self.dropout > 0.0
+        mask_rngs = None
+        if pk is not None and drop and self.num_layers > 1:  # one generator per layer: masks independent of T
+            mask_rngs = [be.rng(int(v)) for v in self.rng.integers(0, 2 ** 62, size=self.num_layers - 1)]
         inp = x  # (T, B, I) then (T, B, D*H)
         fc = self.fast_cell()
         keep = self.grad_enabled  # no_grad(): no backward cache (the fast cells store only the states)
-        fast_opts = {} if fc is None else ({} if keep else {"keep_cache": False})
+        # with lengths the LSTM's c at each sequence's last step is read from the cache: its cells keep it then, and
+        # the wrapper drops it after the forward
+        lstm_packed = pk is not None and self.cell.STATES == 2
+        fast_opts = {} if fc is None or keep or lstm_packed else {"keep_cache": False}
         for k in range(self.num_layers):
             outs = []
             for d in range(D):
                 p = self._cell_params(self.params, k, d)
-                xin = inp if d == 0 else xp.flip(inp, axis=0)
+                if pk is None:
+                    xin = inp if d == 0 else xp.flip(inp, axis=0)
+                else:
+                    xin = inp if d == 0 else pk.reverse(xp, inp)
                 opts = self.cell_opts if fc is None else {**self.cell_opts, **fast_opts, "slot": k * D + d}
                 y_d, sT, cache = (fc or self.cell).forward(xp, p, xin, tuple(s[k * D + d, ...] for s in s0),
                                                            **opts)
-                outs.append(y_d if d == 0 else xp.flip(y_d, axis=0))  # (T, B, H)
+                if pk is None:
+                    outs.append(y_d if d == 0 else xp.flip(y_d, axis=0))  # (T, B, H)
+                else:
+                    sT = (pk.at_last(xp, y_d),) + ((pk.at_last(xp, cache.c[1:, ...]),) if self.cell.STATES == 2
+                                                   else ())  # each (B, H)
+                    y_d = y_d * pk.valid  # (T, B, H) zeros at padded steps
+                    outs.append(y_d if d == 0 else pk.reverse(xp, y_d))
                 if keep:
                     self.caches.append(cache)
                 for i, s in enumerate(sT):
                     finals[i][k * D + d] = s
             y = outs[0] if D == 1 else xp.concat(outs, axis=-1)  # (T, B, D*H)
-            if self.training and self.dropout > 0.0 and k < self.num_layers - 1:
-                mask = be.dropout_mask(self.rng, (T, B, D * self.hidden_size), self.dropout)  # (T, B, D*H)
+            if drop and k < self.num_layers - 1:
+                rng = self.rng if mask_rngs is None else mask_rngs[k]
+                mask = be.dropout_mask(rng, (T, B, D * self.hidden_size), self.dropout)  # (T, B, D*H)
                 self._masks.append(mask)
                 y = y * mask
             else:
@@ -198,6 +296,23 @@ class Recurrent:
         self._T, self._B = T, B
         self._cacheless = not keep
         return inp, (states[0] if self.cell.STATES == 1 else states)
+
+    def _packed_upstream(self, dy_d, ds_slot, d: int):
+        """Variable lengths: the cell's upstream gradients for one (layer, direction), in the cell's own time order.
+        dy_d (T, B, H) or None; ds_slot: this slot's (dh_n, [dc_n]) each (B, H) or None -> (dy for the cell,
+        a zero dstate_T, extra cell keywords). dh_n enters dy at each last step; the LSTM's dc_n enters as dc_steps."""
+        xp, pk = self.backend.xp, self._packing
+        if dy_d is not None:
+            dy_d = (dy_d if d == 0 else pk.reverse(xp, dy_d)) * pk.valid  # (T, B, H) zeros at padded steps
+        dh = ds_slot[0]
+        if dh is not None:
+            fold = pk.last * xp.reshape(dh, (1,) + tuple(dh.shape))  # (T, B, H)
+            dy_d = fold if dy_d is None else dy_d + fold
+        extra = {}
+        if self.cell.STATES == 2 and ds_slot[1] is not None:
+            dc = ds_slot[1]
+            extra["dc_steps"] = pk.last * xp.reshape(dc, (1,) + tuple(dc.shape))  # (T, B, H)
+        return dy_d, tuple(None for _ in ds_slot), extra
 
     def backward(self, dy, dstate_n=None, *, tbptt: int = 0, record: bool | None = None, input_grad: bool = True,
                  **kw):
@@ -223,6 +338,10 @@ class Recurrent:
         if dy is not None and tuple(dy.shape) != (T, B, D * H):
             raise UserError(f"dy has shape {tuple(dy.shape)}, the last forward produced {(T, B, D * H)}")
         dsT = self._state0(dstate_n, B, keep_none=True)  # None entries stay None: the cells read them as zeros
+        pk = self._packing
+        if pk is not None and tbptt:
+            raise UserError("truncated BPTT (tbptt) counts steps from T and cannot be combined with lengths; "
+                            "use tbptt=0 with variable-length batches")
         dstate0 = [[None] * (self.num_layers * D) for _ in range(self.cell.STATES)]
         last_dh = [None] * self.num_layers
         for k in range(self.num_layers - 1, -1, -1):
@@ -232,23 +351,28 @@ class Recurrent:
             rec = [be.empty((T, B, H)) for _ in range(D)] if record else [None] * D
             for d in range(D):
                 dy_d = None if dy is None else dy[:, :, d * H:(d + 1) * H]  # (T, B, H)
-                if d and dy_d is not None:
-                    dy_d = xp.flip(dy_d, axis=0)
+                ds_slot = tuple(None if s is None else s[k * D + d, ...] for s in dsT)
                 g = self._cell_params(self.grads, k, d)
                 p = self._cell_params(self.params, k, d)
                 extra = {"dh_record": rec[d]} if record else ({} if fc is None else {"slot": k * D + d})
+                if pk is None:
+                    if d and dy_d is not None:
+                        dy_d = xp.flip(dy_d, axis=0)
+                else:
+                    dy_d, ds_slot, more = self._packed_upstream(dy_d, ds_slot, d)
+                    extra.update(more)
                 need_dx = input_grad or k > 0  # the layers above the first need it: it is the next dy
-                dx_d, ds0 = (fc or self.cell).backward(xp, p, self.caches[k * D + d], dy_d,
-                                                       tuple(None if s is None else s[k * D + d, ...] for s in dsT),
+                dx_d, ds0 = (fc or self.cell).backward(xp, p, self.caches[k * D + d], dy_d, ds_slot,
                                                        g, tbptt=tbptt, input_grad=need_dx, **extra)
                 if need_dx:
                     if d:
-                        dx_d = xp.flip(dx_d, axis=0)
+                        dx_d = xp.flip(dx_d, axis=0) if pk is None else pk.reverse(xp, dx_d)
                     dx = dx_d if dx is None else dx + dx_d  # (T, B, in_k)
                 for i, s in enumerate(ds0):
                     dstate0[i][k * D + d] = s
             if record:
-                r = [rec[0]] if D == 1 else [rec[0], xp.flip(rec[1], axis=0)]
+                r = [rec[0]] if D == 1 else [rec[0], xp.flip(rec[1], axis=0) if pk is None
+                                             else pk.reverse(xp, rec[1])]
                 last_dh[k] = r[0] if D == 1 else xp.concat(r, axis=-1)  # (T, B, D*H)
             dy = dx
         if record:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import gru_xp
 from gru_xp.backend import cuda_available, resolve, to_host
 from gru_xp.nn import gru as gru_ref, lstm as lstm_ref, rnn as rnn_ref
 from gru_xp.nn._cell import CellParams
@@ -285,3 +286,35 @@ def test_generated_sources_equal_cupy_own_on_a_gpu(nvrtc_ready):
         gen = kernel_nvrtc.cupy_source(kernel, call)
         header = "\n".join(f"#include <{h}>" for h in __import__("cupy")._core.core._cupy_header_list)
         assert gen.source[len(header):] in _cuda.elementwise_kernel(kernel).cached_codes.values(), kernel.name
+
+
+# ---- variable lengths (issue 17) through the CuPy branches ----------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda **kw: gru_xp.GRU(3, 4, num_layers=2, bidirectional=True, **kw),
+    lambda **kw: gru_xp.GRU(3, 4, reset_after=False, bidirectional=True, **kw),
+    lambda **kw: gru_xp.LSTM(3, 4, num_layers=2, bidirectional=True, **kw),
+    lambda **kw: gru_xp.RNN(3, 4, nonlinearity="relu", bidirectional=True, **kw),
+], ids=["gru-after", "gru-before", "lstm", "rnn-relu"])
+def test_variable_lengths_through_the_cupy_branches(monkeypatch, cpu_kernels, make):
+    """recurrent.py's lengths (masks, last-step gathers, per-sequence reversal, the LSTM's dc_steps added before
+    its fused backward kernel) on the CuPy branches with the compiled bodies equal the reference path (float64)."""
+    from gru_xp.check import random_lengths, random_problem, randomize_params
+
+    kernels = cpu_kernels["float64"]
+    kernels.reverse, kernels.mutant, kernels.calls = False, None, []
+    outs = []
+    for fast in (False, True):
+        layer = make(dtype="float64", seed=0)
+        randomize_params(layer, seed=1)
+        layer.fast = fast
+        x, s0, dy, ds = random_problem(layer, 6, 5, seed=2)
+        if fast:
+            monkeypatch.setattr(_common, "is_cupy", lambda xp: True)
+            monkeypatch.setattr(_cuda, "launch", kernels.launch)
+        y, sn = layer.forward(x, s0, lengths=random_lengths(6, 5, seed=3))
+        dx, ds0 = layer.backward(dy, ds)
+        st = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
+        outs.append([to_host(a).copy() for a in (y, *st(sn), dx, *st(ds0), *layer.grads.values())])
+    assert kernels.calls, "no kernel launched: not the CuPy branch"
+    for a, b in zip(*outs):
+        assert np.max(np.abs(a - b)) <= 1e-12 * max(1.0, np.max(np.abs(b)))

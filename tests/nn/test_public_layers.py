@@ -260,3 +260,20 @@ def test_long_sequences_flush_vanishing_grads_and_agree_with_the_reference(cell,
     assert flushed.any(), "the problem must reach the flush (reference tiny but nonzero where the fast path is 0)"
     for a, b in zip(got, ref):  # float32 tolerance relative to each array's scale (as tests/nn/test_fast.py)
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(1.0, float(np.abs(b).max())))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("bi", [False, True])
+def test_no_grad_with_lengths_equals_the_forward_that_keeps_a_cache(cell, bi):
+    """Variable lengths (issue 17) under no_grad(): the same y and final states as the forward with a cache (the
+    LSTM's cells keep theirs for c at each last step; the wrapper drops it), and no cache kept."""
+    layer = _make(cell, 3, 5, dtype="float64", seed=4, num_layers=2, bidirectional=bi).eval()
+    x, s0, _, _ = _problem(layer, 7, 4, seed=1)
+    lengths = np.array([7, 3, 1, 5])
+    y, sn = layer.forward(x, s0, lengths=lengths)
+    want = [_host(a) for a in [y, *_parts(sn)]]
+    with layer.no_grad():
+        y2, sn2 = layer.forward(x, s0, lengths=lengths)
+    assert layer.caches == []
+    for a, b in zip([y2, *_parts(sn2)], want):
+        np.testing.assert_array_equal(_host(a), b)

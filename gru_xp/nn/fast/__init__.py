@@ -30,9 +30,10 @@ class FastCell:
         return self._fwd(xp, p, x, state0, ws=self._ws(slot), reuse=self.reuse, keep_cache=keep_cache,
                          **self._fwd_opts, **opts)
 
-    def backward(self, xp, p, cache, dy, dstate_T, g, *, tbptt: int = 0, input_grad: bool = True, slot=0):
+    def backward(self, xp, p, cache, dy, dstate_T, g, *, tbptt: int = 0, input_grad: bool = True, slot=0, **kw):
+        """kw: the cell's own extra keywords (the LSTM's dc_steps)."""
         return self._bwd(xp, p, cache, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, ws=self._ws(slot),
-                         reuse=self.reuse)
+                         reuse=self.reuse, **kw)
 
     def nbytes(self) -> int:
         return sum(ws.nbytes() for ws in self.workspaces.values())

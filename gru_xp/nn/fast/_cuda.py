@@ -20,6 +20,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# ==== Embedding backward (issue 17): a scatter-add of rows ========================================================
+# gw (V, E) += rows (N, E) at row ids (N,), repeated ids accumulating (atomic adds). Called by nn/fast/embedding.py
+# when the namespace is CuPy; the portable one-hot GEMM in nn/embedding.py is its reference.
+
+
+def embedding_scatter_add(gw, ids, rows) -> None:
+    import cupyx
+
+    cupyx.scatter_add(gw, ids, rows)
+
+
+# ==== end of the Embedding section; the recurrent kernels follow =================================================
+
 
 @dataclass(frozen=True)
 class Param:

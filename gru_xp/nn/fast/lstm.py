@@ -193,12 +193,14 @@ def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, dy, 
 
 
 def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
-                  input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False):
-    """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
+                  input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False, dc_steps=None):
+    """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it.
+    dc_steps: optional (T, B, H) upstream gradient on c_t per step (lstm.backward's; variable lengths)."""
     if not isinstance(c, FastLSTMCache):
-        return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
+        return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, dc_steps=dc_steps)
     if _common.is_cupy(xp):
-        return _lstm_backward_cupy(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, ws=ws, reuse=reuse)
+        return _lstm_backward_cupy(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, ws=ws, reuse=reuse,
+                                   dc_steps=dc_steps)
     T, H, B = c.tanh_c.shape
     dev, dt = device_of(c.x), c.x.dtype
     ws = Workspace() if ws is None else ws
@@ -232,7 +234,8 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
                         forget[t], dgates[j]))
         return out
 
-    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    # the CPU kernels take no per-step dc (variable lengths' dc_steps): that case runs the portable loop
+    kern = _cpu.kernels() if dc_steps is None and _cpu.usable(xp, B * H) else None
     if kern is None:
         step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
     input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
@@ -248,6 +251,8 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
             fac_o, fac_i, fac_f, fac_g, fac_c, da_o, da_i, da_f, da_g, f_t, dgates_t = step_views[t]
             if dy is not None:
                 add(dh, xp.matrix_transpose(dy[t, ...]), out=dh)
+            if dc_steps is not None:
+                add(dc, xp.matrix_transpose(dc_steps[t, ...]), out=dc)
             mul(dh, fac_c, out=dh_c)
             add(dc, dh_c, out=dc)
             mul(dh, fac_o, out=da_o)
@@ -270,7 +275,7 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
 
 
 def _lstm_backward_cupy(xp, p: CellParams, c: FastLSTMCache, dy, dstate_T, g: CellParams, *, tbptt: int,
-                        input_grad: bool, ws: Workspace | None, reuse: bool):
+                        input_grad: bool, ws: Workspace | None, reuse: bool, dc_steps=None):
     """lstm_backward on CuPy: per step one fused kernel (_cuda.lstm_bwd: dh + dy, dc, the four gate grads) and the
     dh GEMM; per chunk of steps (bounded by the weight-grad terms only: no CPU cache to fit) the weight grads in
     one batched GEMM and the input backward. dy goes feature-major once, so every kernel argument is contiguous."""
@@ -293,6 +298,7 @@ def _lstm_backward_cupy(xp, p: CellParams, c: FastLSTMCache, dy, dstate_T, g: Ce
     dgates_flat, _ = gate_grad_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=False)
     dgates = xp.reshape(dgates_flat, (chunk, H4, B))  # (chunk, 4H, B) [o | i f g], step t at t - t0
     dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, dt, dev)  # (T, H, B) or None
+    dc_fm = feature_major_copy(xp, ops, ws, "dc_fm", dc_steps, dt, dev)  # (T, H, B) or None (variable lengths)
     input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
                               dx=input_grad)
     t1 = T
@@ -300,6 +306,8 @@ def _lstm_backward_cupy(xp, p: CellParams, c: FastLSTMCache, dy, dstate_T, g: Ce
         t0 = max(0, t1 - chunk)
         for t in range(t1 - 1, t0 - 1, -1):
             dgates_t = dgates[t - t0]
+            if dc_fm is not None:  # the final c's gradient at each sequence's last step: a plain add, then the kernel
+                ops.add(dc, dc_fm[t], out=dc)
             _cuda.lstm_bwd(dh, None if dy_fm is None else dy_fm[t], c.gates[t], c.cell_states[t], c.tanh_c[t], dc,
                            dgates_t)
             ops.matmul(w_hh_t, dgates_t, out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
