@@ -167,7 +167,7 @@ def format_table(res: dict) -> str:
                                                                  else ""), "",
              "| cell | kind | threads | row | T | B | I | H | gru_xp ms | torch ms | ratio | target |" +
              (" ref ms |" if refs else "") + (" CPU ms | GPU speedup |" if gpus else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if refs else "") + ("---|---|" if gpus else "")]
+             "|---" * 12 + "|" + ("---|" if refs else "") + ("---|---|" if gpus else "")]
     for r in res["rows"]:
         tgt = "" if r["target"] is None else f"<= {r['target']}"
         ok = "" if r["target"] is None else (" ✓" if r["ratio"] <= r["target"] else " ✗")
