@@ -43,6 +43,11 @@ def _build():
     except ImportError:
         return None
     jit = numba.njit(cache=True, nogil=True)
+    return _Kernels(**_gru_kernels(jit), **_lstm_kernels(jit))
+
+
+def _gru_kernels(jit) -> dict:
+    """The GRU's kernels (reset_after), compiled by `jit` on first call."""
 
     @jit
     def gru_fwd_after_gates(gates, proj_n, cand, half):
@@ -104,6 +109,13 @@ def _build():
                 dgates[j, b] = da_n * gates[j, b]
                 dhz[j, b] = dh * gates[H + j, b]
 
+    return {"gru_fwd_after_gates": gru_fwd_after_gates, "gru_fwd_state": gru_fwd_state,
+            "gru_factors_after": gru_factors_after, "gru_bwd_after": gru_bwd_after}
+
+
+def _lstm_kernels(jit) -> dict:
+    """The LSTM's kernels, compiled by `jit` on first call."""
+
     @jit
     def lstm_fwd_gates(gates, c_prev, c_next, half):
         """gates (4H, B) [tanh(a_o/2), tanh(a_i/2), tanh(a_f/2), g] -> [o, i, f, g] in place; c_next (H, B) =
@@ -158,9 +170,7 @@ def _build():
                 dgates[3 * H + j, b] = c * fac[3, j, b]
                 dc[j, b] = c * forget[j, b]
 
-    return _Kernels(gru_fwd_after_gates=gru_fwd_after_gates, gru_fwd_state=gru_fwd_state,
-                    gru_factors_after=gru_factors_after, gru_bwd_after=gru_bwd_after, lstm_fwd_gates=lstm_fwd_gates,
-                    lstm_factors=lstm_factors, lstm_bwd=lstm_bwd)
+    return {"lstm_fwd_gates": lstm_fwd_gates, "lstm_factors": lstm_factors, "lstm_bwd": lstm_bwd}
 
 
 class _Kernels:
