@@ -126,7 +126,7 @@ def _layers(device: str):
 
 def _paths(make):
     """Yield (path name, layer) for the plain reference path and, where the namespace has one, the fast path
-    that training uses."""
+    (every layer's default, and what training uses): each set explicitly, both proven."""
     for fast in (False, True):
         layer = make()
         layer.fast = fast

@@ -76,12 +76,13 @@ def predict_log_probs(model: Classifier, X: np.ndarray, lengths: np.ndarray, chu
     model.eval()
     be = model.backend
     order = np.argsort(lengths, kind="stable")
-    for s in range(0, n, chunk):
-        idx = order[s:s + chunk]
-        steps = int(lengths[idx].max())
-        xb = to_time_major(be, X[idx, :steps])
-        logits = model.forward(xb, be.asarray(lengths[idx], dtype=be.xp.int64), check_lengths=False)
-        out[idx] = metrics.log_softmax_host(to_host(logits))
+    with model.no_grad():  # no backward cache
+        for s in range(0, n, chunk):
+            idx = order[s:s + chunk]
+            steps = int(lengths[idx].max())
+            xb = to_time_major(be, X[idx, :steps])
+            logits = model.forward(xb, be.asarray(lengths[idx], dtype=be.xp.int64), check_lengths=False)
+            out[idx] = metrics.log_softmax_host(to_host(logits))
     return out
 
 

@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import bench
 
-    b = sub.add_parser("bench", help="time a training step against PyTorch in the same run (ratios, medians)")
+    b = sub.add_parser("bench", help="time a training step, a layer forward + backward and an inference forward "
+                                     "against PyTorch in the same run (ratios, medians)")
     bench.add_arguments(b)
     b.set_defaults(func=bench.run)
 

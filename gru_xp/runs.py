@@ -80,15 +80,16 @@ def make_optimizer(cfg: RunConfig):
 
 def predict_outputs(model, X, chunk: int = 4096) -> np.ndarray:
     """Model outputs (N, K), or (N, K, Q) for a quantile model, for host windows X (N, L[, I]), in eval mode,
-    brought to the host once per chunk."""
+    brought to the host once per chunk; the forwards keep no backward cache (model.no_grad())."""
     Q = () if model.quantiles is None else (len(model.quantiles),)
     if len(X) == 0:
         return np.zeros((0, model.horizon) + Q)
     model.eval()
     Xd = to_time_major(model.backend, X)
     outs = []
-    for s in range(0, Xd.shape[1], chunk):
-        outs.append(to_host(model.forward(Xd[:, s:s + chunk, :])))
+    with model.no_grad():
+        for s in range(0, Xd.shape[1], chunk):
+            outs.append(to_host(model.forward(Xd[:, s:s + chunk, :])))
     return np.concatenate(outs, axis=0).astype(np.float64)
 
 

@@ -1,10 +1,13 @@
 """`gru-xp check` proves the install, and the README's two set-up commands stay true."""
 from __future__ import annotations
 
+import argparse
 import pathlib
 import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -108,3 +111,63 @@ def test_bench_combines_processes_by_median():
     assert res["machine"]["loadavg_end"] == [0.3]
     assert "over 3 processes" in format_table(res) and "(0.250-0.400)" in format_table(res)
     assert combine(runs[:1])["rows"][0]["ratio"] == 0.25  # one process: unchanged
+
+
+def test_bench_threads_default_to_every_core_and_take_a_list(monkeypatch):
+    from gru_xp import bench
+    from gru_xp.errors import UserError
+
+    monkeypatch.setattr(bench, "available_cores", lambda: 6)
+    assert bench.parse_threads("all") == [6] and bench.parse_threads("1,all") == [1, 6]
+    assert bench.parse_threads("2, 2,1") == [2, 1]
+    for bad in ("0", "x", "1,", "-2"):
+        with pytest.raises(UserError, match="--threads"):
+            bench.parse_threads(bad)
+    p = bench.add_arguments(argparse.ArgumentParser())
+    assert p.parse_args([]).threads == "all" and p.parse_args([]).kinds == "step,layer,infer"
+
+
+def test_bench_readme_table_puts_thread_counts_side_by_side():
+    from gru_xp.bench import format_readme_table, format_table, merge_threads
+
+    def result(threads, ratios):
+        rows = [{"cell": "gru", "kind": kind, "row": row, "threads": threads, "T": T, "B": B, "I": 1, "H": H,
+                 "fast_path": True, "gru_xp_ms": 1.0, "torch_ms": 1.0 / r, "ratio": r,
+                 "target": {("layer", "H32"): 0.3, ("infer", "H32"): None}.get((kind, row)) if threads > 1 else None,
+                 "timings": {}, "loadavg": [0.0]}
+                for (kind, row, T, B, H), r in zip([("layer", "H32", 50, 64, 32), ("infer", "H32", 50, 64, 32)],
+                                                   ratios)]
+        machine = {"gru_xp": "x", "torch": "t", "numpy": "n", "numpy_blas": "b", "cpu": "c", "threads": threads,
+                   "cores": 2, "os_cpu_count": 2, "loadavg_start": [0.0], "loadavg_end": [0.0]}
+        return {"machine": machine, "device": "cpu", "repeats": 3, "rows": rows}
+
+    res = merge_threads([result(1, [0.5, 0.6]), result(2, [0.25, 0.4])])
+    assert res["machine"]["threads"] == [1, 2] and res["machine"]["cores"] == 2 and len(res["rows"]) == 4
+    table = format_readme_table(res)
+    assert "2 cores" in table and "| 1 thread: gru_xp / torch ms |" in table and "| 2 threads:" in table
+    line = next(ln for ln in table.splitlines() if "layer fwd + bwd" in ln)
+    assert "**0.50**" in line and "**0.25**" in line and "≤ 0.3 at 2: met" in line
+    assert "forward, no_grad" in table
+    assert "| layer | 2 | H32 |" in format_table(res)
+    assert merge_threads([result(2, [0.25, 0.4])])["machine"]["threads"] == 2  # one count: as before
+
+
+def test_bench_worker_times_the_three_kinds_of_row():
+    """One quick worker run in this process (the H32 row, 1 thread): a step, a layer and an inference row, each
+    against torch, with the fields the tables and the JSON need."""
+    import torch
+
+    from gru_xp.bench_worker import worker
+
+    before = torch.get_num_threads()
+    try:
+        res = worker({"device": "cpu", "cells": "gru", "rows": "H32", "repeats": 1, "min_block": 0.0,
+                      "reference": True, "no_extras": True, "quick": True, "kinds": "step,layer,infer", "threads": 1})
+    finally:
+        torch.set_num_threads(before)
+    assert [r["kind"] for r in res["rows"]] == ["step", "layer", "infer"]
+    assert res["machine"]["threads"] == 1 and res["machine"]["cores"] >= 1
+    for r in res["rows"]:
+        assert r["fast_path"] and r["threads"] == 1 and r["gru_xp_ms"] > 0 and r["torch_ms"] > 0
+        assert r["ratio"] == round(r["gru_xp_ms"] / r["torch_ms"], 4) and r["reference_ms"] > 0
+    assert res["rows"][0]["target"] == 0.35 and res["rows"][1]["target"] is None  # 1 thread: issue 6's step targets

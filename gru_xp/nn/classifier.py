@@ -11,6 +11,8 @@ Bidirectional(LSTM) with mask_zero and torch's h_n of a packed batch.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 from . import head, losses
@@ -96,6 +98,12 @@ class Classifier:
     def eval(self):
         return self.train(False)
 
+    @contextlib.contextmanager
+    def no_grad(self):
+        """Forwards inside keep no backward cache (inference: predict, the validation loss)."""
+        with self.rnn.no_grad():
+            yield self
+
     # ---- forward, then backward -------------------------------------------------------------------------------
     def _last_hidden(self, state_n):
         h_n = state_n if self.rnn.cell.STATES == 1 else state_n[0]  # (L*D, B, H)
@@ -143,8 +151,9 @@ class Classifier:
         return losses.softmax_cross_entropy(xp, logits, y), losses.softmax_cross_entropy_backward
 
     def loss(self, x, y, lengths=None, *, check_lengths: bool = True):
-        """The loss of the current mode's forward (0-d device array), no gradients."""
-        return self._loss(self.forward(x, lengths, check_lengths=check_lengths), y)[0]
+        """The loss of the current mode's forward (0-d device array), no gradients (and no backward cache)."""
+        with self.no_grad():
+            return self._loss(self.forward(x, lengths, check_lengths=check_lengths), y)[0]
 
     def loss_and_grads(self, x, y, *, lengths=None, tbptt: int = 0, check_lengths: bool = True):
         """One full model step without the update: zero grads, forward, loss, backward. Returns the loss (0-d)."""

@@ -10,6 +10,7 @@ loss="mae": the absolute error instead of the squared one. Every loss takes an o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 
@@ -35,11 +36,11 @@ class Forecaster:
         self.cell = cell
         self.rnn = build_recurrent(cell, input_size, hidden_size, num_layers=num_layers,
                                    bidirectional=bidirectional, dropout=dropout, reset_after=reset_after,
-                                   nonlinearity=nonlinearity, device=device, dtype=dtype, seed=seed)
+                                   nonlinearity=nonlinearity, device=device, dtype=dtype, seed=seed, fast=fast)
         self.backend = self.rnn.backend
         # fast: the fast path (nn/fast) where the backend supports it; its outputs never leave the model, so its
         # caches may live in workspaces reused from step to step. fast=False: the reference cells.
-        self.rnn.fast, self.rnn.reuse_buffers = bool(fast), True
+        self.rnn.reuse_buffers = True
         self.horizon = horizon
         if loss not in POINT_LOSSES:
             raise UserError(f"loss must be one of {', '.join(POINT_LOSSES)}, got {loss!r}")
@@ -91,6 +92,12 @@ class Forecaster:
 
     def eval(self):
         return self.train(False)
+
+    @contextlib.contextmanager
+    def no_grad(self):
+        """Forwards inside keep no backward cache (inference: predict, forecast, the validation loss)."""
+        with self.rnn.no_grad():
+            yield self
 
     def _last_hidden(self, state_n):
         h_n = state_n if self.rnn.cell.STATES == 1 else state_n[0]  # (L*D, B, H)
@@ -148,8 +155,10 @@ class Forecaster:
         return losses.mse_backward(xp, pred, y) if weight is None else losses.mse_backward(xp, pred, y, weight)
 
     def loss(self, x, y, weight=None):
-        """The loss (MSE, MAE, or pinball) of the current mode's forward (0-d device array), no gradients."""
-        return self.objective(self.forward(x), y, weight)
+        """The loss (MSE, MAE, or pinball) of the current mode's forward (0-d device array), no gradients (and no
+        backward cache)."""
+        with self.no_grad():
+            return self.objective(self.forward(x), y, weight)
 
     def loss_and_grads(self, x, y, *, tbptt: int = 0, weight=None):
         """One full model step without the update: zero grads, forward, loss, backward. Returns the loss (0-d)."""

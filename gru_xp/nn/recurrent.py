@@ -27,6 +27,7 @@ combined with lengths.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,8 @@ class Recurrent:
     mode: str = ""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
-                 dropout: float = 0.0, *, device="cpu", dtype="float32", seed: int | None = 0, **cell_opts):
+                 dropout: float = 0.0, *, device="cpu", dtype="float32", seed: int | None = 0, fast: bool = True,
+                 **cell_opts):
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UserError(f"{name} must be a positive integer, got {v!r}")
@@ -125,8 +127,13 @@ class Recurrent:
         self._masks: list = []
         self._packing: Packing | None = None  # the last forward's variable-length index arrays (None: all T steps)
         self.record_dh = False  # backward(record=None) follows this flag (diagnostics through a Forecaster)
-        self.fast = False  # True: nn/fast's twin of the cell where the namespace supports it (NumPy, CuPy)
-        self.reuse_buffers = False  # fast path: keep caches/outputs in reused workspaces (valid until the next forward)
+        # fast (the default): nn/fast's twin of the cell where the namespace supports it (NumPy, CuPy); False: the
+        # reference cells. Either way every output a caller receives is its own array: only reuse_buffers=True
+        # (set by the Forecaster, whose layer outputs never leave it) keeps caches/outputs in reused workspaces.
+        self.fast = bool(fast)
+        self.reuse_buffers = False
+        self.grad_enabled = True  # False inside no_grad(): forwards keep no backward cache
+        self._cacheless = False  # the last forward ran without gradients (backward is an error)
         self._fast_impl = None
         self.last_dh: list | None = None
 
@@ -181,6 +188,17 @@ class Recurrent:
 
     def eval(self):
         return self.train(False)
+
+    @contextlib.contextmanager
+    def no_grad(self):
+        """`with layer.no_grad(): y, s = layer(x)`: forwards inside keep no backward cache (the fast path stores
+        only the states; the reference path drops its cache), for inference; backward() after one is an error."""
+        before = self.grad_enabled
+        self.grad_enabled = False
+        try:
+            yield self
+        finally:
+            self.grad_enabled = before
 
     # ---- forward, then backward ---------------------------------------------------------------------------
     def _state0(self, state0, B, *, keep_none: bool = False):
@@ -238,6 +256,11 @@ class Recurrent:
             mask_rngs = [be.rng(int(v)) for v in self.rng.integers(0, 2 ** 62, size=self.num_layers - 1)]
         inp = x  # (T, B, I) then (T, B, D*H)
         fc = self.fast_cell()
+        keep = self.grad_enabled  # no_grad(): no backward cache (the fast cells store only the states)
+        # with lengths the LSTM's c at each sequence's last step is read from the cache: its cells keep it then, and
+        # the wrapper drops it after the forward
+        lstm_packed = pk is not None and self.cell.STATES == 2
+        fast_opts = {} if fc is None or keep or lstm_packed else {"keep_cache": False}
         for k in range(self.num_layers):
             outs = []
             for d in range(D):
@@ -246,7 +269,7 @@ class Recurrent:
                     xin = inp if d == 0 else xp.flip(inp, axis=0)
                 else:
                     xin = inp if d == 0 else pk.reverse(xp, inp)
-                opts = self.cell_opts if fc is None else {**self.cell_opts, "slot": k * D + d}
+                opts = self.cell_opts if fc is None else {**self.cell_opts, **fast_opts, "slot": k * D + d}
                 y_d, sT, cache = (fc or self.cell).forward(xp, p, xin, tuple(s[k * D + d, ...] for s in s0),
                                                            **opts)
                 if pk is None:
@@ -256,7 +279,8 @@ class Recurrent:
                                                    else ())  # each (B, H)
                     y_d = y_d * pk.valid  # (T, B, H) zeros at padded steps
                     outs.append(y_d if d == 0 else pk.reverse(xp, y_d))
-                self.caches.append(cache)
+                if keep:
+                    self.caches.append(cache)
                 for i, s in enumerate(sT):
                     finals[i][k * D + d] = s
             y = outs[0] if D == 1 else xp.concat(outs, axis=-1)  # (T, B, D*H)
@@ -270,6 +294,7 @@ class Recurrent:
             inp = y
         states = tuple(xp.stack(f, axis=0) for f in finals)  # each (L*D, B, H)
         self._T, self._B = T, B
+        self._cacheless = not keep
         return inp, (states[0] if self.cell.STATES == 1 else states)
 
     def _packed_upstream(self, dy_d, ds_slot, d: int):
@@ -300,6 +325,9 @@ class Recurrent:
         dstate_n = kw.pop("dh_n", dstate_n)
         if kw:
             raise TypeError(f"unexpected arguments {sorted(kw)}")
+        if self._cacheless:
+            raise RuntimeError("backward() after a forward under no_grad(): that forward kept no backward cache; "
+                               "run the forward outside no_grad() to compute gradients")
         if not self.caches:
             raise RuntimeError("backward() called before forward()")
         xp, be = self.backend.xp, self.backend
@@ -369,9 +397,9 @@ class GRU(Recurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
                  dropout: float = 0.0, reset_after: bool = True, *, device="cpu", dtype="float32",
-                 seed: int | None = 0):
+                 seed: int | None = 0, fast: bool = True):
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, device=device, dtype=dtype,
-                         seed=seed, reset_after=bool(reset_after))
+                         seed=seed, fast=fast, reset_after=bool(reset_after))
 
     @property
     def reset_after(self) -> bool:
@@ -386,9 +414,10 @@ class LSTM(Recurrent):
     mode = "LSTM"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
-                 dropout: float = 0.0, *, device="cpu", dtype="float32", seed: int | None = 0):
+                 dropout: float = 0.0, *, device="cpu", dtype="float32", seed: int | None = 0,
+                 fast: bool = True):
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, device=device, dtype=dtype,
-                         seed=seed)
+                         seed=seed, fast=fast)
 
 
 class RNN(Recurrent):
@@ -400,11 +429,11 @@ class RNN(Recurrent):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
                  dropout: float = 0.0, nonlinearity: str = "tanh", *, device="cpu", dtype="float32",
-                 seed: int | None = 0):
+                 seed: int | None = 0, fast: bool = True):
         if nonlinearity not in rnn_cell.NONLINEARITIES:
             raise UserError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout, device=device, dtype=dtype,
-                         seed=seed, nonlinearity=nonlinearity)
+                         seed=seed, fast=fast, nonlinearity=nonlinearity)
 
     @property
     def nonlinearity(self) -> str:

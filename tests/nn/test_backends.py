@@ -117,6 +117,7 @@ def test_bad_backend_arguments(device, dtype, match):
 NN_DIR = pathlib.Path(gru_xp.__file__).parent / "nn"
 MATH_MODULES = sorted(str(p.relative_to(NN_DIR)) for p in NN_DIR.rglob("*.py"))
 CUDA_MODULE = "fast/_cuda.py"  # the one math module that may import cupy
+CPU_MODULE = "fast/_cpu.py"  # the optional CPU kernels: numba, loaded with importlib.import_module
 
 
 def _imports(path: pathlib.Path) -> list[str]:
@@ -129,15 +130,22 @@ def _imports(path: pathlib.Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
             out.append(".".join(base + ([node.module] if node.module else [])))
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args
+              and isinstance(node.args[0], ast.Constant)):  # importlib.import_module("name") counts as an import
+            out.append(node.args[0].value)
     return out
 
 
 @pytest.mark.parametrize("name", MATH_MODULES)
 def test_math_floor_imports_only_the_floor_backend_errors_and_stdlib(name):
     """The folder rule: a module in gru_xp/nn/ imports gru_xp.nn.*, gru_xp.backend, gru_xp.errors, the standard
-    library and array_api_compat; cupy only in fast/_cuda.py; never numpy, pandas, matplotlib, tqdm or torch."""
+    library and array_api_compat; cupy only in fast/_cuda.py, numba only in fast/_cpu.py; never numpy, pandas,
+    matplotlib, tqdm or torch."""
     assert len(MATH_MODULES) >= 10
     allowed_ext = set(sys.stdlib_module_names) | {"array_api_compat"} | ({"cupy", "cupyx"} if name == CUDA_MODULE else set())
+    allowed_ext |= {"numba"} if name == CPU_MODULE else set()
+    if name == CPU_MODULE:
+        assert "numba" in _imports(NN_DIR / name)  # the rule sees importlib's import too
     for mod in _imports(NN_DIR / name):
         top = mod.split(".")[0]
         if top == "gru_xp":

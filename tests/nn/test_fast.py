@@ -215,9 +215,10 @@ def test_fast_dispatch_only_where_out_is_supported():
         assert layer.fast_cell() is None  # the reference runs there
 
 
-def test_defaults_bare_layers_reference_forecaster_fast():
+def test_defaults_fast_layers_and_forecaster():
     layer = gru_xp.GRU(2, 3)
-    assert layer.fast is False and layer.fast_cell() is None  # checks and finite differences see gru.py
+    assert layer.fast and not layer.reuse_buffers and layer.fast_cell() is not None  # see test_public_layers.py
+    assert gru_xp.GRU(2, 3, fast=False).fast_cell() is None  # checks prove both paths explicitly
     m = Forecaster("gru", 2, 3)
     assert m.rnn.fast and m.rnn.reuse_buffers and m.rnn.fast_cell() is not None
     assert Forecaster("gru", 2, 3, fast=False).rnn.fast_cell() is None

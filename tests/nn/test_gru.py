@@ -42,8 +42,8 @@ def test_finite_differences_see_a_wrong_backward(monkeypatch):
     """The check can fail: perturb one term of the backward and it must notice."""
     import gru_xp.nn.gru as g
 
-    layer = gru_xp.GRU(2, 3, dtype="float64", seed=0)
-    layer.fast = False  # the reference path (the fast path is proven equal to it in test_fast.py)
+    layer = gru_xp.GRU(2, 3, dtype="float64", seed=0, fast=False)  # the reference path (proven equal to the fast
+    # path in test_fast.py)
     randomize_params(layer, seed=1)
     orig = g.recurrent_weight_grads
 

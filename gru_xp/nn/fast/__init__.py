@@ -13,8 +13,9 @@ class FastCell:
     """A cell with the reference module's interface (GATES, STATES, forward, backward) plus a `slot` keyword:
     one Workspace per (layer, direction) slot. `reuse` keeps caches and outputs in the workspaces too."""
 
-    def __init__(self, ref, fwd, bwd, reuse: bool = False):
+    def __init__(self, ref, fwd, bwd, reuse: bool = False, fwd_opts=None):
         self.ref, self._fwd, self._bwd, self.reuse = ref, fwd, bwd, reuse
+        self._fwd_opts = dict(fwd_opts or {})
         self.GATES, self.STATES = ref.GATES, ref.STATES
         self.workspaces: dict = {}
 
@@ -24,8 +25,10 @@ class FastCell:
             ws = self.workspaces[slot] = Workspace()
         return ws
 
-    def forward(self, xp, p, x, state0, *, slot=0, **opts):
-        return self._fwd(xp, p, x, state0, ws=self._ws(slot), reuse=self.reuse, **opts)
+    def forward(self, xp, p, x, state0, *, slot=0, keep_cache: bool = True, **opts):
+        """keep_cache=False: a forward without gradients (only the states are stored; the cache is None)."""
+        return self._fwd(xp, p, x, state0, ws=self._ws(slot), reuse=self.reuse, keep_cache=keep_cache,
+                         **self._fwd_opts, **opts)
 
     def backward(self, xp, p, cache, dy, dstate_T, g, *, tbptt: int = 0, input_grad: bool = True, slot=0, **kw):
         """kw: the cell's own extra keywords (the LSTM's dc_steps)."""
@@ -44,8 +47,11 @@ def fast_cell_for(cell_module, xp, *, reuse: bool = False):
     impl = _IMPLS.get(name)
     if impl is None:
         return None
-    return FastCell(cell_module, *impl, reuse=reuse)
+    fwd, bwd, fwd_opts = impl
+    return FastCell(cell_module, fwd, bwd, reuse=reuse, fwd_opts=fwd_opts)
 
 
-_IMPLS = {"gru": (gru.gru_forward, gru.gru_backward), "lstm": (lstm.lstm_forward, lstm.lstm_backward),
-          "rnn": (rnn.rnn_forward, rnn.rnn_backward)}
+# (forward, backward, forward options): the GRU keeps its internal cache arrays in the slot's workspace (a layer
+# holds a cache only until its next forward; see gru_forward's private_cache)
+_IMPLS = {"gru": (gru.gru_forward, gru.gru_backward, {"private_cache": True}),
+          "lstm": (lstm.lstm_forward, lstm.lstm_backward, {}), "rnn": (rnn.rnn_forward, rnn.rnn_backward, {})}

@@ -24,6 +24,8 @@ monkeypatch them, and `is_cupy`, in one place.
 """
 from __future__ import annotations
 
+import itertools
+
 from array_api_compat import device as device_of
 
 from .._cell import CellParams
@@ -62,6 +64,7 @@ class Ops:
             (lambda n: getattr(xp, n))
         self.mul, self.add, self.sub, self.tanh = pick("multiply"), pick("add"), pick("subtract"), pick("tanh")
         self.maximum, self.sign, self.matmul = pick("maximum"), pick("sign"), pick("matmul")
+        self.abs, self.greater_equal = pick("abs"), pick("greater_equal")
 
     def const(self, value: float, dtype, device):
         """A cached 0-d array: a Python float costs NumPy a scalar conversion per ufunc call; same values (a
@@ -139,6 +142,61 @@ def cache_array(xp, ws: Workspace, reuse: bool, name, shape, dt, dev):
     return ws.get(xp, name, shape, dt, dev) if reuse else xp.empty(shape, dtype=dt, device=dev)
 
 
+class PerStep:
+    """Stands in for a (T, ...) cache array when a forward keeps no cache (no gradients): one (...) buffer that every
+    step writes and the same step reads. Indexed like the array it replaces: [t] is the buffer; [t0:t1, ...] another
+    PerStep (of the view the other indices select); iterating gives the buffer once per step."""
+
+    def __init__(self, buf, length: int):
+        self.buf, self.length = buf, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        return itertools.repeat(self.buf, self.length)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        view = self.buf[key[1:]] if len(key) > 1 else self.buf
+        if isinstance(key[0], slice):
+            return PerStep(view, len(range(*key[0].indices(self.length))))
+        return view
+
+
+def step_array(xp, ws: Workspace, reuse: bool, keep_cache: bool, name, shape, dt, dev, *, output: bool = False):
+    """A (T, ...) cache array (cache_array) when the forward keeps its cache, else a PerStep over one (...) buffer:
+    from the workspace, or fresh (output=True and not reuse) when the caller returns it (a final state)."""
+    if keep_cache:
+        return cache_array(xp, ws, reuse, name, shape, dt, dev)
+    step = tuple(shape[1:])
+    buf = cache_array(xp, ws, reuse, name + "_step", step, dt, dev) if output else \
+        ws.get(xp, name + "_step", step, dt, dev)
+    return PerStep(buf, shape[0])
+
+
+def flush_threshold(xp, dt) -> float:
+    """smallest normal / eps (float32 ~9.9e-32, float64 ~1.0e-292): a carried grad at least this large times any
+    factor >= eps stays a normal number."""
+    fi = xp.finfo(dt)
+    return float(fi.smallest_normal) / float(fi.eps)
+
+
+def flush_subnormals(xp, ops: Ops, ws: Workspace, a):
+    """a[|a| < flush_threshold] = 0, in place. The backward's carried grads (dh, dc) decay geometrically over long
+    sequences; once they, or the gate grads they are multiplied into, are subnormal, every op on them runs through
+    the CPU's slow path (~20x on the Intel Xeon here: a GRU training step at T 400, H 128 took 42x the T 100 one,
+    against ~4x). Flushing only the subnormals themselves (what a CPU's flush-to-zero mode does) still left it at 20x:
+    the products of a barely normal dh are subnormal. A grad below the threshold adds nothing a float32 (float64)
+    sum of realistic gradients can hold. The portable loops call this once per backward chunk; the fused CPU
+    kernels do it per step."""
+    dt, dev = a.dtype, device_of(a)
+    tiny = ops.const(flush_threshold(xp, dt), dt, dev)
+    mag = ops.abs(a, out=ws.get(xp, "flush_mag", tuple(a.shape), dt, dev))  # (...) |a|
+    keep = ops.greater_equal(mag, tiny, out=ws.get(xp, "flush_keep", tuple(a.shape), xp.bool, dev))  # (...) bool
+    return ops.mul(a, keep, out=a)
+
+
 def feature_major_to_tbh(xp, a):
     """(T, F, B) storage -> (T, B, F) view."""
     return xp.permute_dims(a, (0, 2, 1))
@@ -185,11 +243,12 @@ def fold_weights(ops: Ops, w, p: CellParams, blocks, H: int, I: int):
     return w
 
 
-def input_proj_buffer(xp, ws: Workspace, T: int, rows: int, grad_rows: int, B: int, dt, dev):
+def input_proj_buffer(xp, ws: Workspace, T: int, rows: int, grad_rows: int, B: int, dt, dev, *, full: bool = True):
     """(buffer for the input projection's `rows` rows, id of the workspace array behind it). All T steps at once
     while small (one GEMM call), in the buffer the backward's gate grads (`grad_rows` rows a step) use later (dead
-    until then); else chunks of ~GI_CHUNK_ELEMS, computed just ahead of their steps (still in cache)."""
-    if T * rows * B <= GI_FULL_MAX_ELEMS:
+    until then); else (or full=False: a forward without gradients, which has no use for that buffer) chunks of
+    ~GI_CHUNK_ELEMS, computed just ahead of their steps (still in cache)."""
+    if full and T * rows * B <= GI_FULL_MAX_ELEMS:
         base = ws.get(xp, "proj_dgates", (T * grad_rows * B,), dt, dev)  # (T*grad_rows*B,) flat
         return xp.reshape(base[: T * rows * B], (T, rows, B)), id(base)
     base = ws.get(xp, "proj_chunk", (max(1, min(T, GI_CHUNK_ELEMS // (rows * B))), rows, B), dt, dev)  # (m, rows, B)

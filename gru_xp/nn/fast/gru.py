@@ -20,10 +20,11 @@ from array_api_compat import device as device_of
 from ..gru import GRUCache
 from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
-from . import _common
+from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_copy,
-                      feature_major_to_tbh, fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones,
-                      ops_for, projected_steps, recurrent_operands, state_grad, unfold_grads)
+                      feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights, gate_grad_buffer,
+                      input_proj_buffer, input_with_ones, ops_for, projected_steps, recurrent_operands, state_grad,
+                      step_array, unfold_grads)
 
 
 @dataclass
@@ -43,12 +44,16 @@ class FastGRUCache(GRUCache):
 
 # ---- forward ----------------------------------------------------------------------------------------------------
 def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: Workspace | None = None,
-                reuse: bool = False):
+                reuse: bool = False, keep_cache: bool = True, private_cache: bool = False):
     """Same contract as gru.forward: x (T, B, I), (h0 (B, H),) -> y (T, B, H), (h_T,), cache (FastGRUCache).
     `ws` holds the temporaries (a fresh one when None); `reuse=True` also keeps the cache (and so y) in it, valid
-    until the next forward on this workspace."""
+    until the next forward on this workspace. private_cache=True (a layer, which keeps a cache only until its next
+    forward): the cache arrays that no output is a view of (gates, candidate) live in the workspace even without
+    reuse, so a call does not allocate (and page-fault) ~4x its output anew. keep_cache=False (a forward without
+    gradients): gates and candidate live in one step's buffers, only the states (y) are stored, the cache is None."""
     if _common.is_cupy(xp):
-        return _gru_forward_cupy(xp, p, x, state0, reset_after=reset_after, ws=ws, reuse=reuse)
+        y, hT, cache = _gru_forward_cupy(xp, p, x, state0, reset_after=reset_after, ws=ws, reuse=reuse)
+        return y, hT, cache if keep_cache else None
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     (h0,) = state0
@@ -60,16 +65,26 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     w_rec, w_n, w_x = _weights_numpy(xp, ops, ws, p, I, reset_after, half, dt, dev)
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
     x_ones = operands[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
-    gates = cache_array(xp, ws, reuse, "gates", (T, H3, B), dt, dev)  # (T, 3H, B)
-    cand = cache_array(xp, ws, reuse, "cand", (T, H, B), dt, dev)  # (T, H, B)
+    internal = reuse or private_cache
+    gates = step_array(xp, ws, internal, keep_cache, "gates", (T, H3, B), dt, dev)  # (T, 3H, B) or one step's
+    cand = step_array(xp, ws, internal, keep_cache, "cand", (T, H, B), dt, dev)  # (T, H, B) or one step's
 
     mul, add, sub, tanh, matmul = ops.mul, ops.add, ops.sub, ops.tanh, ops.matmul
-    proj_buf = input_proj_buffer(xp, ws, T, H, 4 * H, B, dt, dev)  # n rows' input projection, chunks or all T
-    key = (T, reset_after, id(operands), id(gates), id(cand)) if reuse else None
+    proj_buf = input_proj_buffer(xp, ws, T, H, 4 * H, B, dt, dev, full=keep_cache)  # n rows' input projection
+    key = (T, reset_after, id(operands), id(gates), id(cand)) if reuse and keep_cache else None
     steps = projected_steps(ops, w_x, x_ones, proj_buf, ((0, H),), operands[:T], operands[:T, :H, :],
                             operands[1:, :H, :], gates, gates[:, :H2, :], gates[:, :H, :], gates[:, H:H2, :],
                             gates[:, H2:, :], cand, views_in=None if key is None else (ws, key))
-    if reset_after:
+    kern = _cpu.kernels() if reset_after and _cpu.usable(xp, B * H) else None
+    if kern is not None:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical, 5 calls a step
+        gate_kernel, state_kernel, half_s = kern.gru_fwd_after_gates, kern.gru_fwd_state, dt.type(0.5)
+        for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
+            matmul(w_rec, op_t, gates_t)  # (3H, H+I+1) @ (H+I+1, B): [a_r/2, a_z/2, W_hn h + b_hn]
+            tanh(rz_t, rz_t)
+            gate_kernel(gates_t, proj_n, n_t, half_s)  # r, z; r hn + W_in x + b_in
+            tanh(n_t, n_t)
+            state_kernel(h_prev, n_t, gates_t, h_next)  # n + z (h - n)
+    elif reset_after:
         # NumPy only (CuPy has its own branch), so `out` is passed positionally: cheaper than out=
         for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
             matmul(w_rec, op_t, gates_t)  # (3H, H+I+1) @ (H+I+1, B): [a_r/2, a_z/2, W_hn h + b_hn]
@@ -96,6 +111,9 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
             sub(h_prev, n_t, h_next)
             mul(h_next, z_t, h_next)
             add(h_next, n_t, h_next)
+    if not keep_cache:
+        h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+        return h_v[1:, ...], (h_v[T, ...],), None
     return _outputs(xp, x, operands, gates, cand, x_ones, reset_after, x_in_operands=True)
 
 
@@ -235,9 +253,13 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     ops = ops_for(xp)
     cuda = _common.is_cupy(xp)
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda)
+    step_elems = c.cand.shape[1] * c.cand.shape[2]  # H·B
+    kern = _cpu.kernels() if c.reset_after and not cuda and _cpu.usable(xp, step_elems) else None
     if cuda:  # dy feature-major once: every kernel argument contiguous
         dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
         _backward_loop_cupy(xp, ops, c, bufs, dy_fm, tbptt)
+    elif kern is not None:
+        _backward_loop_kernels(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
     else:
         _backward_loop_numpy(xp, ops, ws, reuse, c, bufs, dy, tbptt)
     _add_recurrent_grads(ops, g, c, bufs)
@@ -343,7 +365,7 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
         return out
 
     key = (T, chunk, reset_after, b.dgates_id, id(factors), id(gates))
-    step_views = ws.views("bwd", key, build) if reuse else build()
+    step_views = ws.views("bwd", key, build) if reuse or ws.bufs.get("gates") is gates else build()
     mul, add, matmul = ops.mul, ops.add, ops.matmul
     dh, dhp, drh, w_hh_t, w_n_t = b.dh, b.dhp, b.drh, b.w_hh_t, b.w_n_t
     t1 = T
@@ -374,8 +396,49 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
                 add(dh, dhp, dh)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
+        flush_subnormals(xp, ops, ws, dh)  # once a chunk: long sequences' vanishing dh leaves the CPU's slow path
         _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
         t1 = t0
+
+
+def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers, dy,
+                           tbptt: int, kern):
+    """_backward_loop_numpy (reset_after) with the fused CPU kernels (_cpu.py), bit-identical: per chunk one
+    factor kernel, per step one kernel and the recurrent GEMM; dh is carried as dhz + dhp (b.dh holds dh z)."""
+    T, H = c.cand.shape[0], c.cand.shape[1]
+    chunk, gates, factors, dgates, dgh = b.chunk, c.gates, b.factors, b.dgates, b.dgh
+
+    def build():  # step t's views: its factors, gate grads (chunks counted from the end), gates
+        out = []
+        for t in range(T):
+            j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
+            out.append((factors[j], dgates[j], dgh[j], gates[t]))
+        return out
+
+    key = (T, chunk, b.dgates_id, id(factors), id(gates))
+    step_views = ws.views("bwd_kernels", key, build) if reuse or ws.bufs.get("gates") is gates else build()
+    one, tiny = c.cand.dtype.type(1.0), c.cand.dtype.type(flush_threshold(xp, c.cand.dtype))
+    dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
+    dy_fm = None if dy is None else ws.get(xp, "dy_fm_chunk", (chunk, H, c.cand.shape[2]), c.cand.dtype,
+                                           device_of(c.cand))  # (chunk, H, B) a chunk of dy^T
+    ops.fill(dhp, 0.0)
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        kern.gru_factors_after(gates[t0:t1], c.operands, t0, c.cand[t0:t1], factors[: t1 - t0], one)
+        if dy_fm is not None:
+            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
+        for t in range(t1 - 1, t0 - 1, -1):
+            fac_t, dgates_t, dgh_t, gates_t = step_views[t]
+            step(dhz, dhp, dhz if dy_fm is None else dy_fm[t - t0], dy_fm is not None, fac_t, gates_t, dgates_t,
+                 tiny)
+            matmul(w_hh_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
+            if tbptt and cut(tbptt, T, t):
+                ops.fill(dhz, 0.0)
+                ops.fill(dhp, 0.0)
+        _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
+        t1 = t0
+    ops.add(dhz, dhp, out=b.dh)  # dh_0 = dh z + dhp, as the portable loop ends
 
 
 def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy_fm, tbptt: int):

@@ -18,10 +18,10 @@ from array_api_compat import device as device_of
 from ..lstm import LSTMCache
 from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
-from . import _common
+from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_copy,
-                      feature_major_to_tbh, fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad,
-                      unfold_grads, weight_grad_buffers)
+                      feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights, gate_grad_buffer,
+                      ops_for, recurrent_operands, state_grad, step_array, unfold_grads, weight_grad_buffers)
 
 
 def _lstm_blocks(H: int):
@@ -40,10 +40,14 @@ class FastLSTMCache(LSTMCache):
     x_ones: Any = None  # (T, I+1, B) [x_t^T; 1], a view of the operands
 
 
-def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, reuse: bool = False):
-    """Same contract as lstm.forward: x (T, B, I), (h0, c0) -> y (T, B, H), (h_T, c_T), cache (FastLSTMCache)."""
+def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, reuse: bool = False,
+                 keep_cache: bool = True):
+    """Same contract as lstm.forward: x (T, B, I), (h0, c0) -> y (T, B, H), (h_T, c_T), cache (FastLSTMCache).
+    keep_cache=False (a forward without gradients): gates and tanh(c) live in one step's buffers, c in one buffer
+    updated in place, only the states h (y) are stored, and the cache returned is None."""
     if _common.is_cupy(xp):
-        return _lstm_forward_cupy(xp, p, x, state0, ws=ws, reuse=reuse)
+        y, sT, cache = _lstm_forward_cupy(xp, p, x, state0, ws=ws, reuse=reuse)
+        return y, sT, cache if keep_cache else None
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     h0, c0 = state0
@@ -58,16 +62,27 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     ops.mul(w_rec[:H3, :], half, out=w_rec[:H3, :])
 
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
-    cell_states = cache_array(xp, ws, reuse, "cell_states", (T + 1, H, B), dt, dev)  # (T+1, H, B)
-    gates = cache_array(xp, ws, reuse, "gates", (T, H4, B), dt, dev)  # (T, 4H, B)
-    tanh_c = cache_array(xp, ws, reuse, "tanh_c", (T, H, B), dt, dev)  # (T, H, B)
+    # without a cache: c_{t-1} and c_t are one buffer (each step updates it elementwise, in place)
+    cell_states = step_array(xp, ws, reuse, keep_cache, "cell_states", (T + 1, H, B), dt, dev, output=True)
+    gates = step_array(xp, ws, reuse, keep_cache, "gates", (T, H4, B), dt, dev)  # (T, 4H, B) or one step's
+    tanh_c = step_array(xp, ws, reuse, keep_cache, "tanh_c", (T, H, B), dt, dev)  # (T, H, B) or one step's
     ops.copy(xp.matrix_transpose(c0), cell_states[0])
     ig = ws.get(xp, "scratch", (H, B), dt, dev)  # (H, B) i ⊙ g
     mul, add, tanh, matmul = ops.mul, ops.add, ops.tanh, ops.matmul
     step_arrays = (operands[:T], operands[1:, :H], cell_states[:T], cell_states[1:], gates, gates[:, :H3],
                    gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:H3], gates[:, H3:], tanh_c)
     key = (T, id(operands), id(cell_states), id(gates), id(tanh_c))
-    steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse else zip(*step_arrays)
+    steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse and keep_cache else zip(*step_arrays)
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    if kern is not None:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical, 5 calls a step
+        gate_kernel, half_s = kern.lstm_fwd_gates, dt.type(0.5)
+        for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
+            matmul(w_rec, op_t, out=gates_t)  # (4H, H+I+1) @ (H+I+1, B)
+            tanh(gates_t, out=gates_t)
+            gate_kernel(gates_t, c_prev, c_next, half_s)  # o, i, f; c = f c_{t-1} + i g
+            tanh(c_next, out=tanh_c_t)
+            mul(o_t, tanh_c_t, out=h_next)  # h = o tanh(c)
+        steps = ()  # done: the portable loop below runs no step
     for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
         matmul(w_rec, op_t, out=gates_t)  # (4H, H+I+1) @ (H+I+1, B)
         tanh(gates_t, out=gates_t)  # g, and the three sigmoid gates' tanh(a/2)
@@ -78,6 +93,9 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
         add(c_next, ig, out=c_next)  # c = f c_{t-1} + i g
         tanh(c_next, out=tanh_c_t)
         mul(o_t, tanh_c_t, out=h_next)  # h = o tanh(c)
+    if not keep_cache:
+        h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+        return h_v[1:], (h_v[T], xp.matrix_transpose(cell_states[T])), None
     return _outputs(xp, x, operands, cell_states, gates, tanh_c)
 
 
@@ -143,6 +161,37 @@ def _lstm_factors(xp, ops: Ops, c: FastLSTMCache, t0: int, t1: int, factors):
     return factors
 
 
+def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, dy, tbptt: int, kern, bufs, grads,
+                             chunk: int):
+    """lstm_backward's chunk loop with the fused CPU kernels (_cpu.py), bit-identical to the portable one: per chunk
+    one factor kernel (and dy^T copied feature-major), per step one kernel and the recurrent GEMM, then the chunk's
+    weight grads and input backward."""
+    dh, dc, w_hh_t, factors, dgates, forget = bufs
+    dw_terms, dw, operand_copy, input_bwd = grads
+    T, H, B = c.tanh_c.shape
+    one, matmul, step = c.tanh_c.dtype.type(1.0), ops.matmul, kern.lstm_bwd
+    tiny = c.tanh_c.dtype.type(flush_threshold(xp, c.tanh_c.dtype))  # carried grads below: zero (flush_subnormals)
+    dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, B), c.tanh_c.dtype,
+                                           device_of(c.tanh_c))  # (chunk, H, B) a chunk of dy^T
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        m = t1 - t0
+        kern.lstm_factors(c.gates[t0:t1], c.tanh_c[t0:t1], c.cell_states[t0:t1], factors[:m], one)
+        if dy_fm is not None:
+            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[:m])
+        for t in range(t1 - 1, t0 - 1, -1):
+            j = t - t0
+            step(dh, dh if dy_fm is None else dy_fm[j], dy_fm is not None, dc, factors[j], forget[t], dgates[j], tiny)
+            matmul(w_hh_t, dgates[j], out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
+            if tbptt and cut(tbptt, T, t):
+                ops.fill(dh, 0.0)
+                ops.fill(dc, 0.0)
+        add_chunk_weight_grads(xp, ops, dgates[:m], c.operands, t0, t1, dw_terms, dw, operand_copy)
+        input_bwd.add_chunk(t0, t1, dgates[:m])
+        t1 = t0
+
+
 def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
                   input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False, dc_steps=None):
     """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it.
@@ -185,10 +234,16 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
                         forget[t], dgates[j]))
         return out
 
-    step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
+    # the CPU kernels take no per-step dc (variable lengths' dc_steps): that case runs the portable loop
+    kern = _cpu.kernels() if dc_steps is None and _cpu.usable(xp, B * H) else None
+    if kern is None:
+        step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
     input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
                               dx=input_grad)
-    t1 = T
+    if kern is not None:  # the fused CPU kernels (_cpu.py): bit-identical, one kernel and the GEMM a step
+        _backward_chunks_kernels(xp, ops, ws, c, dy, tbptt, kern, (dh, dc, w_hh_t, factors, dgates, forget),
+                                 (dw_terms, dw, operand_copy, input_bwd), chunk)
+    t1 = 0 if kern is not None else T  # with the kernels: done, the portable loop below runs no chunk
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         _lstm_factors(xp, ops, c, t0, t1, factors)
@@ -209,6 +264,8 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
                 ops.fill(dc, 0.0)
+        flush_subnormals(xp, ops, ws, dh)  # once a chunk: see _common.flush_subnormals
+        flush_subnormals(xp, ops, ws, dc)
         add_chunk_weight_grads(xp, ops, dgates[: t1 - t0], c.operands, t0, t1, dw_terms, dw, operand_copy)
         input_bwd.add_chunk(t0, t1, dgates[: t1 - t0])
         t1 = t0

@@ -18,7 +18,8 @@ from ..rnn import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common
 from ._common import (InputBackward, Workspace, add_chunk_weight_grads, feature_major_copy, feature_major_to_tbh,
-                      fold_weights, ops_for, recurrent_operands, state_grad, unfold_grads, weight_grad_buffers)
+                      flush_subnormals, fold_weights, ops_for, recurrent_operands, state_grad, unfold_grads,
+                      weight_grad_buffers)
 
 
 @dataclass
@@ -30,12 +31,14 @@ class FastRNNCache(RNNCache):
 
 
 def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws: Workspace | None = None,
-                reuse: bool = False):
-    """Same contract as rnn.forward: x (T, B, I), (h0,) -> y (T, B, H), (h_T,), cache (FastRNNCache)."""
+                reuse: bool = False, keep_cache: bool = True):
+    """Same contract as rnn.forward: x (T, B, I), (h0,) -> y (T, B, H), (h_T,), cache (FastRNNCache).
+    keep_cache=False (a forward without gradients): the cache returned is None (the states are all it stores)."""
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     if _common.is_cupy(xp):
-        return _rnn_forward_cupy(xp, p, x, state0, nonlinearity=nonlinearity, ws=ws, reuse=reuse)
+        y, sT, cache = _rnn_forward_cupy(xp, p, x, state0, nonlinearity=nonlinearity, ws=ws, reuse=reuse)
+        return y, sT, cache if keep_cache else None
     T, B, I = x.shape
     H = p.w_hh.shape[1]
     (h0,) = state0
@@ -54,6 +57,9 @@ def rnn_forward(xp, p: CellParams, x, state0, *, nonlinearity: str = "tanh", ws:
             ops.maximum(h_next, zero, out=h_next)
         else:
             act(h_next, out=h_next)
+    if not keep_cache:
+        h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+        return h_v[1:], (h_v[T],), None
     return _outputs(xp, x, operands, H, nonlinearity)
 
 
@@ -127,6 +133,7 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
             matmul(w_hh_t, da_t, out=dh)  # dh_{t-1} (H, H) @ (H, B)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
+        flush_subnormals(xp, ops, ws, dh)  # once a chunk: see _common.flush_subnormals
         add_chunk_weight_grads(xp, ops, da[:m], c.operands, t0, t1, dw_terms, dw, operand_copy)
         input_bwd.add_chunk(t0, t1, da[:m])
         t1 = t0

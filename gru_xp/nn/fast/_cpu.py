@@ -1,0 +1,180 @@
+"""Fused CPU kernels for the NumPy fast path of the GRU (reset_after, torch's convention) and the LSTM: optional,
+compiled by numba when it is installed (`pip install "gru_xp[cpu-kernels]"`), else the portable ufunc loops run.
+
+Legend: H hidden, B batch, m steps of a chunk; arrays feature-major (H, B) per step, as in fast/gru.py.
+
+Each kernel does, element by element, exactly the ufunc calls it replaces, in the same order (+, -, * only; no
+fastmath, so no fused multiply-add): results are bit-identical to the portable path (tested in
+tests/nn/test_cpu_kernels.py), float32 and float64. What it saves is the ufunc calls (~0.4-0.7 µs each; GRU: 10 a
+forward step and 8 a backward step become 4 and 1 besides the GEMM; LSTM: 8 and 8 become 4 and 1) and the passes
+over memory between them. tanh stays a
+NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
+
+numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
+_cuda.py; this module is the CPU counterpart, see the README's layout notes). GRU_XP_CPU_KERNELS=0 turns it off.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+STATE: dict = {}
+MIN_STEP_ELEMS = 1024  # B·H of a step from which the kernels run: below, loading numba (~0.4 s a process) buys little
+
+
+def kernels():
+    """The compiled kernels (an object with the functions below as attributes), or None: numba missing, or
+    GRU_XP_CPU_KERNELS=0. Compiled on first call (cached on disk by numba)."""
+    if "k" not in STATE:
+        STATE["k"] = _build() if os.environ.get("GRU_XP_CPU_KERNELS", "1") != "0" else None
+    return STATE["k"]
+
+
+def usable(xp, step_elems: int) -> bool:
+    """True where the kernels run: a NumPy namespace (numba compiles for NumPy arrays), B·H = step_elems of at
+    least MIN_STEP_ELEMS, and numba there."""
+    return (step_elems >= MIN_STEP_ELEMS and getattr(xp, "__name__", "") in ("numpy", "array_api_compat.numpy")
+            and kernels() is not None)
+
+
+def _build():
+    try:
+        numba = importlib.import_module("numba")
+    except ImportError:
+        return None
+    jit = numba.njit(cache=True, nogil=True)
+    return _Kernels(**_gru_kernels(jit), **_lstm_kernels(jit))
+
+
+def _gru_kernels(jit) -> dict:
+    """The GRU's kernels (reset_after), compiled by `jit` on first call."""
+
+    @jit
+    def gru_fwd_after_gates(gates, proj_n, cand, half):
+        """gates (3H, B) [tanh(a_r/2), tanh(a_z/2), hn] -> [r, z, hn] in place; cand (H, B) = r hn + proj_n (its
+        tanh follows). Replaces mul(rz, half), add(rz, half), mul(r, hn, n), add(n, proj_n, n)."""
+        H, B = cand.shape
+        for j in range(H):
+            for b in range(B):
+                r = gates[j, b] * half + half
+                gates[j, b] = r
+                gates[H + j, b] = gates[H + j, b] * half + half
+                cand[j, b] = r * gates[2 * H + j, b] + proj_n[j, b]
+
+    @jit
+    def gru_fwd_state(h_prev, cand, gates, h_next):
+        """h_next (H, B) = (h_prev - n) z + n, z = gates[H:2H]. Replaces sub, mul, add."""
+        H, B = cand.shape
+        for j in range(H):
+            for b in range(B):
+                n = cand[j, b]
+                h_next[j, b] = (h_prev[j, b] - n) * gates[H + j, b] + n
+
+    @jit
+    def gru_factors_after(gates, operands, t0, cand, factors, one):
+        """For m steps t0..t0+m-1: factors (m, 3, H, B) = [(1-r) r hn, (1-z) z (h_{t-1} - n), (1 - n^2)(1-z)],
+        gates (m, 3H, B), cand (m, H, B), h_{t-1} = operands[t, :H] (the whole (T+1, n_cols, B) array is passed: a
+        slice of it is not C-contiguous, and numba's code for such arrays is 2-3x slower). Replaces _gru_factors'
+        8 calls (same products, same order)."""
+        m, H, B = cand.shape
+        for t in range(m):
+            for j in range(H):
+                for b in range(B):
+                    r, z, n = gates[t, j, b], gates[t, H + j, b], cand[t, j, b]
+                    one_z = one - z
+                    factors[t, 0, j, b] = ((one - r) * r) * gates[t, 2 * H + j, b]
+                    factors[t, 1, j, b] = (one_z * z) * (operands[t0 + t, j, b] - n)
+                    factors[t, 2, j, b] = (one - n * n) * one_z
+
+    @jit
+    def gru_bwd_after(dhz, dhp, dy, has_dy, fac, gates, dgates, tiny):
+        """One backward step before its recurrent GEMM. dh = dhz + dhp (+ dy), the carried grad as the portable
+        loop has it (dh z + dhp of the step after, then + dy); fac (3, H, B) the step's factors; writes dgates
+        (4H, B) rows [n_h | r | z | n_i] = [da_n r, da_n fac_r, dh fac_z, dh fac_n] and dhz = dh z. dy (H, B),
+        feature-major like the rest (the caller transposes a chunk of steps at a time: reading (B, H) across its
+        rows here costs 2x the kernel), is read only when has_dy. |dh| < tiny (_common.flush_threshold) is flushed to
+        zero (_common.flush_subnormals: the portable loops do it once a chunk)."""
+        H, B = dhz.shape
+        for j in range(H):
+            for b in range(B):
+                dh = dhz[j, b] + dhp[j, b]
+                if has_dy:
+                    dh = dh + dy[j, b]
+                if -tiny < dh < tiny:
+                    dh = dh - dh  # +0 (a literal 0 would make numba compute dh in float64)
+                da_n = dh * fac[2, j, b]
+                dgates[2 * H + j, b] = dh * fac[1, j, b]
+                dgates[3 * H + j, b] = da_n
+                dgates[H + j, b] = da_n * fac[0, j, b]
+                dgates[j, b] = da_n * gates[j, b]
+                dhz[j, b] = dh * gates[H + j, b]
+
+    return {"gru_fwd_after_gates": gru_fwd_after_gates, "gru_fwd_state": gru_fwd_state,
+            "gru_factors_after": gru_factors_after, "gru_bwd_after": gru_bwd_after}
+
+
+def _lstm_kernels(jit) -> dict:
+    """The LSTM's kernels, compiled by `jit` on first call."""
+
+    @jit
+    def lstm_fwd_gates(gates, c_prev, c_next, half):
+        """gates (4H, B) [tanh(a_o/2), tanh(a_i/2), tanh(a_f/2), g] -> [o, i, f, g] in place; c_next (H, B) =
+        f c_prev + i g (c_prev may be c_next itself: each element is read before it is written). Replaces
+        mul(sig, half), add(sig, half), mul(f, c_prev, c), mul(i, g, ig), add(c, ig, c)."""
+        H, B = c_next.shape
+        for j in range(H):
+            for b in range(B):
+                o = gates[j, b] * half + half
+                i = gates[H + j, b] * half + half
+                f = gates[2 * H + j, b] * half + half
+                gates[j, b], gates[H + j, b], gates[2 * H + j, b] = o, i, f
+                c_next[j, b] = f * c_prev[j, b] + i * gates[3 * H + j, b]
+
+    @jit
+    def lstm_factors(gates, tanh_c, c_prev, factors, one):
+        """For m steps: factors (m, 5, H, B) = [(1-o) o tc, (1-i) i g, (1-f) f c_{t-1}, (1 - g^2) i, (1 - tc^2) o];
+        gates (m, 4H, B) [o | i | f | g], tanh_c, c_prev (m, H, B). Replaces _lstm_factors' 10 calls."""
+        m, H, B = tanh_c.shape
+        for t in range(m):
+            for j in range(H):
+                for b in range(B):
+                    o, i = gates[t, j, b], gates[t, H + j, b]
+                    f, g = gates[t, 2 * H + j, b], gates[t, 3 * H + j, b]
+                    tc = tanh_c[t, j, b]
+                    factors[t, 0, j, b] = ((one - o) * o) * tc
+                    factors[t, 1, j, b] = ((one - i) * i) * g
+                    factors[t, 2, j, b] = ((one - f) * f) * c_prev[t, j, b]
+                    factors[t, 3, j, b] = (one - g * g) * i
+                    factors[t, 4, j, b] = (one - tc * tc) * o
+
+    @jit
+    def lstm_bwd(dh, dy, has_dy, dc, fac, forget, dgates, tiny):
+        """One backward step before its recurrent GEMM (which then overwrites dh): with d = dh (+ dy) and
+        dc += d fac_c, dgates (4H, B) = [d fac_o | dc fac_i | dc fac_f | dc fac_g], then dc = dc f (dc_{t-1}).
+        fac (5, H, B) the step's factors; dy (H, B) read only when has_dy. d and dc below tiny in magnitude
+        (_common.flush_threshold) are flushed to zero (the portable loop does it once a chunk)."""
+        H, B = dh.shape
+        for j in range(H):
+            for b in range(B):
+                d = dh[j, b]
+                if has_dy:
+                    d = d + dy[j, b]
+                if -tiny < d < tiny:
+                    d = d - d
+                c = dc[j, b] + d * fac[4, j, b]
+                if -tiny < c < tiny:
+                    c = c - c
+                dgates[j, b] = d * fac[0, j, b]
+                dgates[H + j, b] = c * fac[1, j, b]
+                dgates[2 * H + j, b] = c * fac[2, j, b]
+                dgates[3 * H + j, b] = c * fac[3, j, b]
+                dc[j, b] = c * forget[j, b]
+
+    return {"lstm_fwd_gates": lstm_fwd_gates, "lstm_factors": lstm_factors, "lstm_bwd": lstm_bwd}
+
+
+class _Kernels:
+    """The compiled kernels as attributes (gru_*, lstm_*)."""
+
+    def __init__(self, **kernels):
+        self.__dict__.update(kernels)

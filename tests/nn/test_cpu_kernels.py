@@ -1,0 +1,213 @@
+"""The fused CPU kernels (nn/fast/_cpu.py, numba, optional; GRU and LSTM) against the portable NumPy fast path they
+replace:
+bit for bit (the same +, -, * in the same order, no fused multiply-add), float64 and float32, over chunk
+boundaries, tbptt, dy=None, reused workspaces, through the layer, no_grad and a Forecaster's training steps.
+Skipped where numba is not installed (the portable path then runs everywhere)."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import gru_xp
+from gru_xp.backend import resolve, to_host
+from gru_xp.model import Forecaster
+from gru_xp.nn._cell import CellParams
+from gru_xp.nn.fast import Workspace, _common, _cpu, gru as fgru, lstm as flstm
+from gru_xp.nn.optim import Adam
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
+
+
+class _Counting:
+    """The compiled kernels, each call counted (so a test knows the kernels really ran)."""
+
+    def __init__(self, kern):
+        self.calls = {}
+        for name in ("gru_fwd_after_gates", "gru_fwd_state", "gru_factors_after", "gru_bwd_after", "lstm_fwd_gates",
+                     "lstm_factors", "lstm_bwd"):
+            setattr(self, name, self._counted(name, getattr(kern, name)))
+
+    def _counted(self, name, f):
+        def call(*a):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return f(*a)
+        return call
+
+
+@pytest.fixture
+def kernels_on_off(monkeypatch):
+    """-> switch(on): the kernels (counted) for every size (MIN_STEP_ELEMS 0), or none; switch(True) returns the
+    counter."""
+    monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
+    kern = _cpu.kernels()
+    assert kern is not None
+
+    def switch(on: bool):
+        counting = _Counting(kern) if on else None
+        monkeypatch.setitem(_cpu.STATE, "k", counting)
+        return counting
+
+    yield switch
+
+
+def _problem(be, T, B, I, H, seed):
+    rng = np.random.default_rng(seed)
+    p = CellParams(*(be.asarray(rng.uniform(-0.6, 0.6, s)) for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))))
+    return (p, be.asarray(rng.standard_normal((T, B, I))), be.asarray(rng.standard_normal((B, H))),
+            be.asarray(rng.standard_normal((T, B, H))), be.asarray(rng.standard_normal((B, H))))
+
+
+def _run(be, p, x, h0, dy, dhT, tbptt, ws=None, reuse=False):
+    xp = be.xp
+    g = CellParams(*(be.zeros(a.shape) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
+    y, (hT,), c = fgru.gru_forward(xp, p, x, (h0,), ws=ws, reuse=reuse)
+    out = [np.array(y), np.array(hT)]
+    dx, (dh0,) = fgru.gru_backward(xp, p, c, dy, (dhT,), g, tbptt=tbptt, ws=ws, reuse=reuse)
+    return out + [np.array(a) for a in (dx, dh0, g.w_ih, g.w_hh, g.b_ih, g.b_hh)]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("T,B,I,H,tiny_chunks", [(1, 1, 1, 1, False), (7, 4, 3, 5, False), (13, 3, 2, 4, True),
+                                                 (20, 64, 1, 32, False)])
+@pytest.mark.parametrize("tbptt,with_dy", [(0, True), (0, False), (3, True)])
+def test_gru_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeypatch, dtype, T, B, I, H,
+                                                        tiny_chunks, tbptt, with_dy):
+    if tiny_chunks:  # several backward chunks, chunked input projection
+        for name, v in (("CHUNK_ELEMS", 24), ("GI_CHUNK_ELEMS", 40), ("GI_FULL_MAX_ELEMS", 0)):
+            monkeypatch.setattr(_common, name, v)
+    be = resolve("cpu", dtype)
+    p, x, h0, dy, dhT = _problem(be, T, B, I, H, seed=T + H)
+    dy = dy if with_dy else None
+    runs = []
+    for on in (False, True):
+        counting = kernels_on_off(on)
+        ws = Workspace()
+        runs.append([_run(be, p, x, h0, dy, dhT, tbptt, ws, True) for _ in range(2)])  # the 2nd reuses ws
+    assert counting.calls["gru_fwd_state"] == 2 * T and counting.calls["gru_bwd_after"] == 2 * T
+    for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_kernels_run_only_where_they_should(monkeypatch):
+    """NumPy namespaces, steps of at least MIN_STEP_ELEMS (B·H), reset_after; GRU_XP_CPU_KERNELS=0 turns them off."""
+    xp = resolve("cpu", "float32").xp
+    monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 1024)
+    assert _cpu.usable(xp, 1024) and not _cpu.usable(xp, 1023)
+    strict = pytest.importorskip("array_api_strict")
+    assert not _cpu.usable(strict, 1 << 20)
+    counting = _Counting(_cpu.kernels())
+    monkeypatch.setitem(_cpu.STATE, "k", counting)
+    for reset_after in (False, True):
+        layer = gru_xp.GRU(1, 32, reset_after=reset_after)
+        layer.forward(np.zeros((3, 32, 1), dtype=np.float32))
+        assert counting.calls.get("gru_fwd_state", 0) == (3 if reset_after else 0)
+    monkeypatch.delitem(_cpu.STATE, "k")
+    monkeypatch.setenv("GRU_XP_CPU_KERNELS", "0")
+    assert _cpu.kernels() is None and not _cpu.usable(xp, 1 << 20)
+    monkeypatch.delitem(_cpu.STATE, "k")
+
+
+@pytest.mark.parametrize("L,bi", [(1, False), (2, True)])
+def test_layer_and_forecaster_bit_identical_with_kernels(kernels_on_off, L, bi):
+    rng = np.random.default_rng(5)
+    x, dy = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 2 * 6 if bi else 6))
+    batches = [(rng.standard_normal((7, 5, 2)), rng.standard_normal((5, 3))) for _ in range(3)]
+    out = []
+    for on in (False, True):
+        counting = kernels_on_off(on)
+        layer = gru_xp.GRU(3, 6, num_layers=L, bidirectional=bi, dtype="float64", seed=2)
+        layer.zero_grad()
+        y, hn = layer.forward(x)
+        dx, dh0 = layer.backward(dy, hn)
+        with layer.no_grad():
+            y2, _ = layer.eval().forward(x)
+        res = [np.array(to_host(a)) for a in (y, hn, dx, dh0, y2)] + [np.array(v) for v in layer.grads.values()]
+        m = Forecaster("gru", 2, 6, 3, dtype="float64", seed=1, num_layers=L, bidirectional=bi)
+        opt = Adam(1e-2)
+        for xb, yb in batches:
+            res.append(np.array(to_host(m.loss_and_grads(xb, yb))))
+            opt.step(m.backend.xp, m.params, m.grads)
+        out.append(res + [np.array(v) for v in m.params.values()])
+    assert counting.calls["gru_bwd_after"] == L * (2 if bi else 1) * (9 + 3 * 7)  # the layer's and the model's
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(b, a)
+
+
+def _lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, keep_cache=True):
+    xp = be.xp
+    g = CellParams(*(be.zeros(a.shape) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
+    y, (hT, cT), c = flstm.lstm_forward(xp, p, x, s0, ws=ws, reuse=reuse)
+    out = [np.array(a) for a in (y, hT, cT)]
+    y2, (hT2, cT2), _ = flstm.lstm_forward(xp, p, x, s0, ws=ws, reuse=reuse, keep_cache=False)  # no cache
+    out += [np.array(a) for a in (y2, hT2, cT2)]
+    y, (hT, cT), c = flstm.lstm_forward(xp, p, x, s0, ws=ws, reuse=reuse)  # again: backward needs this cache
+    dx, (dh0, dc0) = flstm.lstm_backward(xp, p, c, dy, dsT, g, tbptt=tbptt, ws=ws, reuse=reuse)
+    return out + [np.array(a) for a in (dx, dh0, dc0, g.w_ih, g.w_hh, g.b_ih, g.b_hh)]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("T,B,I,H,tiny_chunks", [(1, 1, 1, 1, False), (7, 4, 3, 5, False), (13, 3, 2, 4, True),
+                                                 (20, 64, 1, 32, False)])
+@pytest.mark.parametrize("tbptt,with_dy", [(0, True), (0, False), (3, True)])
+def test_lstm_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeypatch, dtype, T, B, I, H,
+                                                         tiny_chunks, tbptt, with_dy):
+    if tiny_chunks:
+        monkeypatch.setattr(_common, "CHUNK_ELEMS", 24)
+    be = resolve("cpu", dtype)
+    rng = np.random.default_rng(T + H)
+    p = CellParams(*(be.asarray(rng.uniform(-0.6, 0.6, s)) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))))
+    x = be.asarray(rng.standard_normal((T, B, I)))
+    s0 = tuple(be.asarray(rng.standard_normal((B, H))) for _ in range(2))
+    dy = be.asarray(rng.standard_normal((T, B, H))) if with_dy else None
+    dsT = tuple(be.asarray(rng.standard_normal((B, H))) for _ in range(2))
+    runs = []
+    for on in (False, True):
+        counting = kernels_on_off(on)
+        ws = Workspace()
+        runs.append([_lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse) for reuse in (True, True, False)])
+    assert counting.calls["lstm_fwd_gates"] == 3 * 3 * T and counting.calls["lstm_bwd"] == 3 * T
+    for a, b in zip(sum(runs[0], []), sum(runs[1], [])):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_lstm_layer_and_forecaster_bit_identical_with_kernels(kernels_on_off):
+    rng = np.random.default_rng(6)
+    x, dy = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 12))
+    batches = [(rng.standard_normal((7, 5, 2)), rng.standard_normal((5, 3))) for _ in range(3)]
+    out = []
+    for on in (False, True):
+        counting = kernels_on_off(on)
+        layer = gru_xp.LSTM(3, 6, num_layers=2, bidirectional=True, dtype="float64", seed=2)
+        y, (hn, cn) = layer.forward(x)
+        dx, (dh0, dc0) = layer.backward(dy, (hn, cn))
+        res = [np.array(a) for a in (y, hn, cn, dx, dh0, dc0)] + [np.array(v) for v in layer.grads.values()]
+        m = Forecaster("lstm", 2, 6, 3, dtype="float64", seed=1, num_layers=2)
+        opt = Adam(1e-2)
+        for xb, yb in batches:
+            res.append(np.array(to_host(m.loss_and_grads(xb, yb))))
+            opt.step(m.backend.xp, m.params, m.grads)
+        out.append(res + [np.array(v) for v in m.params.values()])
+    assert counting.calls["lstm_bwd"] == 4 * 9 + 2 * 3 * 7
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("cls", [gru_xp.GRU, gru_xp.LSTM])
+def test_variable_lengths_bit_identical_with_kernels(kernels_on_off, cls):
+    """Variable lengths (the LSTM's backward then gets a per-step dc: the portable loop runs it) through a stacked
+    bidirectional layer: the same outputs and grads with the kernels on and off."""
+    rng = np.random.default_rng(8)
+    x, dy = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 12))
+    lengths = np.array([9, 4, 1, 7, 9])
+    out = []
+    for on in (False, True):
+        kernels_on_off(on)
+        layer = cls(3, 6, num_layers=2, bidirectional=True, dtype="float64", seed=2)
+        y, sn = layer.forward(x, lengths=lengths)
+        dx, ds0 = layer.backward(dy, sn)
+        parts = list(sn) + list(ds0) if isinstance(sn, tuple) else [sn, ds0]
+        out.append([np.array(a) for a in (y, dx, *parts)] + [np.array(v) for v in layer.grads.values()])
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(b, a)
