@@ -246,6 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--stage", default="all", choices=["all", *STAGES])
     args = p.parse_args(argv)
     results = load()
+    results["machine"] = {k: v for k, v in results.get("machine", {}).items() if k in STAGES}  # per stage only
     for name, fn in STAGES.items():
         if args.stage in ("all", name):
             results.setdefault("machine", {})[name] = machine_info()  # per stage: where and when it ran

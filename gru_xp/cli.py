@@ -116,8 +116,9 @@ def _predict_panel(args) -> int:
     df, _ = predict_panel(args.run, args.data, steps, args.series, args.device, levels)
     upper = [c for c in df.columns if c.startswith("upper_")]
     if upper and not np.isfinite(df[upper].to_numpy()).all():
-        print("gru-xp: note: some intervals are unbounded: steps beyond those the run observed errors for (its test "
-              "horizons) have no calibration errors", file=sys.stderr)
+        print("gru-xp: note: some intervals are unbounded (-inf, inf): too few pooled calibration errors at those "
+              "steps for that level (level C needs at least C / (1 - C) of them, 19 at 95%; steps past the run's "
+              "horizons have none)", file=sys.stderr)
     text = df.to_csv(index=False, float_format="%.8g")
     if args.out:
         write_text(args.out, text)

@@ -476,11 +476,11 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run folder {d} not found; pass --run DIR written by 'gru-xp train'")
-    if checkpoint.run_kind(d) == "classify":  # issue 17: a classifier's run folder is not a forecaster
-        raise UserError(f"run folder {d} is a classifier (written by 'gru-xp classify'), not a forecasting run; "
-                        f"classify with 'gru-xp predict --run {d} --text ...' or '--data FILE.ts'")
-    if checkpoint.run_kind(d) == "panel":  # issue 18: many series (gru_xp.panelio.load_panel_run)
-        raise UserError(f"run folder {d} is a panel run: forecast with 'gru-xp predict --run {d} [--series NAME]'")
+    other = {"classify": f"a classifier (written by 'gru-xp classify'), not a forecasting run; classify with "
+                         f"'gru-xp predict --run {d} --text ...' or '--data FILE.ts'",  # issue 17
+             "panel": f"a panel run: forecast with 'gru-xp predict --run {d} [--series NAME]'"}  # issue 18
+    if checkpoint.run_kind(d) in other:  # not a single-series forecaster: say which command reads it
+        raise UserError(f"run folder {d} is {other[checkpoint.run_kind(d)]}")
     params, meta = checkpoint.load(d / "model.npz")
     _check_consistent(d, meta)
     try:
