@@ -30,6 +30,7 @@ observed error at a time, behind each origin.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .covariates import last_origin
+from .errors import UserError
 from .metrics import level_name
 
 _EPS = 1e-9  # ceil((m + 1) * 0.8) must be 5 for m = 4, not 6 from 4.000000000000001
@@ -483,3 +485,19 @@ def pooled_counts(scores: list, steps: int) -> list:
     """How many observed scores each step's correction came from."""
     return [int(sum(np.sum(~np.isnan(np.asarray(s)[:, k])) for s in scores if np.shape(s)[1] > k))
             for k in range(int(steps))]
+
+
+def read_state(path, y, steps: int) -> dict | None:
+    """A run folder's intervals.json (None when absent), its stored refit forecasts read for `steps` past the end of
+    y here, so that a damaged file is one clear error rather than a traceback later."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("refit"):
+            forecasts_from_dict(state["refit"], y, steps)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it from the run or retrain with "
+                        f"'gru-xp train'") from None
+    return state

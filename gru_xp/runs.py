@@ -476,10 +476,10 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run folder {d} not found; pass --run DIR written by 'gru-xp train'")
-    other = {"classify": f"a classifier (written by 'gru-xp classify'), not a forecasting run; classify with "
-                         f"'gru-xp predict --run {d} --text ...' or '--data FILE.ts'",  # issue 17
-             "panel": f"a panel run: forecast with 'gru-xp predict --run {d} [--series NAME]'"}  # issue 18
-    if checkpoint.run_kind(d) in other:  # not a single-series forecaster: say which command reads it
+    other = {"classify": f"a classifier (written by 'gru-xp classify'), not a forecasting run; classify with 'gru-xp "
+             f"predict --run {d} --text ...' or '--data FILE.ts'", "panel": f"a panel run: forecast with 'gru-xp "
+             f"predict --run {d} [--series NAME]'"}  # issues 17, 18: say which command reads the folder
+    if checkpoint.run_kind(d) in other:
         raise UserError(f"run folder {d} is {other[checkpoint.run_kind(d)]}")
     params, meta = checkpoint.load(d / "model.npz")
     _check_consistent(d, meta)
@@ -583,16 +583,7 @@ def predict_bands(lr: LoadedRun, series: Series, steps: int, levels=None):
     s = intervals.settings_of(lr.config, lr.pipeline.log, levels)
     if s is None:
         return None
-    state, path = None, None if lr.folder is None else lr.folder / "intervals.json"
-    if path is not None and path.is_file():
-        try:
-            with open(path, encoding="utf-8") as f:
-                state = json.load(f)
-            if state.get("refit"):  # read here so that a damaged file is one clear error
-                intervals.forecasts_from_dict(state["refit"], series.y, steps)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it from the run or retrain "
-                            f"with 'gru-xp train'") from None
+    state = None if lr.folder is None else intervals.read_state(lr.folder / "intervals.json", series.y, steps)
     models = lr.models or [lr.model]
     final, phase = forecast_from_end(models, lr.pipeline, series.y, steps, series)
     data = lr.meta.get("data", {})
