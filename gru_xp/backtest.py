@@ -304,6 +304,61 @@ def write_backtest(out, r: BacktestResult) -> Path:
     return out
 
 
+# ==== panels (issue 18) =======================================================================================
+def backtest_panel(cfg: RunConfig, folds: int = 3, log=print) -> dict:
+    """Rolling fixed origins over a panel: fold i (0 .. N-1) cuts every series by (N - 1 - i) of its horizons and runs
+    the panel job on what is left (its own validation stretch, scalers, training and, with --refit, refit), so its
+    test is the stretch of h_i before the previous fold's; the last fold is the archive's test (`gru-xp train`).
+    Overall: the panel metrics over every (series, fold) forecast. Series too short for a fold sit it out."""
+    import dataclasses
+
+    from .panel import load_panel
+    from .panelrun import run_panel
+
+    panel = load_panel(cfg)
+    out, rows = [], {k: [] for k in metrics.MODELS}
+    for i in range(folds):
+        back = (folds - 1 - i) * panel.horizons
+        keep = [j for j in range(len(panel.names)) if len(panel.series[j].y) - back[j] - 2 * panel.horizons[j]
+                > cfg.seq_length + sum(cfg.difference)]
+        if not keep:
+            raise UserError(f"--folds {folds} is too many: no series is long enough for fold {i}; use fewer folds")
+        sub = dataclasses.replace(panel, names=[panel.names[j] for j in keep], horizons=panel.horizons[keep],
+                                  series=[dataclasses.replace(panel.series[j], y=panel.series[j].y[:len(
+                                      panel.series[j].y) - back[j]]) for j in keep])
+        t = time.perf_counter()
+        r = run_panel(dataclasses.replace(cfg, quiet=True), save=False, progress=False, panel=sub)
+        m = r.metrics["test"]
+        for j, d in r.forecasts["test"].items():
+            for k in metrics.MODELS:
+                rows[k].append(metrics.series_scores(d["actual"], d[k], d["scale"]))
+        out.append({"fold": i, "series": len(keep), "cut_horizons": folds - 1 - i, "metrics": m,
+                    "seconds": round(time.perf_counter() - t, 3), "best_epoch": r.history.best_epoch})
+        if not cfg.quiet:
+            log(f"fold {i}: {len(keep)} series, test cut {folds - 1 - i} horizon(s) back: MASE model "
+                f"{m['model']['mase']:.4g} naive {m['naive']['mase']:.4g} seasonal naive "
+                f"{m['seasonal_naive']['mase']:.4g} ({out[-1]['seconds']:.1f}s)")
+    overall = {k: metrics.panel_summary(v) for k, v in rows.items()}
+    return metrics.jsonable({"config": cfg.to_dict(), "data": {"source": panel.source, "sha256": panel.sha256,
+                                                                "series": len(panel.names)},
+                             "folds": out, "overall": overall})
+
+
+def _panel_cli(cfg: RunConfig, folds: int, retrain: str) -> int:
+    if retrain != "every":
+        raise UserError("--retrain once is for single series; a panel backtest trains each fold (drop --retrain)")
+    r = backtest_panel(cfg, folds)
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "backtest.json").is_file())):
+        raise UserError(f"--out {out} is not an empty folder or a gru-xp backtest; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_json(out / "backtest.json", r)
+    if not cfg.quiet:
+        print(metrics.format_panel_table({"all": r["overall"]}))
+        print(f"backtest folder: {out}")
+    return 0
+
+
 # ==== command line ============================================================================================
 def add_arguments(parser) -> None:
     """Flags of `gru-xp backtest`: --config, --folds, --retrain, and every train flag as an override."""
@@ -326,6 +381,10 @@ def run_cli(args) -> int:
     if retrain not in RETRAIN:
         raise UserError(f"--retrain must be one of {', '.join(RETRAIN)}, got {args.retrain!r}")
     cfg = make_config(args.config if args.config is not None else "default", overrides(args))
+    from .panelrun import is_panel
+
+    if is_panel(cfg):  # issue 18: a panel's folds are origins stepped back by each series' horizon
+        return _panel_cli(cfg, folds, retrain)
     r = backtest(cfg, folds, retrain)
     out = write_backtest(Path(cfg.out) if cfg.out else default_out(cfg), r)
     if not cfg.quiet:

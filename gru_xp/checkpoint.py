@@ -268,8 +268,8 @@ def atomic_dir(final: str | Path):
 
 
 def run_kind(p: Path) -> str | None:
-    """None (not a run folder), "classify" (written by gru-xp classify) or "forecast" (gru-xp train): config.json's
-    "kind", absent in forecasting run folders."""
+    """None (not a run folder), "classify" (written by gru-xp classify), "panel" (gru-xp train on many series) or
+    "forecast" (gru-xp train on one series): config.json's "kind", absent in single-series forecasting folders."""
     p = Path(p)
     if not is_run_folder(p):
         return None
@@ -278,4 +278,4 @@ def run_kind(p: Path) -> str | None:
             kind = json.load(f).get("kind", "forecast")
     except (OSError, ValueError, AttributeError):
         return "forecast"
-    return kind if kind in ("classify", "forecast") else "forecast"
+    return kind if kind in ("classify", "forecast", "panel") else "forecast"

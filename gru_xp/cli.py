@@ -29,6 +29,11 @@ def _cmd_train(args) -> int:
         return 0
     cfg_file = args.config if args.config is not None else "default"
     cfg = make_config(cfg_file, overrides(args))
+    from .panelrun import is_panel, run_panel
+
+    if is_panel(cfg):  # issue 18: a .tsf file or a long CSV with --id-col: one global model
+        run_panel(cfg)
+        return 0
     run(cfg)
     return 0
 
@@ -47,6 +52,11 @@ def _cmd_predict(args) -> int:
     if args.text:
         raise UserError(f"--text needs a classification run folder (written by 'gru-xp classify'); {args.run} is "
                         f"{'a forecasting run' if kind else 'not a run folder'}")
+    if kind == "panel":
+        return _predict_panel(args)
+    if args.series is not None:
+        raise UserError(f"--series picks a series of a panel run; {args.run} is "
+                        f"{'a single-series run' if kind else 'not a run folder'} (drop --series)")
 
     steps = None
     if args.horizon is not None:
@@ -79,6 +89,45 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _predict_steps(args):
+    """--horizon as a positive integer, or None."""
+    if args.horizon is None:
+        return None
+    try:
+        steps = int(args.horizon)
+    except ValueError:
+        raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}") from None
+    if steps < 1:
+        raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}")
+    return steps
+
+
+def _predict_panel(args) -> int:
+    """`gru-xp predict --run DIR` on a panel run (issue 18): every series, or --series NAME, past its end."""
+    import numpy as np
+
+    from .checkpoint import write_text
+    from .panelrun import predict_panel
+
+    steps = _predict_steps(args)
+    levels = None
+    if args.intervals is not None:
+        levels = make_config(None, {"intervals": args.intervals, "interval_window": 0}).intervals
+    df, _ = predict_panel(args.run, args.data, steps, args.series, args.device, levels)
+    upper = [c for c in df.columns if c.startswith("upper_")]
+    if upper and not np.isfinite(df[upper].to_numpy()).all():
+        print("gru-xp: note: some intervals are unbounded (-inf, inf): too few pooled calibration errors at those "
+              "steps for that level (level C needs at least C / (1 - C) of them, 19 at 95%; steps past the run's "
+              "horizons have none)", file=sys.stderr)
+    text = df.to_csv(index=False, float_format="%.8g")
+    if args.out:
+        write_text(args.out, text)
+        print(f"wrote {len(df)} forecast row(s) to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 # ---- classify (issue 17) -------------------------------------------------------------------------------------------
 def _cmd_classify(args) -> int:
     from .classify import run_classify
@@ -93,7 +142,7 @@ def _predict_classes(args) -> int:
     from .checkpoint import write_text
     from .classify import load_classifier, predict_frame
 
-    for flag, given in (("--horizon", args.horizon), ("--intervals", args.intervals)):
+    for flag, given in (("--horizon", args.horizon), ("--intervals", args.intervals), ("--series", args.series)):
         if given is not None:
             raise UserError(f"{flag} is for forecasting runs; {args.run} is a classifier (drop {flag})")
     df = predict_frame(load_classifier(args.run, args.device), texts=args.text or None, data=args.data)
@@ -201,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     f.add_argument("--intervals", default=None, metavar="LEVELS",
                    help="prediction interval levels, e.g. 0.8,0.95, or none (default: the run's)")
+    f.add_argument("--series", default=None, metavar="NAME",
+                   help="panel runs: forecast only this series (default: every series)")
     f.set_defaults(func=_cmd_predict)
 
     from .config import add_classify_flags

@@ -26,11 +26,12 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 DATA_DIR = PROJECT_ROOT / "data"
 
 CELLS = tuple(CELL_REGISTRY)
-SCALERS = ("standard", "minmax", "none")
+SCALERS = ("standard", "minmax", "none", "window")  # window: each window by its own mean (issue 18)
 OPTIMIZERS = tuple(OPTIMIZER_REGISTRY)
 MISSING = ("error", "drop", "ffill", "interpolate")
-LOSSES = ("mse", "quantile")
+LOSSES = ("mse", "quantile", "mae")
 FLOAT_LISTS = ("intervals", "quantiles")  # list fields of levels in (0, 1) (the other list field holds integer lags)
+STR_LISTS = ("covariates", "future_covariates")  # list fields of column names (issue 18)
 DEVICES_HINT = "cpu | cuda | cuda:N | auto"
 
 
@@ -85,6 +86,14 @@ class RunConfig:
     interval_window: int = 30  # conformal scores kept per horizon step: the latest N observed (0 = all)
     interval_gamma: float = 0.005  # adaptive conformal inference step size (0 = off)
     calibration_size: int = 20  # out-of-sample errors per step wanted before the test part (refit if fewer)
+    # ---- panels and covariates (issue 18; panel.py, panelrun.py, covariates.py) -------------------------------
+    id_col: str = ""  # long CSV: the series id column (Nixtla's unique_id) -> a panel; "" = one series (.tsf: a panel)
+    covariates: list = field(default_factory=list)  # past-observed input columns, used only lagged
+    future_covariates: list = field(default_factory=list)  # known-ahead input columns: each forecast step's value
+    series_embedding: bool = False  # panels: the series' identity as inputs (one-hot: a learned per-series embedding)
+    partial_windows: bool = True  # panels: also windows whose later targets pass the training part (those masked)
+    scale_weight: bool = False  # panels: each window's loss weighted by its series' scale in MASE units
+    refit: bool = False  # panels: after choosing the epochs on validation, refit on the whole training part
     device: str = "cpu"
     dtype: str = "float32"
     # ---- output ------------------------------------------------------------------------------------------
@@ -158,8 +167,8 @@ def _coerce(name: str, value: Any, source: str, defaults=DEFAULTS) -> Any:
         if not math.isfinite(f):
             raise bad("a finite number")
         return f
-    if want is list and name in FLOAT_LISTS:
-        return _levels(name, value, where)
+    if want is list and name in FLOAT_LISTS + STR_LISTS:  # levels; column names (issue 18)
+        return _levels(name, value, where) if name in FLOAT_LISTS else _columns_list(value, where)
     if want is list:  # difference lags: [1, 12], 12, "1,12", "0"/"none"/"" = no differencing
         items = value
         if isinstance(value, bool):
@@ -185,6 +194,20 @@ def _coerce(name: str, value: Any, source: str, defaults=DEFAULTS) -> Any:
     if not isinstance(value, str):
         raise bad("a string")
     return value
+
+
+def _columns_list(value: Any, where: str) -> list:
+    """Column names: a list of strings, or "a,b" ("" / "none" = none); a name given twice is an error."""
+    items = value
+    if isinstance(value, str):
+        items = [] if value.strip().lower() in ("", "none") else value.split(",")
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise UserError(f"{where} must be column names separated by commas, e.g. price,promo; got {value!r}")
+    out = [v.strip() for v in items if v.strip()]
+    dup = sorted({v for v in out if out.count(v) > 1})
+    if dup:
+        raise UserError(f"{where} names column {dup[0]!r} twice; give each column once")
+    return out
 
 
 def _levels(name: str, value: Any, where: str) -> list:
@@ -262,12 +285,34 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(cfg.calibration_size >= 0, f"--calibration-size must be >= 0 (0 = the validation tail only), got "
          f"{cfg.calibration_size}")
     need(bool(str(cfg.data).strip()), "--data is empty: give a CSV path or 'sine'")
+    _check_panel(cfg, need)
     dev = cfg.device.strip().lower()
     need(dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit()),
          f"unknown device {cfg.device!r}: use {DEVICES_HINT}")
     need(all(c.isalnum() or c in "-_." for c in cfg.name) and cfg.name,
          f"--name {cfg.name!r} must be letters, digits, '-', '_' or '.'")
     return cfg
+
+
+def is_panel_config(cfg: RunConfig) -> bool:
+    """Many series: a long CSV (--id-col) or a Monash .tsf file."""
+    return bool(cfg.id_col.strip()) or str(cfg.data).strip().lower().endswith(".tsf")
+
+
+def _check_panel(cfg: RunConfig, need) -> None:
+    """Covariates and the panel settings (issue 18)."""
+    both = [c for c in cfg.covariates if c in cfg.future_covariates]
+    need(not both, f"column {both[0] if both else ''!r} is in both --covariates and --future-covariates; name it "
+         f"once (future: known ahead, past: observed only)")
+    need(not (cfg.scaler == "window" and cfg.difference), "--scaler window normalises each window by the mean of "
+         "its levels: drop --difference (or use another --scaler)")
+    panel = is_panel_config(cfg)
+    for flag, on in (("--series-embedding", cfg.series_embedding), ("--scale-weight", cfg.scale_weight),
+                     ("--refit", cfg.refit)):
+        need(panel or not on, f"{flag} is for panels (a .tsf file or a long CSV with --id-col); drop it")
+    need(not (panel and cfg.shrink), "--shrink is not available on panels; drop it")
+    need(not (panel and cfg.diagnostics), "--diagnostics is for single series; drop it on a panel")
+    need(not (panel and str(cfg.data).strip().lower() == "sine"), "--id-col needs a long CSV, not 'sine'")
 
 
 def suggest(key: str, valid=None) -> str:
@@ -358,7 +403,7 @@ HELP = {
     "horizon": "K outputs of the direct head",
     "shrink": "shrink forecasts toward naive by a factor fitted on validation",
     "log": "model log(y) (y > 0), inverted before metrics", "difference": "difference lags, e.g. 1 or 12 or 1,12 (0 = none)",
-    "scaler": "standard|minmax|none (fitted on training data only)", "season": "seasonal-naive lag (0 = infer)",
+    "scaler": "standard|minmax|none (fitted on training data only) | window (each window by its own mean)", "season": "seasonal-naive lag (0 = infer)",
     "cell": " | ".join(CELLS), "layers": "stacked recurrent layers", "reset_after": "GRU convention (PyTorch/Keras v3 "
     "vs the original paper)", "nonlinearity": "vanilla RNN activation: " + " | ".join(NONLINEARITIES),
     "optimizer": " | ".join(OPTIMIZERS), "lr": "learning rate", "batch_size": "minibatch size (0 = "
@@ -370,13 +415,23 @@ HELP = {
     "else row index modulo --season)",
     "ensemble": "train N models (seeds SEED..SEED+N-1, each early-stopped) and average their forecasts on the "
     "original scale (default 1)",
-    "loss": "mse (point forecasts) | quantile (pinball loss on --quantiles, non-crossing; point = the median)",
+    "loss": "mse (point forecasts) | quantile (pinball loss on --quantiles, non-crossing; point = the median) | mae "
+    "(absolute error)",
     "quantiles": "levels of --loss quantile, including 0.5 (default 0.1,0.5,0.9)",
     "intervals": "prediction interval levels, e.g. 0.8,0.95 (default), or none",
     "interval_window": "conformal errors kept per horizon step: the latest N observed (default 30; 0 = all)",
     "interval_gamma": "adaptive conformal inference step size (default 0.005; 0 = off)",
     "calibration_size": "out-of-sample errors per step wanted before the test part: when the validation tail has "
     "fewer, the ensemble is refitted on the series cut earlier to supply them (default 20; 0 = never refit)",
+    "id_col": "long CSV: the series id column (e.g. unique_id): one global model over every series",
+    "covariates": "past-observed input columns, used only lagged, e.g. price,promo",
+    "future_covariates": "known-ahead input columns: the value at each forecast step is an input (predict --data "
+    "reads them from rows after the last observed target)",
+    "series_embedding": "panels: the series' identity as inputs (one-hot: a learned per-series embedding)",
+    "partial_windows": "panels: also train on windows whose later targets pass the training part (masked out of the "
+    "loss), so short series contribute (default on)",
+    "scale_weight": "panels: weight each window's loss by its series' scale in MASE units (training tracks MASE)",
+    "refit": "panels: after choosing the epochs on validation, refit on the whole training part",
 }
 
 

@@ -7,273 +7,23 @@ Index conventions (n points y[0..n-1]):
     train windows: every target < v;  validation windows: first target >= v and every target < s;
     test windows: first target >= s (their inputs may reach back into the earlier, observed part).
     The scaler is fitted on z[:v] only: nothing from validation or test is seen by it.
-Calendar features: see calendar.py.
+Calendar features: see calendar.py. Covariates, the series one-hot and --scaler window: see covariates.py.
+Loading (Series, load_series, ...) lives in series.py and is re-exported here.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import covariates as cov_
 from .calendar import calendar_kind, calendar_phase, future_dates
-from .config import DATA_DIR, RunConfig
+from .config import RunConfig
 from .errors import UserError
-
-DATE_NAMES = ("date", "datetime", "timestamp", "time", "year", "month", "period", "ds")
-
-
-# ==== loading ================================================================================================
-@dataclass
-class Series:
-    y: np.ndarray  # (n,) float64, original scale
-    dates: pd.DatetimeIndex | None  # (n,) or None when row order is time order
-    target: str
-    date_col: str | None
-    source: str  # resolved path, or "sine"
-    sha256: str
-    season: int  # inferred seasonal-naive lag (1 when there is no calendar)
-    freq: str  # "monthly", "business-daily", ... or "steps"
-    year_dates: bool = False  # dates were integer years
-
-    def labels(self) -> list:
-        if self.dates is None:
-            return list(range(len(self.y)))
-        if self.year_dates:
-            return [int(d.year) for d in self.dates]
-        return [d.strftime("%Y-%m-%d") for d in self.dates]
-
-
-def resolve_data_path(data: str) -> Path:
-    """A path as given; a bare file name that is not in the working directory is looked up in data/."""
-    try:
-        p = Path(data).expanduser()
-        if p.is_file():
-            return p.resolve()
-        if p.parent == Path(".") and (DATA_DIR / p.name).is_file():
-            return (DATA_DIR / p.name).resolve()
-        exists = p.exists()
-    except (OSError, ValueError, RuntimeError) as e:  # NUL byte, name too long, unknown ~user
-        raise UserError(f"--data {data!r} is not a usable path ({type(e).__name__}); pass an existing CSV path or "
-                        f"'sine'") from None
-    shipped = ", ".join(sorted(q.name for q in DATA_DIR.glob("*.csv"))) if DATA_DIR.is_dir() else "none"
-    if exists:
-        raise UserError(f"--data {data!r} is not a file; pass a CSV file (shipped in data/: {shipped}) or 'sine'")
-    raise UserError(f"data file {data!r} not found; pass an existing CSV path, a file in data/ ({shipped}), or 'sine'")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sine_series(length: int, period: float, noise: float, seed: int) -> np.ndarray:
-    """sin(2*pi*t/period + phase) (+ Gaussian noise), phase drawn from the seed."""
-    rng = np.random.default_rng(seed)
-    phase = rng.uniform(0.0, 2.0 * math.pi)
-    t = np.arange(length, dtype=np.float64)
-    y = np.sin(2.0 * math.pi * t / period + phase)
-    if noise > 0:
-        y = y + noise * rng.standard_normal(length)
-    return y
-
-
-def _find_col(df: pd.DataFrame, name: str, what: str, flag: str) -> str:
-    if name in df.columns:
-        return name
-    low = {str(c).lower(): c for c in df.columns}
-    if name.lower() in low:
-        return low[name.lower()]
-    raise UserError(f"{what} column {name!r} not in the file (columns: {', '.join(map(str, df.columns))}); "
-                    f"pass {flag} COL")
-
-
-def _parse_dates(col: pd.Series, name: str) -> tuple[pd.DatetimeIndex, bool]:
-    """Dates in any pandas-readable format; integer years (1990) become Jan 1 of that year."""
-    if col.isna().any():
-        row = int(np.flatnonzero(col.isna().to_numpy())[0]) + 2
-        raise UserError(f"date column {name!r} is empty on line {row}; fill it, or pass --date none to use row order")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pandas' "could not infer format" chatter
-            return _to_dates(col)
-    except (ValueError, TypeError, OverflowError, AttributeError) as e:  # OutOfBoundsDatetime is a ValueError
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise UserError(f"cannot read column {name!r} as dates ({msg}); pass --date COL for the right column, or "
-                        f"--date none to use row order") from None
-
-
-def _to_dates(col: pd.Series) -> tuple[pd.DatetimeIndex, bool]:
-    s = col
-    if pd.api.types.is_float_dtype(s) and np.isfinite(s).all() and (s == s.round()).all():
-        s = s.astype(np.int64)
-    txt = s.astype(str).str.strip()
-    if txt.str.fullmatch(r"\d{1,4}").all():
-        years = txt.astype(int)
-        if years.between(1678, 2261).all():  # the range of nanosecond timestamps
-            return pd.DatetimeIndex(pd.to_datetime(years.astype(str).str.zfill(4), format="%Y")).as_unit("ns"), True
-    try:
-        d = pd.to_datetime(txt)
-    except (ValueError, TypeError, OverflowError):
-        d = pd.to_datetime(txt, format="mixed")
-    d = pd.DatetimeIndex(d)
-    if d.tz is not None:
-        d = d.tz_convert(None)
-    return d.as_unit("ns"), False
-
-
-def infer_frequency(dates: pd.DatetimeIndex | None, year_dates: bool = False) -> tuple[int, str]:
-    """(seasonal lag, name): 12 monthly, 4 quarterly, 52 weekly, 7 daily calendar, 5 business days, 1 otherwise."""
-    if dates is None or len(dates) < 3:
-        return 1, "steps"
-    if year_dates:
-        return 1, "yearly"
-    dates = pd.DatetimeIndex(dates).as_unit("ns")
-    days = np.diff(dates.asi8) / 86_400e9
-    med = float(np.median(days))
-    if 27.5 <= med <= 31.5:
-        return 12, "monthly"
-    if 88 <= med <= 93:
-        return 4, "quarterly"
-    if 6.5 <= med <= 7.5:
-        return 52, "weekly"
-    if 364 <= med <= 367:
-        return 1, "yearly"
-    if 0.5 <= med <= 1.5:
-        weekend = (dates.day_of_week >= 5).any()
-        return (7, "daily") if weekend else (5, "business-daily")
-    return 1, "irregular"
-
-
-def load_series(cfg: RunConfig) -> Series:
-    """The target series of cfg.data, validated: numeric, no gaps (unless cfg.missing says how), dates unique and
-    increasing (unless cfg.sort_dates). Every problem is a one-line UserError."""
-    if str(cfg.data).strip().lower() == "sine":
-        y = sine_series(cfg.sine_length, cfg.sine_period, cfg.sine_noise, cfg.seed)
-        tag = f"sine(length={cfg.sine_length},period={cfg.sine_period},noise={cfg.sine_noise},seed={cfg.seed})"
-        return Series(y, None, "sine", None, "sine", hashlib.sha256(tag.encode()).hexdigest(), 1, "steps")
-    path = resolve_data_path(cfg.data)
-    df = read_table(path)
-    date_col, target = _columns(df, cfg, path)
-    y = numeric_column(df[target], target, "target")
-    dates, year_dates = (None, False) if date_col is None else _parse_dates(df[date_col], date_col)
-    if dates is not None:
-        dates, order = _ordered_dates(dates, date_col, cfg.sort_dates)
-        y = y[order]
-    y, dates = _fill_missing(y, dates, target, cfg.missing)
-    season, freq = infer_frequency(dates, year_dates)
-    return Series(y, dates, target, date_col, str(path), sha256_file(path), season, freq, year_dates)
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV file as a DataFrame with stripped column names; blank lines inside the data are rows of missing values
-    (skipping them would silently shift a series whose row order is its time order), trailing ones are dropped."""
-    try:
-        df = pd.read_csv(path, skip_blank_lines=False)
-        if df.shape[1] == 0 or all(str(c).startswith("Unnamed: ") for c in df.columns):
-            df = pd.read_csv(path)  # blank lines before the header
-    except pd.errors.EmptyDataError:
-        raise UserError(f"data file {path} is empty; pass a CSV with a header and rows") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"cannot parse {path} as CSV ({str(e).splitlines()[0][:120]}); pass a comma-separated file "
-                        f"with a header row") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    blank = df.isna().all(axis=1).to_numpy()
-    n_keep = len(blank) - int(np.argmin(blank[::-1])) if not blank.all() else 0
-    df = df.iloc[:n_keep]  # trailing blank lines
-    if df.shape[1] == 0 or df.shape[0] == 0:
-        raise UserError(f"data file {path} has no rows; pass a CSV with a header and rows")
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
-
-
-def _columns(df: pd.DataFrame, cfg: RunConfig, path: Path) -> tuple[str | None, str]:
-    """(date column or None, target column): as configured, else Date/DATE-like and Close / the one other column."""
-    date_col = None
-    if cfg.date.strip().lower() == "none":
-        date_col = None
-    elif cfg.date:
-        date_col = _find_col(df, cfg.date, "date", "--date")
-    else:
-        date_col = next((c for c in df.columns if c.lower() in DATE_NAMES), None)
-    if cfg.target:
-        target = _find_col(df, cfg.target, "target", "--target")
-    else:
-        rest = [c for c in df.columns if c != date_col]
-        closes = [c for c in rest if c.lower() == "close"]
-        if closes:
-            target = closes[0]
-        elif len(rest) == 1:
-            target = rest[0]
-        else:
-            raise UserError(f"{path.name} has several columns ({', '.join(rest)}); pass --target COL to choose one")
-    if target == date_col:
-        raise UserError(f"--target and --date are both {target!r}; pass different columns")
-    return date_col, target
-
-
-def numeric_column(raw: pd.Series, name: str, what: str = "target") -> np.ndarray:
-    """A column as float64 (NaN where empty); a non-numeric or infinite entry is a UserError naming its line."""
-    vals = pd.to_numeric(raw, errors="coerce")
-    bad = vals.isna() & raw.notna()
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise UserError(f"{what} column {name!r} has a non-numeric value {raw.iloc[i]!r} on line {i + 2}; "
-                        f"fix the file or pass --{what} COL for a numeric column")
-    y = vals.to_numpy(dtype=np.float64)
-    if np.isinf(y).any():
-        i = int(np.flatnonzero(np.isinf(y))[0])
-        raise UserError(f"{what} column {name!r} is infinite on line {i + 2}; fix the file")
-    return y
-
-
-def _ordered_dates(dates: pd.DatetimeIndex, date_col: str, sort: bool) -> tuple[pd.DatetimeIndex, np.ndarray]:
-    """(dates in increasing order, the row order that gives it): unsorted dates are an error unless `sort`;
-    duplicates always are."""
-    order = np.arange(len(dates))
-    order_bad = np.flatnonzero(np.diff(dates.asi8) < 0)
-    if order_bad.size:
-        if not sort:
-            i = int(order_bad[0]) + 1
-            raise UserError(f"dates in {date_col!r} are not in increasing order (line {i + 2}: "
-                            f"{dates[i].date()} after {dates[i - 1].date()}); sort the file or pass --sort-dates")
-        order = np.argsort(dates.asi8, kind="stable")
-        dates = dates[order]
-    dup = dates.duplicated()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        raise UserError(f"duplicate date {dates[i].date()} in {date_col!r} (line {i + 2} when sorted); "
-                        f"remove or aggregate duplicate rows")
-    return dates, order
-
-
-def _fill_missing(y: np.ndarray, dates, target: str, how: str):
-    """(y, dates) with missing target values refused (how="error"), dropped, forward-filled or interpolated."""
-    miss = np.isnan(y)
-    if not miss.any():
-        return y, dates
-    i = int(np.flatnonzero(miss)[0])
-    if how == "error":
-        raise UserError(f"target column {target!r} has {int(miss.sum())} missing value(s), first on line {i + 2}; "
-                        f"fill them or pass --missing drop|ffill|interpolate")
-    if how == "drop":
-        keep = ~miss
-        return y[keep], None if dates is None else dates[keep]
-    s = pd.Series(y)
-    s = s.ffill() if how == "ffill" else s.interpolate(limit_direction="forward")
-    y = s.to_numpy(dtype=np.float64)
-    if np.isnan(y).any():  # leading gaps cannot be filled from the past
-        raise UserError(f"target column {target!r} starts with missing values that {how} cannot fill; "
-                        f"pass --missing drop or trim the file")
-    return y, dates
+from .series import (DATE_NAMES, Series, infer_frequency, load_series, numeric_column, read_table,  # noqa: F401
+                     resolve_data_path, series_from_frame, sha256_file, sine_series)
 
 
 # ==== transforms and scaling =================================================================================
@@ -323,9 +73,10 @@ class Scaler:
         return cls(d["kind"], d["shift"], d["scale"])
 
 
-def n_inputs(calendar: bool) -> int:
-    """Input channels per step: the scaled transformed value, then sin/cos of the calendar phase."""
-    return 3 if calendar else 1
+def n_inputs(calendar: bool, past: int = 0, future: int = 0, horizon: int = 1, n_series: int = 0) -> int:
+    """Input channels per step: the scaled transformed value, then sin/cos of the calendar phase, then the past
+    covariates, K values of each future covariate, and a series one-hot (see covariates.py)."""
+    return (3 if calendar else 1) + int(past) + int(future) * int(horizon) + int(n_series)
 
 
 @dataclass
@@ -341,16 +92,31 @@ class Pipeline:
     shrink: float = 1.0  # final forecast = naive + shrink * (model - naive); fitted on validation by fit_shrink()
     calendar: str = ""  # "" = off; else the kind of calendar features (see calendar_kind): month, quarter, ...
     cal_period: float = 1.0  # their period (12 for months)
+    # issue 18 (covariates.py): covariate columns, their scalers (fitted on the training part), the series one-hot
+    covariates: list = field(default_factory=list)  # past-observed
+    future_covariates: list = field(default_factory=list)  # known ahead: K values per input step
+    cov_scalers: list = field(default_factory=list)  # one Scaler per covariate, past then future
+    series_id: int = 0  # this series' index in its panel (the one-hot's 1 with n_series > 0)
+    n_series: int = 0  # panels with --series-embedding: the one-hot's width (0 = off)
 
     @property
     def n_inputs(self) -> int:
-        return n_inputs(bool(self.calendar))
+        return n_inputs(bool(self.calendar), len(self.covariates), len(self.future_covariates), self.horizon,
+                        self.n_series)
+
+    @property
+    def positional(self) -> bool:
+        """The inputs read position-indexed data (calendar phases, covariates): pass `phases(...)` to inputs."""
+        return bool(self.calendar or self.covariates or self.future_covariates)
 
     def phases(self, series: "Series", total: int | None = None) -> np.ndarray | None:
-        """Calendar phase of positions 0 .. total-1 (default: the series plus one step), None when off."""
-        if not self.calendar:
-            return None
-        return calendar_phase(self.calendar, series, len(series.y) + 1 if total is None else int(total))
+        """Calendar phase of positions 0 .. total-1 (default: the series plus one step), None when off; with
+        covariates the position matrix (total, 1 + C) of covariates.position_matrix."""
+        total = len(series.y) + 1 if total is None else int(total)
+        ph = calendar_phase(self.calendar, series, total) if self.calendar else None
+        if not (self.covariates or self.future_covariates):
+            return ph
+        return cov_.position_matrix(ph, series.covariates, total)
 
     def features(self, phase, idx) -> np.ndarray:
         """(..., 2) sin/cos of 2*pi*phase/period at positions idx."""
@@ -387,11 +153,20 @@ class Pipeline:
     def _inputs(self, zs, anchors, phase) -> np.ndarray:
         idx = np.asarray(anchors)[:, None] + np.arange(-self.seq_length + 1, 1)[None, :]
         x = zs[idx][..., None]
-        if not self.calendar:
+        if self.scaler.kind == "window":
+            x = cov_.normalise(x, cov_.window_center(zs[idx], self.log), self.log)
+        if not (self.calendar or self.covariates or self.future_covariates or self.n_series):
             return x
-        if phase is None:
+        if phase is None and self.positional:
             raise ValueError("this pipeline uses calendar features: pass phase=pipeline.phases(series)")
-        return np.concatenate([x, self.features(phase, idx + 1)], axis=-1)
+        parts = [x]
+        if self.calendar:
+            parts.append(self.features(phase if np.ndim(phase) == 1 else phase[:, 0], idx + 1))
+        if self.covariates or self.future_covariates:
+            parts.append(cov_.features(self, phase, idx))
+        if self.n_series:
+            parts.append(cov_.onehot(self.series_id, self.n_series, idx.shape))
+        return np.concatenate(parts, axis=-1)
 
     def targets(self, y, anchors) -> np.ndarray:
         """(N, K) scaled model targets (transformed series) for windows ending at `anchors`."""
@@ -399,7 +174,14 @@ class Pipeline:
 
     def _targets(self, zs, anchors) -> np.ndarray:
         idx = np.asarray(anchors)[:, None] + np.arange(1, self.horizon + 1)[None, :]
+        if self.scaler.kind == "window":
+            return cov_.normalise(zs[idx], self.window_center(zs, anchors), self.log)
         return zs[idx]
+
+    def window_center(self, zs, anchors) -> np.ndarray:
+        """(N,) the --scaler window normaliser of the windows ending at anchors (zs: the base series)."""
+        idx = np.asarray(anchors)[:, None] + np.arange(-self.seq_length + 1, 1)[None, :]
+        return cov_.window_center(np.asarray(zs, dtype=np.float64)[idx], self.log)
 
     def windows(self, y, anchors, phase=None) -> tuple[np.ndarray, np.ndarray]:
         """(inputs (N, L, n_inputs), targets (N, K)) of the windows ending at `anchors` (see inputs, targets),
@@ -441,6 +223,8 @@ class Pipeline:
 
     def _invert(self, y, anchors, pred_scaled) -> np.ndarray:
         z = self.scaler.inverse(pred_scaled)  # (N, K)
+        if self.scaler.kind == "window":  # (no differencing with it)
+            return cov_.denormalise(z, self.window_center(self.base(y), anchors), self.log)
         if not self.lags:
             return np.exp(z) if self.log else z
         anchors = np.asarray(anchors)
@@ -457,15 +241,23 @@ class Pipeline:
         return np.exp(ext[0][:, P:]) if self.log else ext[0][:, P:]
 
     def to_dict(self) -> dict:
-        return {"seq_length": self.seq_length, "horizon": self.horizon, "lags": list(self.lags),
-                "scaler": self.scaler.to_dict(), "season": self.season, "log": self.log,
-                "shrink": self.shrink, "calendar": self.calendar, "cal_period": self.cal_period}
+        d = {"seq_length": self.seq_length, "horizon": self.horizon, "lags": list(self.lags),
+             "scaler": self.scaler.to_dict(), "season": self.season, "log": self.log,
+             "shrink": self.shrink, "calendar": self.calendar, "cal_period": self.cal_period}
+        if self.covariates or self.future_covariates or self.n_series:  # only then: older folders stay as they were
+            d.update({"covariates": list(self.covariates), "future_covariates": list(self.future_covariates),
+                      "cov_scalers": [c.to_dict() for c in self.cov_scalers], "series_id": self.series_id,
+                      "n_series": self.n_series})
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Pipeline":
         return cls(int(d["seq_length"]), int(d["horizon"]), [int(v) for v in d["lags"]], Scaler.from_dict(d["scaler"]),
                    int(d["season"]), bool(d.get("log", False)), float(d.get("shrink", 1.0)),
-                   str(d.get("calendar", "") or ""), float(d.get("cal_period", 1.0)))
+                   str(d.get("calendar", "") or ""), float(d.get("cal_period", 1.0)),
+                   [str(c) for c in d.get("covariates", [])], [str(c) for c in d.get("future_covariates", [])],
+                   [Scaler.from_dict(c) for c in d.get("cov_scalers", [])], int(d.get("series_id", 0)),
+                   int(d.get("n_series", 0)))
 
 
 def naive(y, anchors, horizon: int) -> np.ndarray:
@@ -538,7 +330,7 @@ def prepare(cfg: RunConfig, series: Series | None = None, points: tuple[int, int
         raise UserError(f"series of {n} points is too short for {', '.join(need)} windows with --seq-length {L}, "
                         f"--horizon {K}, differencing {pipe.lookback}, season {season} and --split-ratio "
                         f"{cfg.split_ratio}/--val-ratio {cfg.val_ratio}; use a longer series or smaller settings")
-    pipe.scaler.fit(pipe.transformed(y)[:v])  # training part only: indices < v
+    fit_scalers(pipe, series, v)  # training part only: indices < v
     phase = pipe.phases(series)  # deterministic functions of time: nothing is fitted
 
     train, val, test = (Split(a, *pipe.windows(y, a, phase)) for a in (train_a, val_a, test_a))
@@ -546,11 +338,21 @@ def prepare(cfg: RunConfig, series: Series | None = None, points: tuple[int, int
 
 
 def make_pipeline(cfg: RunConfig, series: Series, season: int) -> Pipeline:
-    """The (unfitted) pipeline of a config for a series: transforms, scaler kind, calendar features."""
+    """The (unfitted) pipeline of a config for a series: transforms, scaler kind, calendar features, covariates."""
     pipe = Pipeline(cfg.seq_length, cfg.horizon, list(cfg.difference), Scaler(cfg.scaler), season, cfg.log)
     if cfg.calendar:
         pipe.calendar, pipe.cal_period = calendar_kind(series, season)
+    if series.cov_names:
+        n = len(cfg.covariates)
+        pipe.covariates, pipe.future_covariates = list(series.cov_names[:n]), list(series.cov_names[n:])
     return pipe
+
+
+def fit_scalers(pipe: Pipeline, series: Series, v: int) -> None:
+    """The target's scaler on the transformed series' training part (indices < v), each covariate's on its own."""
+    pipe.scaler.fit(pipe.transformed(series.y)[:v])
+    kind = "standard" if pipe.scaler.kind == "window" else pipe.scaler.kind
+    pipe.cov_scalers = [Scaler(kind).fit(series.covariates[:v, j]) for j in range(len(series.cov_names))]
 
 
 def future_labels(series: Series, k: int) -> list:

@@ -30,12 +30,15 @@ observed error at a time, behind each origin.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .covariates import last_origin
+from .errors import UserError
 from .metrics import level_name
 
 _EPS = 1e-9  # ceil((m + 1) * 0.8) must be 5 for m = 4, not 6 from 4.000000000000001
@@ -181,12 +184,15 @@ def forecast_paths(predict, pipe, y, origins, steps: int, phase=None, taus: tupl
 def _stacked(pipe, hists, first, phase):
     """(inputs (N, L, I), invert(members' (N, K)) -> levels (N, K)) of the windows ending each history (N, n) (rows
     starting at positions `first` of the series). The rows are laid end to end, each followed by one pad point (so
-    the calendar feature of the position after a row stays its own), and read in one call: a window and its
-    inversion read only their own row's last min_anchor + 1 points, never the row before."""
+    the calendar feature of the position after a row stays its own; K pad points with future covariates, which a
+    window reads K ahead), and read in one call: a window and its inversion read only their own row's last
+    min_anchor + 1 points, never the row before."""
     N, n = hists.shape
-    z = np.concatenate([hists, hists[:, -1:]], axis=1).ravel()  # (N * (n + 1),) the pad repeats the last value
-    ends = np.arange(N) * (n + 1) + n - 1  # (N,) each history's last index
-    ph = None if phase is None else np.asarray(phase)[first[:, None] + np.arange(n + 1)[None, :]].ravel()
+    pad = pipe.horizon if pipe.future_covariates else 1  # positions read after a row: the next phase, or K ahead
+    z = np.concatenate([hists, np.repeat(hists[:, -1:], pad, axis=1)], axis=1).ravel()  # (N * (n + pad),)
+    ends = np.arange(N) * (n + pad) + n - 1  # (N,) each history's last index
+    ph = None if phase is None else np.asarray(phase)[first[:, None] + np.arange(n + pad)[None, :]]
+    ph = None if ph is None else ph.reshape((-1,) + ph.shape[2:])  # (N * (n + pad),) or, with covariates, (.., 1 + C)
     return pipe.inputs(z, ends, ph), (lambda sel: pipe.invert(z, ends, sel))
 
 
@@ -382,6 +388,7 @@ def calibrate(s: Settings, y, pipe, phase, predict, taus: tuple, val_start: int,
     -> (calibration forecasts (refit's first), name -> the model's query Forecasts, name -> predictor -> Bands)."""
     K = pipe.horizon
     ro, mo = calibration_origins(pipe, len(y), val_start, None if refit is None else refit.cut)
+    mo = mo[mo <= last_origin(pipe, phase, K)]  # future covariates: only where the data gives them
     parts = [forecast_paths(predict, pipe, y, mo, K, phase, taus)]
     if refit is not None:
         parts.insert(0, forecast_paths(refit.predict, refit.pipeline, y, ro, K, phase, refit.taus))
@@ -415,6 +422,7 @@ def for_predict(s: Settings, predict, taus: tuple, pipe, series, final: Forecast
     y = series.y
     H = final.point.shape[1]
     _, mo = calibration_origins(pipe, len(y), val_start)
+    mo = mo[mo <= last_origin(pipe, phase, H)]  # future covariates: only where the data gives them
     parts = [forecast_paths(predict, pipe, y, mo, H, phase, taus)]
     if state and state.get("refit"):
         parts.insert(0, forecasts_from_dict(state["refit"], y, H))
@@ -427,3 +435,69 @@ def for_predict(s: Settings, predict, taus: tuple, pipe, series, final: Forecast
         for level in d:
             d[level] = d[level][-1:]
     return b
+
+
+# ==== panels (issue 18): split conformal pooled across series on scale-free errors ================================
+# A fixed-origin panel gives each series at most h_i out-of-sample errors per step (one at the last step): too few
+# for any 80% interval of its own. Pooled across series they are many (CIF 2016: 57-72 per step), once each error
+# is made scale-free: |g(y) - g(f)| / scale_i in the calibration space g (log for a log model, else the level),
+# scale_i the series' in-sample seasonal-naive MAE of g(y) on its training part (its MASE scale in g): a series'
+# interval is as wide as its own history is variable, the quantile of the ratio shared by all.
+def calibration_space(log: bool, v) -> np.ndarray:
+    """g(v): log(v) (NaN where not positive) for a log model, else v."""
+    v = np.asarray(v, dtype=np.float64)
+    if not log:
+        return v
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.where(v > 0, v, np.nan))
+
+
+def scale_free(log: bool, actual, point, scale) -> np.ndarray:
+    """(N, H) scale-free absolute errors |g(y) - g(f)| / scale (NaN where not observed)."""
+    return np.abs(calibration_space(log, actual) - calibration_space(log, point)) / float(scale)
+
+
+def pooled_corrections(scores: list, steps: int, level: float) -> np.ndarray:
+    """(steps,) the conformal correction of each step from the pooled scores (list of (N_i, H_i) arrays, NaN =
+    not observed): the r-th smallest of the m step-k scores, r = ceil((m + 1) * level); inf when m is too small."""
+    q = np.full(int(steps), np.inf)
+    for k in range(int(steps)):
+        col = np.concatenate([np.asarray(s, dtype=np.float64)[:, k] for s in scores if np.shape(s)[1] > k] or
+                             [np.zeros(0)])
+        col = np.sort(col[~np.isnan(col)])
+        r = _ceil((col.size + 1) * float(level))
+        if col.size and r <= col.size:
+            q[k] = col[r - 1]
+    return q
+
+
+def pooled_band(log: bool, point, q, scale) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) around point forecasts (..., H) with corrections q (H,): g^-1(g(f) -+ q * scale), i.e.
+    f exp(-+q scale) for a log model (an infinite q: an unbounded interval, (0, inf) for a log model)."""
+    f = np.asarray(point, dtype=np.float64)
+    if log:
+        with np.errstate(over="ignore"):
+            return f * np.exp(-q * float(scale)), f * np.exp(q * float(scale))
+    return f - q * float(scale), f + q * float(scale)
+
+
+def pooled_counts(scores: list, steps: int) -> list:
+    """How many observed scores each step's correction came from."""
+    return [int(sum(np.sum(~np.isnan(np.asarray(s)[:, k])) for s in scores if np.shape(s)[1] > k))
+            for k in range(int(steps))]
+
+
+def read_state(path, y, steps: int) -> dict | None:
+    """A run folder's intervals.json (None when absent), its stored refit forecasts read for `steps` past the end of
+    y here, so that a damaged file is one clear error rather than a traceback later."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("refit"):
+            forecasts_from_dict(state["refit"], y, steps)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it from the run or retrain with "
+                        f"'gru-xp train'") from None
+    return state

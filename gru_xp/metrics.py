@@ -234,3 +234,53 @@ def format_class_table(mets: dict) -> str:
     lines.append("majority = most frequent training class; nearest_neighbor = 1-NN (Euclidean; training split: "
                  "leave-one-out).")
     return "\n".join(lines)
+
+
+# ==== panels (issue 18): per-series scores averaged over series, as the Monash archive does =======================
+PANEL_METRICS = ("mase", "mase_median", "smape", "rmse", "mae", "mape")
+
+
+def smape(actual, pred) -> float:
+    """The archive's sMAPE: mean of 200 |F - Y| / (|F| + |Y|) over the outputs (0/0 counts as 0)."""
+    a, f = np.asarray(actual, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    den = np.abs(f) + np.abs(a)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = np.where(den > 0, 200.0 * np.abs(f - a) / den, 0.0)
+    return float(np.mean(v))
+
+
+def series_scores(actual, pred, scale: float) -> dict:
+    """One series' {mase, smape, rmse, mae, mape} over its forecast steps."""
+    return {"mase": mase(actual, pred, scale), "smape": smape(actual, pred), "rmse": rmse(actual, pred),
+            "mae": mae(actual, pred), "mape": mape(actual, pred)}
+
+
+def panel_summary(rows: list) -> dict:
+    """Per-series scores -> {mase (mean over series), mase_median, smape, rmse, mae, mape (means over series),
+    series}; a series whose MASE scale is 0 (a constant training part) is left out of the MASE means."""
+    def col(k):
+        return np.array([r[k] for r in rows], dtype=np.float64)
+
+    def nanmean(v):
+        v = v[np.isfinite(v)]
+        return float(np.mean(v)) if v.size else math.nan
+
+    m = col("mase")
+    ok = m[np.isfinite(m)]
+    return {"mase": nanmean(m), "mase_median": float(np.median(ok)) if ok.size else math.nan,
+            "smape": nanmean(col("smape")), "rmse": nanmean(col("rmse")), "mae": nanmean(col("mae")),
+            "mape": nanmean(col("mape")), "series": len(rows)}
+
+
+def format_panel_table(mets: dict) -> str:
+    """One row per (split, predictor): the panel metrics."""
+    head = f"{'split':<6} {'predictor':<15}" + "".join(f"{k.upper():>12}" for k in PANEL_METRICS[:5])
+    lines = [head, "-" * len(head)]
+    for split, sm in mets.items():
+        for name in MODELS:
+            if name in sm:
+                lines.append(f"{split:<6} {name:<15}" + "".join(f"{fmt(sm[name].get(k)):>12}"
+                                                                 for k in PANEL_METRICS[:5]))
+    lines.append("means over series of each series' score (MASE: its MAE / in-sample seasonal-naive MAE of its "
+                 "training part); MASE_MEDIAN: the median; original scale.")
+    return "\n".join(lines)

@@ -257,3 +257,39 @@ def confusion(path, matrix, classes, title: str = "Confusion matrix") -> str:
     ax.set_ylabel("true")
     ax.set_title(title)
     return save(fig, path)
+
+
+# ==== panels (issue 18) ===========================================================================================
+def panel_series(path, panel, test: dict, rows: list, levels=()) -> str:
+    """Three panels: the series with the best, the median and the worst model test MASE; each its history (the last
+    few seasons), the test actuals, the model's forecast (its intervals shaded) and both baselines.
+    test: {series index: {"origin", "actual", "model", "naive", "seasonal_naive", "lower_80", ...}}."""
+    scored = sorted((r.get("test_model_mase", np.nan), i) for i, r in enumerate(rows) if i in test
+                    and np.isfinite(r.get("test_model_mase", np.nan)))
+    picks = [] if not scored else [("best", scored[0][1]), ("median", scored[len(scored) // 2][1]),
+                                   ("worst", scored[-1][1])]
+    fig, axes = _figure(10, 8, rows=max(1, len(picks)))
+    for ax, (what, i) in zip(np.atleast_1d(axes), picks):
+        d, y = test[i], panel.series[i].y
+        t = d["origin"]
+        h = d["model"].size
+        start = max(0, t + 1 - max(4 * panel.season, 3 * h, 24))
+        x = np.arange(start, t + 1 + h)
+        ax.plot(x[:t + 1 - start], y[start:t + 1], **{**ACTUAL, "label": "history"})
+        xf = np.arange(t + 1, t + 1 + h)
+        for j, level in enumerate(sorted(levels or (), reverse=True)):
+            lo, up = d.get(f"lower_{level_name(level)}"), d.get(f"upper_{level_name(level)}")
+            if lo is not None and np.isfinite(up).all():
+                ax.fill_between(xf, lo, up, color=MODEL["color"], alpha=0.12 + 0.13 * j, lw=0,
+                                label=f"{100 * level:g}% interval")
+        ax.plot(xf, d["actual"], **{**ACTUAL, "ls": "-", "marker": ".", "label": "test"})
+        ax.plot(xf, d["model"], **MODEL, label="model")
+        ax.plot(xf, d["naive"], **NAIVE, label="naive")
+        if panel.season > 1:
+            ax.plot(xf, d["seasonal_naive"], **SEASONAL, label=f"seasonal naive ({panel.season})")
+        ax.axvline(t + 0.5, color="gray", ls="--", lw=1)
+        ax.set_title(f"{what}: series {panel.names[i]} (model test MASE {rows[i]['test_model_mase']:.3f}, naive "
+                     f"{rows[i].get('test_naive_mase', np.nan):.3f})", fontsize=10)
+        ax.legend(loc="best", fontsize=7)
+    np.atleast_1d(axes)[-1].set_xlabel("step (position in the series)")
+    return save(fig, path)

@@ -28,8 +28,8 @@ import numpy as np
 from . import checkpoint, intervals, metrics, plots
 from .backend import resolve, to_host
 from .config import RunConfig, from_dict
-from .data import (Pipeline, Prepared, Series, actuals, future_labels, load_series, n_inputs, naive, prepare,
-                   seasonal_naive)
+from .covariates import check_steps, config_inputs, describe_covariates
+from .data import Pipeline, Prepared, Series, actuals, future_labels, load_series, naive, prepare, seasonal_naive
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .nn.forecaster import Forecaster
 from .nn.optim import OPTIMIZERS
@@ -54,12 +54,13 @@ class RunResult:
 
 def model_spec(cfg: RunConfig, input_size: int | None = None) -> dict:
     """The Forecaster's model arguments for a config (what model.npz records and load_run passes back)."""
-    spec = {"cell": cfg.cell, "input_size": n_inputs(cfg.calendar) if input_size is None else int(input_size),
+    spec = {"cell": cfg.cell, "input_size": config_inputs(cfg) if input_size is None else int(input_size),
             "hidden_size": cfg.hidden_size, "horizon": cfg.horizon, "num_layers": cfg.layers,
             "bidirectional": cfg.bidirectional, "dropout": cfg.dropout, "reset_after": cfg.reset_after,
             "nonlinearity": cfg.nonlinearity}
     if cfg.loss == "quantile":  # only then: older run folders keep their exact model metadata
         spec["quantiles"] = list(cfg.quantiles)
+    spec.update({"loss": "mae"} if cfg.loss == "mae" else {})  # issue 18; only then, like quantiles
     return spec
 
 
@@ -144,6 +145,7 @@ def _describe(cfg: RunConfig, prep: Prepared, resume: FitState | None) -> str:
             f"({s.freq}), windows train/val/test {prep.train.anchors.size}/{prep.val.anchors.size}/"
             f"{prep.test.anchors.size}, season {pipe.season}, differencing {pipe.lags or 'none'}"
             + (", log" if pipe.log else "") + (f", calendar {pipe.calendar}" if pipe.calendar else "")
+            + describe_covariates(pipe)
             + (f", ensemble of {cfg.ensemble}" if cfg.ensemble > 1 else "")
             + (f", resuming at epoch {resume.epoch + 1}" if resume is not None else ""))
 
@@ -474,9 +476,11 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run folder {d} not found; pass --run DIR written by 'gru-xp train'")
-    if checkpoint.run_kind(d) == "classify":  # issue 17: a classifier's run folder is not a forecaster
-        raise UserError(f"run folder {d} is a classifier (written by 'gru-xp classify'), not a forecasting run; "
-                        f"classify with 'gru-xp predict --run {d} --text ...' or '--data FILE.ts'")
+    other = {"classify": f"a classifier (written by 'gru-xp classify'), not a forecasting run; classify with 'gru-xp "
+             f"predict --run {d} --text ...' or '--data FILE.ts'", "panel": f"a panel run: forecast with 'gru-xp "
+             f"predict --run {d} [--series NAME]'"}  # issues 17, 18: say which command reads the folder
+    if checkpoint.run_kind(d) in other:
+        raise UserError(f"run folder {d} is {other[checkpoint.run_kind(d)]}")
     params, meta = checkpoint.load(d / "model.npz")
     _check_consistent(d, meta)
     try:
@@ -538,14 +542,16 @@ def forecast_from_end(model, pipe: Pipeline, y, steps: int, series: Series | Non
         raise UserError(f"series of {len(y)} points is too short to forecast: this model needs at least "
                         f"{pipe.min_anchor() + 1} (window {pipe.seq_length}, differencing {pipe.lookback})")
     phase = None
-    if pipe.calendar:
+    if pipe.positional:  # calendar features, covariates (issue 18)
         total = len(y) + int(steps) + pipe.horizon + 1  # every position an input step may be aligned to
         if series is not None:
             phase = pipe.phases(series, total)
-        elif pipe.calendar == "index":
+        elif pipe.calendar == "index" and not (pipe.covariates or pipe.future_covariates):
             phase = np.arange(total, dtype=np.float64)
         else:
-            raise UserError(f"this model uses calendar features ({pipe.calendar}): pass the series with its dates")
+            raise UserError(f"this model uses calendar features ({pipe.calendar}): pass the series with its dates"
+                            if pipe.calendar else "this model uses covariates: pass the series with its columns")
+    check_steps(pipe, steps)
     predict, taus = member_predict(models)
     return intervals.forecast_paths(predict, pipe, y, [len(y) - 1], int(steps), phase, taus), phase
 
@@ -577,16 +583,7 @@ def predict_bands(lr: LoadedRun, series: Series, steps: int, levels=None):
     s = intervals.settings_of(lr.config, lr.pipeline.log, levels)
     if s is None:
         return None
-    state, path = None, None if lr.folder is None else lr.folder / "intervals.json"
-    if path is not None and path.is_file():
-        try:
-            with open(path, encoding="utf-8") as f:
-                state = json.load(f)
-            if state.get("refit"):  # read here so that a damaged file is one clear error
-                intervals.forecasts_from_dict(state["refit"], series.y, steps)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it from the run or retrain "
-                            f"with 'gru-xp train'") from None
+    state = None if lr.folder is None else intervals.read_state(lr.folder / "intervals.json", series.y, steps)
     models = lr.models or [lr.model]
     final, phase = forecast_from_end(models, lr.pipeline, series.y, steps, series)
     data = lr.meta.get("data", {})

@@ -145,7 +145,9 @@ def data_fingerprint(cfg: RunConfig) -> tuple[str, str | None]:
 # settings added after sweeps existed: left out of the key at their default, so a sweep started by an older version
 # keeps its keys (its finished rows are not re-run)
 LATER_DEFAULTS = {"calendar": False, "ensemble": 1, "nonlinearity": "tanh", "loss": "mse", "quantiles": [0.1, 0.5, 0.9],
-                  "intervals": [0.8, 0.95], "interval_window": 30, "interval_gamma": 0.005, "calibration_size": 20}
+                  "intervals": [0.8, 0.95], "interval_window": 30, "interval_gamma": 0.005, "calibration_size": 20,
+                  "id_col": "", "covariates": [], "future_covariates": [], "series_embedding": False,
+                  "partial_windows": True, "scale_weight": False, "refit": False}
 
 
 def task_key(settings: dict, data_sha256: str) -> str:
@@ -286,6 +288,7 @@ def run_task(settings: dict, key: str, point: dict, threads: int = 1, save_dir: 
         from threadpoolctl import threadpool_limits
 
         from . import metrics as M
+        from .panelrun import is_panel, run_panel
         from .runs import run
 
         with threadpool_limits(limits=int(threads)):
@@ -295,7 +298,8 @@ def run_task(settings: dict, key: str, point: dict, threads: int = 1, save_dir: 
                              "diagnostics": bool(save_dir) and bool(settings.get("diagnostics", False)),
                              "out": str(Path(save_dir) / key[:16]) if save_dir else ""})
             kw = {"interruptible": False}  # a worker is not the terminal: no SIGINT handling there
-            r = run(cfg, save=bool(save_dir), progress=False, log=lambda *a, **k: None, **kw)
+            job = run_panel if is_panel(cfg) else run  # issue 18: a panel task trains one global model
+            r = job(cfg, save=bool(save_dir), progress=False, log=lambda *a, **k: None, **kw)
         row["device"] = r.model.backend.describe()
         row["val_loss"] = float(r.history.best_loss)
         row["best_epoch"] = int(r.history.best_epoch)
@@ -304,6 +308,8 @@ def run_task(settings: dict, key: str, point: dict, threads: int = 1, save_dir: 
             for m in M.MODELS:
                 for met in M.METRICS:
                     row[f"{split}_{m}_{met}"] = float(sm[m][met])
+                if "mase_median" in sm[m]:  # panels: the median over series and sMAPE too
+                    row[f"{split}_{m}_mase_median"], row[f"{split}_{m}_smape"] = sm[m]["mase_median"], sm[m]["smape"]
             row[f"{split}_skill_naive"] = M.skill(sm, "naive")
             row[f"{split}_skill_seasonal_naive"] = M.skill(sm, "seasonal_naive")
         row["status"] = "ok"
@@ -389,6 +395,8 @@ def _val_rank(r) -> float:
     """Validation RMSE / seasonal-naive RMSE: on the original scale and scale-free, so comparable across scalers,
     transforms and series (the scaled val_loss is not)."""
     v = r.get("val_skill_seasonal_naive")
+    if r.get("val_model_mase_median") is not None:  # a panel: mean MASE over series / seasonal naive's (issue 18)
+        v = (r.get("val_model_mase") or math.nan) / (r.get("val_seasonal_naive_mase") or math.nan)
     return v if v is not None and math.isfinite(v) else math.inf
 
 

@@ -11,6 +11,8 @@ Variable-length sequences (classification): `lengths` (N,) ride along, moved onc
 passed as loss_and_grads(..., lengths=, check_lengths=False) (checked here once, on the host). Each batch's steps
 are cut to its longest sequence (decided on the host: no sync); `bucket` groups similar lengths into batches. A
 model with `correct(y)` (the Classifier) gets accuracy per epoch too (AccuracyHistory), in the same one sync.
+Per-output loss weights (issue 18: panels' masks and series scales): `weights` (N, K) / `val_weights` ride along
+like Y, moved once, taken per batch, passed as loss_and_grads(..., weight=) and loss(..., weight=).
 Run folders, resume files and forecasts live in runs.py and resume.py.
 """
 from __future__ import annotations
@@ -170,6 +172,8 @@ class _DeviceData:
     bucket: bool = False  # batches of similar lengths (sorted, then shuffled as whole batches)
     trim: bool = True  # cut each batch to its longest sequence
     accuracy: bool = False  # the model has correct(y): accuracy per epoch
+    W: Any = None  # (N, K) per-output loss weights, or None
+    Wv: Any = None  # (Nv, K) validation weights, or None
 
     @property
     def n(self) -> int:
@@ -197,6 +201,23 @@ def _move(be, X, Y, X_val, Y_val) -> _DeviceData:
     if X_val is not None and len(X_val) > 0:
         data.Xv, data.Yv = to_time_major(be, X_val), be.asarray(np.asarray(Y_val, dtype=be.np_dtype))
     return data
+
+
+def _move_weights(be, data: _DeviceData, weights, val_weights) -> None:
+    """Per-output loss weights, checked on the host and moved once (like Y)."""
+    if data.lengths is not None:
+        raise UserError("loss weights and variable lengths cannot be combined")
+    for name, w, Y in (("weights", weights, data.Y), ("val_weights", val_weights, data.Yv)):
+        if Y is None or w is None:
+            continue
+        w = np.asarray(w, dtype=be.np_dtype)
+        if w.shape != tuple(Y.shape) or not np.all(np.isfinite(w)) or (w < 0).any():
+            raise UserError(f"{name} must be finite, >= 0 and shaped like the targets {tuple(Y.shape)}, got "
+                            f"{w.shape}")
+        if name == "weights":
+            data.W = be.asarray(w)
+        else:
+            data.Wv = be.asarray(w)
 
 
 VAL_CHUNK = 256  # validation sequences per forward (variable lengths: sorted by length, so little padding)
@@ -251,9 +272,10 @@ def _batches(data: _DeviceData, bs: int, rng, be):
         for s in range(0, N, bs):
             if bs < N:
                 idx = perm[s:s + bs]
-                yield xp.take(data.X, idx, axis=1), xp.take(data.Y, idx, axis=0), {}
+                w = {} if data.W is None else {"weight": xp.take(data.W, idx, axis=0)}
+                yield xp.take(data.X, idx, axis=1), xp.take(data.Y, idx, axis=0), w
             else:
-                yield data.X, data.Y, {}
+                yield data.X, data.Y, ({} if data.W is None else {"weight": data.W})
         return
     host = batch_order(data.host_lengths, bs, rng, data.bucket)
     perm = be.asarray(np.concatenate(host), dtype=xp.int64)  # moved once per epoch
@@ -270,6 +292,8 @@ def _val_loss(model, data: _DeviceData):
     """Validation loss (and number correct when tracked) as 0-d device arrays, in eval mode."""
     xp = model.backend.xp
     if data.lengths is None:
+        if data.Wv is not None:
+            return model.loss(data.Xv, data.Yv, weight=data.Wv), None
         return model.loss(data.Xv, data.Yv), None
     total = correct = None
     for idx, steps, n in data.val_batches:
@@ -383,7 +407,8 @@ def _progress_bar(progress: bool, epochs: int, done: int, desc: str):
 def fit(model, X, Y, X_val=None, Y_val=None, *, optimizer=None, epochs: int = 100, batch_size: int = 32,
         patience: int = 0, clip: float = 0.0, tbptt: int = 0, seed: int = 0, progress: bool = True,
         desc: str = "train", state: FitState | None = None, interruptible: bool = True, lengths=None,
-        val_lengths=None, bucket: bool = False, trim: bool = True, keep_last: bool = False) -> History:
+        val_lengths=None, bucket: bool = False, trim: bool = True, keep_last: bool = False, weights=None,
+        val_weights=None) -> History:
     """Train `model` in place; the parameters of the best epoch (validation loss, else training loss) are restored.
 
     X (N, L[, I]) and Y (N, K) are host arrays in model units; X_val/Y_val likewise or None.
@@ -392,6 +417,7 @@ def fit(model, X, Y, X_val=None, Y_val=None, *, optimizer=None, epochs: int = 10
         numbers either way: padded steps are masked); bucket: batches of similar lengths.
     keep_last: without validation data, keep the last epoch's parameters (train for exactly `epochs`) instead of
         restoring the epoch with the lowest training loss.
+    weights / val_weights: (N, K) / (Nv, K) per-output loss weights (>= 0; 0 = that target is masked), or None.
     state: continue from a FitState (saved by an interrupted fit) up to `epochs` in total; with the same data,
         settings and backend the result is bit-identical to a run that was never interrupted.
     Divergence (train or validation loss NaN/inf): training stops at the end of that epoch, the best parameters so
@@ -405,6 +431,8 @@ def fit(model, X, Y, X_val=None, Y_val=None, *, optimizer=None, epochs: int = 10
         _move_lengths(model.backend, data, lengths, val_lengths)
         data.bucket, data.trim = bool(bucket), bool(trim)
     data.accuracy = hasattr(model, "correct")
+    if weights is not None:
+        _move_weights(model.backend, data, weights, val_weights)
     N = data.n
     bs = N if batch_size <= 0 or batch_size >= N else int(batch_size)
     rng = np.random.default_rng(seed)  # host randomness for shuffling

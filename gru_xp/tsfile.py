@@ -1,6 +1,9 @@
-"""Time-series archive files (host edge): the UEA/UCR `.ts` format, read into one array per case.
+"""Time-series archive files (host edge): the UEA/UCR `.ts` format, read into one array per case, and the Monash
+forecasting archive's `.tsf` format, read into one array per series.
 
     read_ts(path) -> TSData          univariate or multivariate, equal or variable length, labels from @classLabel
+    read_tsf(path) -> TSFData        named series with their attributes (horizon, start_timestamp), @frequency,
+                                     @horizon; '?' (missing) only when the caller opts in
 
 A file is a header of `@key value` lines (comments start with #), then `@data` and one line per case. The header
 reader (`read_sections`) knows nothing of `.ts` in particular, so a Monash `.tsf` reader can sit beside `read_ts`
@@ -50,12 +53,8 @@ def read_sections(path, kind: str = ".ts") -> Sections:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{kind} file {p} not found; check the path")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{p} is not a {kind} text file (not UTF-8); pass a {kind} file") from None
     sec, in_data = Sections(p), False
-    for n, raw in enumerate(text.splitlines(), start=1):
+    for n, raw in enumerate(_lines(p, kind), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -75,6 +74,25 @@ def read_sections(path, kind: str = ".ts") -> Sections:
     if not in_data:
         raise UserError(f"{p} has no @data line; is this a {kind} file?")
     return sec
+
+
+def _lines(p: Path, kind: str) -> list:
+    """The file's lines as text. UTF-8; a comment line ('#') may hold other bytes (the Monash archive's CIF 2016 file
+    has a Windows-1252 dash in one): it is skipped whatever it holds, any other undecodable line is an error."""
+    raw = p.read_bytes()
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        pass
+    out = []
+    for b in raw.splitlines():
+        try:
+            out.append(b.decode("utf-8"))
+        except UnicodeDecodeError:
+            if not b.lstrip().startswith(b"#"):
+                raise UserError(f"{p} is not a {kind} text file (not UTF-8); pass a {kind} file") from None
+            out.append("#")
+    return out
 
 
 @dataclass
@@ -206,3 +224,120 @@ def read_ts(path) -> TSData:
     name = sec.get("problemname") or sec.path.stem
     return TSData(name, series, labels if has_label else None, declared, int(want_dims), len(lens) == 1,
                   str(sec.path.resolve()))
+
+
+# ==== the Monash forecasting archive's .tsf ========================================================================
+# @frequency -> (seasonal lag for MASE and seasonal naive, the pandas frequency of start_timestamp dates, the name
+# data.Series uses); the lags are the archive's (weekly: 365.25 / 7 rounded down)
+TSF_FREQUENCIES = {"yearly": (1, "YS", "yearly"), "quarterly": (4, "QS", "quarterly"),
+                   "monthly": (12, "MS", "monthly"), "weekly": (52, "W", "weekly"), "daily": (7, "D", "daily"),
+                   "hourly": (24, "h", "hourly"), "half_hourly": (48, "30min", "half-hourly"),
+                   "10_minutes": (144, "10min", "10-minutes"), "4_seconds": (1, "4s", "4-seconds"),
+                   "minutely": (1440, "min", "minutely")}
+
+
+@dataclass
+class TSFData:
+    """A `.tsf` file's series: values[i] (n_i,) float64 (NaN where the file has '?'), with its attributes."""
+
+    name: str  # @relation, else the file name
+    names: list  # [str] series names (the series_name attribute, else the first string attribute, else T1, T2, ...)
+    values: list  # [(n_i,) arrays]
+    attributes: list  # [{attribute name: value str}] per series, in @attribute order
+    frequency: str | None  # @frequency, lowercased
+    horizon: int | None  # @horizon
+    horizons: list | None  # the per-series `horizon` attribute, when the file has one
+    starts: list | None  # the per-series `start_timestamp` attribute as pandas Timestamps, when the file has one
+    source: str
+
+    @property
+    def season(self) -> int:
+        return TSF_FREQUENCIES.get(self.frequency or "", (1,))[0]
+
+
+def _tsf_attributes(sec: Sections) -> list:
+    """[(name, type)] of the @attribute lines, in order; each `@attribute NAME TYPE` with a known TYPE."""
+    out = []
+    for k, v, n in sec.header:
+        if k != "attribute":
+            continue
+        parts = v.split()
+        if len(parts) != 2 or parts[1].lower() not in ("string", "numeric", "date"):
+            raise UserError(f"{sec.path}:{n}: expected '@attribute NAME string|numeric|date', got '@attribute {v}'; "
+                            f"fix the header")
+        out.append((parts[0], parts[1].lower()))
+    if len({a for a, _ in out}) != len(out):
+        raise UserError(f"{sec.path}: an attribute is declared twice; give each @attribute once")
+    return out
+
+
+def _tsf_values(sec: Sections, n: int, text: str, missing_ok: bool) -> np.ndarray:
+    vals = [v.strip() for v in text.split(",")]
+    if "?" in vals and not missing_ok:
+        raise UserError(f"{sec.path}:{n}: the series has missing values ('?'); fill them in the file or pass "
+                        f"--missing drop|ffill|interpolate")
+    try:
+        y = np.array([np.nan if v == "?" else float(v) for v in vals], dtype=np.float64)
+    except ValueError:
+        bad = next(v for v in vals if v != "?" and not _is_float(v))
+        raise UserError(f"{sec.path}:{n}: the series has a value {bad[:20]!r} that is not a number; fix the "
+                        f"line") from None
+    if np.isinf(y).any() or (np.isnan(y) & np.array([v != "?" for v in vals])).any():
+        raise UserError(f"{sec.path}:{n}: a value is NaN or infinite; write '?' for a missing value")
+    return y
+
+
+def _tsf_start(sec: Sections, n: int, v: str):
+    import pandas as pd
+
+    for fmt in ("%Y-%m-%d %H-%M-%S", None):
+        try:
+            return pd.Timestamp(pd.to_datetime(v, format=fmt)) if fmt else pd.Timestamp(v)
+        except (ValueError, TypeError):
+            continue
+    raise UserError(f"{sec.path}:{n}: start_timestamp {v!r} is not a date (the archive writes 1979-01-01 00-00-00); "
+                    f"fix the line")
+
+
+def read_tsf(path, missing_ok: bool = False) -> TSFData:
+    """Read a Monash `.tsf` file: `@attribute` lines, then one series per data line `attr1:attr2:...:v1,v2,...`.
+    '?' values are an error unless missing_ok (they come back as NaN); @horizon and a `horizon` attribute (per
+    series) must be positive integers; a `start_timestamp` attribute gives each series its dates."""
+    sec = read_sections(path, ".tsf")
+    attrs = _tsf_attributes(sec)
+    freq = (sec.get("frequency") or "").strip().lower() or None
+    if freq is not None and freq not in TSF_FREQUENCIES:
+        raise UserError(f"{sec.path}:{sec.line_of('frequency')}: unknown @frequency {freq!r}; use one of "
+                        f"{', '.join(TSF_FREQUENCIES)}")
+    horizon = _positive(sec, "horizon")
+    if not sec.data:
+        raise UserError(f"{sec.path} has no series after @data; add data lines")
+    names, values, rows = [], [], []
+    for i, (n, line) in enumerate(sec.data):
+        fields = line.split(":", len(attrs))
+        if len(fields) != len(attrs) + 1:
+            raise UserError(f"{sec.path}:{n}: expected {len(attrs)} attribute(s) then the values, separated by ':'; "
+                            f"got {len(fields)} field(s)")
+        row = {a: f.strip() for (a, _), f in zip(attrs, fields)}
+        y = _tsf_values(sec, n, fields[-1], missing_ok)
+        strings = [a for a, t in attrs if t == "string"]
+        name = row.get("series_name") or (row[strings[0]] if strings else f"T{i + 1}")
+        names.append(name)
+        values.append(y)
+        rows.append((n, row))
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise UserError(f"{sec.path}: series name {dup[0]!r} appears more than once; give every series its own name")
+    horizons = None
+    if any(a == "horizon" for a, _ in attrs):
+        horizons = []
+        for n, row in rows:
+            h = row["horizon"]
+            if not h.isdigit() or int(h) < 1:
+                raise UserError(f"{sec.path}:{n}: the horizon attribute must be a positive integer, got {h!r}; fix "
+                                f"the line")
+            horizons.append(int(h))
+    starts = [_tsf_start(sec, n, row["start_timestamp"]) for n, row in rows] \
+        if any(a == "start_timestamp" for a, _ in attrs) else None
+    return TSFData(sec.get("relation") or sec.path.stem, names, values, [r for _, r in rows], freq, horizon,
+                   horizons, starts, str(sec.path.resolve()))

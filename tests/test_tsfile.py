@@ -82,3 +82,72 @@ def test_not_a_ts_file(tmp_path):
         read_ts(tmp_path / "c.ts")
     with pytest.raises(UserError, match="not found"):
         read_ts(tmp_path / "missing.ts")
+
+
+# ==== the Monash .tsf format (issue 18) ===========================================================================
+from gru_xp.tsfile import read_tsf  # noqa: E402
+
+
+def test_cif_2016():
+    """The shipped CIF 2016 file: 72 monthly series, per-series horizons 12 (57) and 6 (15), a header comment that is
+    not UTF-8 (a Windows-1252 dash), read anyway."""
+    raw = (DATA / "cif_2016_dataset.tsf").read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    d = read_tsf(DATA / "cif_2016_dataset.tsf")
+    assert (d.name, len(d.names), d.frequency, d.season, d.horizon) == ("CIF_2016", 72, "monthly", 12, None)
+    assert d.names[:2] == ["T1", "T2"] and d.horizons.count(12) == 57 and d.horizons.count(6) == 15
+    assert len(d.values[0]) == 120 and d.values[0][0] == pytest.approx(855.144865868006)
+    assert min(len(v) for v in d.values) == 28 and d.starts is None
+
+
+TSF = "@relation toy\n@attribute series_name string\n@attribute start_timestamp date\n@frequency quarterly\n" \
+      "@horizon 2\n@missing true\n@data\n"
+
+
+def _tsf(tmp_path, text, name="x.tsf"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_tsf_dates_horizon_and_missing_values(tmp_path):
+    p = _tsf(tmp_path, TSF + "a:2001-01-01 00-00-00:1,2,3,4\nb:2005-04-01 00-00-00:5,?,7\n")
+    with pytest.raises(UserError, match=r"x.tsf:9: the series has missing values \('\?'\)"):
+        read_tsf(p)
+    d = read_tsf(p, missing_ok=True)
+    assert d.names == ["a", "b"] and d.horizon == 2 and d.horizons is None and d.season == 4
+    assert np.isnan(d.values[1][1]) and str(d.starts[1].date()) == "2005-04-01"
+    from gru_xp.config import make_config
+    from gru_xp.panel import load_panel
+
+    panel = load_panel(make_config(None, {"data": str(p), "missing": "interpolate"}))
+    assert panel.series[1].y.tolist() == [5, 6, 7] and panel.horizons.tolist() == [2, 2]
+    assert [str(x.date()) for x in panel.series[0].dates] == ["2001-01-01", "2001-04-01", "2001-07-01", "2001-10-01"]
+    assert panel.season == 4 and panel.series[0].freq == "quarterly"
+
+
+@pytest.mark.parametrize("text,match", [
+    ("@attribute series_name text\n@data\na:1,2\n", "expected '@attribute NAME string|numeric|date'"),
+    ("@attribute series_name string\n@attribute horizon numeric\n@data\na:x:1,2\n", "horizon attribute must be"),
+    ("@attribute series_name string\n@frequency fortnightly\n@data\na:1,2\n", "unknown @frequency 'fortnightly'"),
+    ("@attribute series_name string\n@attribute horizon numeric\n@data\na:1,2\n", "expected 2 attribute"),
+    ("@attribute series_name string\n@data\na:1,2\na:3,4\n", "series name 'a' appears more than once"),
+    ("@attribute series_name string\n@data\na:1,b\n", "value 'b' that is not a number"),
+    ("@attribute series_name string\n@data\na:1,inf\n", "NaN or infinite"),
+    ("@attribute series_name string\n@attribute start_timestamp date\n@data\na:soon:1\n", "is not a date"),
+    ("@attribute series_name string\n@horizon 0\n@data\na:1\n", "positive integer"),
+    ("@attribute series_name string\n@data\n", "no series after @data"),
+])
+def test_tsf_errors_name_the_line(tmp_path, text, match):
+    with pytest.raises(UserError, match=match):
+        read_tsf(_tsf(tmp_path, text))
+
+
+def test_tsf_non_utf8_outside_comments_is_an_error(tmp_path):
+    p = tmp_path / "b.tsf"
+    p.write_bytes(b"# caf\xe9 is fine in a comment\n@attribute series_name string\n@data\nA\x96:1,2\n")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_tsf(p)
+    p.write_bytes(b"# caf\xe9 is fine in a comment\n@attribute series_name string\n@data\nA:1,2\n")
+    assert read_tsf(p).values[0].tolist() == [1.0, 2.0]

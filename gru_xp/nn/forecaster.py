@@ -5,6 +5,8 @@ The head reads the last layer's final state of each direction (forward: h at T-1
 what a sequence-to-one model wants; its gradient enters the recurrent layer as dstate_n.
 With `quantiles` (levels in (0, 1), increasing) the linear head has K*Q outputs, read as raw (B, K, Q) and passed
 through the non-crossing head (head.noncrossing_forward), and the loss is the pinball loss averaged over the levels.
+loss="mae": the absolute error instead of the squared one. Every loss takes an optional weight (B, K) per output
+(losses.py; panels mask and weight windows with it).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class Forecaster:
     def __init__(self, cell: str = "gru", input_size: int = 1, hidden_size: int = 32, horizon: int = 1, *,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, reset_after: bool = True,
                  nonlinearity: str = "tanh", quantiles=None, device="cpu", dtype="float32", seed: int = 0,
-                 fast: bool = True):
+                 fast: bool = True, loss: str = "mse"):
         try:
             ok = not isinstance(horizon, bool) and operator.index(horizon) >= 1
         except TypeError:
@@ -40,6 +42,9 @@ class Forecaster:
         # caches may live in workspaces reused from step to step. fast=False: the reference cells.
         self.rnn.reuse_buffers = True
         self.horizon = horizon
+        if loss not in POINT_LOSSES:
+            raise UserError(f"loss must be one of {', '.join(POINT_LOSSES)}, got {loss!r}")
+        self.point_loss = loss  # mse | mae (a quantile model's loss is the pinball loss)
         self.quantiles = _check_quantiles(quantiles)  # None: point forecasts (MSE); else Q increasing levels
         Q = 1 if self.quantiles is None else len(self.quantiles)
         self.taus = None if self.quantiles is None else self.backend.asarray(list(self.quantiles))  # (Q,)
@@ -130,31 +135,41 @@ class Forecaster:
         dx, _ = rnn.backward(None, dstate, tbptt=tbptt, input_grad=input_grad)
         return dx
 
-    def objective(self, pred, y):
-        """The model's loss of a forward's output against targets y (B, K): MSE, or pinball with quantiles."""
-        if self.quantiles is None:
-            return losses.mse(self.backend.xp, pred, y)
-        return losses.pinball(self.backend.xp, pred, y, self.taus)
+    def objective(self, pred, y, weight=None):
+        """The model's loss of a forward's output against targets y (B, K): MSE (or MAE), or pinball with quantiles;
+        weight (B, K) per output or None."""
+        xp = self.backend.xp
+        if self.quantiles is not None:
+            return losses.pinball(xp, pred, y, self.taus, weight)
+        if self.point_loss == "mae":
+            return losses.mae(xp, pred, y, weight)
+        return losses.mse(xp, pred, y) if weight is None else losses.mse(xp, pred, y, weight)
 
-    def objective_backward(self, pred, y):
+    def objective_backward(self, pred, y, weight=None):
         """d objective / d pred, same shape as pred."""
-        if self.quantiles is None:
-            return losses.mse_backward(self.backend.xp, pred, y)
-        return losses.pinball_backward(self.backend.xp, pred, y, self.taus)
+        xp = self.backend.xp
+        if self.quantiles is not None:
+            return losses.pinball_backward(xp, pred, y, self.taus, weight)
+        if self.point_loss == "mae":
+            return losses.mae_backward(xp, pred, y, weight)
+        return losses.mse_backward(xp, pred, y) if weight is None else losses.mse_backward(xp, pred, y, weight)
 
-    def loss(self, x, y):
-        """The loss (MSE, or pinball) of the current mode's forward (0-d device array), no gradients (and no
+    def loss(self, x, y, weight=None):
+        """The loss (MSE, MAE, or pinball) of the current mode's forward (0-d device array), no gradients (and no
         backward cache)."""
         with self.no_grad():
-            return self.objective(self.forward(x), y)
+            return self.objective(self.forward(x), y, weight)
 
-    def loss_and_grads(self, x, y, *, tbptt: int = 0):
+    def loss_and_grads(self, x, y, *, tbptt: int = 0, weight=None):
         """One full model step without the update: zero grads, forward, loss, backward. Returns the loss (0-d)."""
         self.zero_grad()
         pred = self.forward(x)
-        loss = self.objective(pred, y)
-        self.backward(self.objective_backward(pred, y), tbptt=tbptt, input_grad=False)  # dx: nobody reads it
+        loss = self.objective(pred, y, weight)
+        self.backward(self.objective_backward(pred, y, weight), tbptt=tbptt, input_grad=False)  # dx: nobody reads it
         return loss
+
+
+POINT_LOSSES = ("mse", "mae")
 
 
 def _check_quantiles(quantiles):

@@ -1,22 +1,45 @@
 """Losses, each forward followed by its backward. Every loss is a 0-d device array (no host sync).
 
 Legend: B batch, K outputs, Q quantile levels.
+Forecasting losses take an optional weight (B, K) >= 0 per output (issue 18: panels mask the targets a window does
+not have with 0 and weight each window by its series' scale): loss = mean over every element of weight * term, so
+a weight of ones gives the unweighted mean. Without a weight the unweighted code runs, unchanged.
 """
 from __future__ import annotations
 
 
-def mse(xp, pred, target):
-    """Mean over every element of (pred - target)^2."""
+def mse(xp, pred, target, weight=None):
+    """Mean over every element of (pred - target)^2 (times weight)."""
     diff = pred - target
-    return xp.mean(diff * diff)
+    if weight is None:
+        return xp.mean(diff * diff)
+    return xp.mean(weight * diff * diff)
 
 
-def mse_backward(xp, pred, target):
+def mse_backward(xp, pred, target, weight=None):
     """d mean((pred - target)^2) / d pred, same shape as pred."""
     n = 1
     for s in pred.shape:
         n *= s
-    return (2.0 / n) * (pred - target)
+    if weight is None:
+        return (2.0 / n) * (pred - target)
+    return (2.0 / n) * weight * (pred - target)
+
+
+def mae(xp, pred, target, weight=None):
+    """Mean over every element of |pred - target| (times weight)."""
+    err = xp.abs(pred - target)
+    return xp.mean(err) if weight is None else xp.mean(weight * err)
+
+
+def mae_backward(xp, pred, target, weight=None):
+    """d mae / d pred = sign(pred - target) / n (times weight), same shape as pred; at pred == target the
+    subgradient 0 (torch's choice: d|u|/du = sign(u) = 0 at 0)."""
+    n = 1
+    for s in pred.shape:
+        n *= s
+    g = xp.sign(pred - target) / n
+    return g if weight is None else weight * g
 
 
 # ---- classification: losses on logits (B, K), targets (B, K) ---------------------------------------------------
@@ -59,18 +82,20 @@ def softmax_cross_entropy_backward(xp, logits, target):
     return (p * xp.sum(target, axis=-1, keepdims=True) - target) / logits.shape[0]
 
 
-def pinball(xp, q, target, taus):
+def pinball(xp, q, target, taus, weight=None):
     """Mean over B, K, Q of the pinball (quantile) loss rho_tau(u) = max(tau * u, (tau - 1) * u), u = y - q.
-    q (B, K, Q) quantile forecasts, target (B, K), taus (Q,) the quantile levels in (0, 1)."""
+    q (B, K, Q) quantile forecasts, target (B, K), taus (Q,) the quantile levels in (0, 1); weight (B, K) or None."""
     u = target[..., None] - q  # (B, K, Q)
-    return xp.mean(xp.maximum(taus * u, (taus - 1.0) * u))
+    rho = xp.maximum(taus * u, (taus - 1.0) * u)
+    return xp.mean(rho) if weight is None else xp.mean(weight[..., None] * rho)
 
 
-def pinball_backward(xp, q, target, taus):
+def pinball_backward(xp, q, target, taus, weight=None):
     """d pinball / d q, same shape as q: -tau / n where the target is above the quantile (u > 0), (1 - tau) / n
     where it is below; at u == 0 (a kink) the u < 0 side's (1 - tau) / n."""
     u = target[..., None] - q  # (B, K, Q)
     n = 1
     for s in q.shape:
         n *= s
-    return xp.where(u > 0, -taus, 1.0 - taus) / n
+    g = xp.where(u > 0, -taus, 1.0 - taus) / n
+    return g if weight is None else weight[..., None] * g
