@@ -149,8 +149,7 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
 
     # the one model of the whole backtest (with --ensemble N: N models, seeds seed .. seed+N-1, averaged)
     models = [build_model(cfg, device=be, seed=cfg.seed + i) for i in range(cfg.ensemble)]
-    init_params = [host_params(m) for m in models]  # host copies
-    init_rngs = [copy.deepcopy(m.rnn.rng) for m in models]  # dropout generators, as fresh
+    init = [(host_params(m), copy.deepcopy(m.rnn.rng)) for m in models]  # host copies; dropout generators, as fresh
 
     labels = series.labels()
     fold_out, preds, secs_train, secs_eval = [], [], [], []
@@ -161,21 +160,7 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
         hist = None
         t1 = time.perf_counter()
         if trained:
-            pipe = fold_pipeline(cfg, series, f, season)
-            phase = pipe.phases(series)
-            X, Y = pipe.windows(y, f.train_anchors, phase)
-            Xv, Yv = pipe.windows(y, f.val_anchors, phase)
-            for i, model in enumerate(models):
-                if f.index > 0:  # re-initialise the same model in place: parameters, dropout stream; fresh optimizer
-                    model.load_state_dict({k: v.copy() for k, v in init_params[i].items()})
-                    model.rnn.rng = copy.deepcopy(init_rngs[i])
-                who = "" if len(models) == 1 else f" member {i + 1}/{len(models)}"
-                h = fit(model, X, Y, Xv, Yv, optimizer=make_optimizer(cfg), epochs=cfg.epochs,
-                               batch_size=cfg.batch_size, patience=cfg.patience, clip=cfg.clip, tbptt=cfg.tbptt,
-                               seed=cfg.seed + i, progress=progress, desc=f"{cfg.name} fold {f.index}{who}")
-                hist = h if hist is None else hist  # the first member's history is reported
-            if cfg.shrink and f.val_anchors.size:
-                pipe.fit_shrink(y, f.val_anchors, [predict_scaled(m, Xv) for m in models])
+            pipe, phase, hist = _train_fold(cfg, series, f, season, models, init, progress)
             if s_int is not None:
                 served = _fold_bands(cfg, s_int, series, f, fl if retrain == "once" else [f], pipe, phase, models, be,
                                      progress, log)
@@ -205,16 +190,7 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
                 f"RMSE model {m['model']['rmse']:.4g} naive {m['naive']['rmse']:.4g}  "
                 f"train {t2 - t1:.2f}s eval {t3 - t2:.3f}s")
 
-    cat = {k: np.concatenate([p[k] for p in preds]) for k in preds[0] if k != "bands"}
-    cat["fold"] = np.concatenate([np.full(p["anchors"].size, i) for i, p in enumerate(preds)])
-    scale0 = fold_out[0]["mase_scale"]
-    om = metrics.evaluate(cat["actual"], {k: cat[k] for k in metrics.MODELS}, scale0)
-    if served is not None:  # overall coverage, width and interval score over every fold's outputs
-        for name in metrics.MODELS:
-            for c in s_int.levels:
-                lo, up = (np.concatenate([p["bands"][name][i][c] for p in preds]) for i in (0, 1))
-                om[name].update(metrics.interval_scores(cat["actual"], lo, up, c))
-    overall = {"origins": int(cat["anchors"].size), "metrics": om, "skill_rmse": _skill(om), "mase_scale": scale0}
+    cat, overall = _overall(preds, fold_out[0]["mase_scale"], s_int.levels if served is not None else ())
     trained_secs = [s for s, d in zip(secs_train, fold_out) if d["trained"]]
     spf = {"train": [round(s, 4) for s in secs_train], "eval": [round(s, 4) for s in secs_eval],
            "train_mean_trained_folds": round(float(np.mean(trained_secs)), 4),
@@ -222,6 +198,43 @@ def backtest(cfg: RunConfig, folds: int = 4, retrain: str = "every", *, progress
            "total": round(time.perf_counter() - t_all, 4), "device": be.describe()}
     bounds = [f.test_start for f in fl] + [fl[-1].test_end]
     return BacktestResult(cfg, retrain, fold_out, overall, spf, cat, series, bounds)
+
+
+def _train_fold(cfg: RunConfig, series, f: Fold, season: int, models: list, init: list, progress):
+    """Fit a fold's pipeline and every ensemble member on the fold's training part (early-stopped on its validation
+    part); members after the first fold start again from their initial parameters and dropout streams (`init`), each
+    with a fresh optimizer. -> (pipeline, phase, the first member's History)."""
+    y = series.y
+    pipe = fold_pipeline(cfg, series, f, season)
+    phase = pipe.phases(series)
+    X, Y = pipe.windows(y, f.train_anchors, phase)
+    Xv, Yv = pipe.windows(y, f.val_anchors, phase)
+    hist = None
+    for i, model in enumerate(models):
+        if f.index > 0:  # re-initialise the same model in place
+            model.load_state_dict({k: v.copy() for k, v in init[i][0].items()})
+            model.rnn.rng = copy.deepcopy(init[i][1])
+        who = "" if len(models) == 1 else f" member {i + 1}/{len(models)}"
+        h = fit(model, X, Y, Xv, Yv, optimizer=make_optimizer(cfg), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                patience=cfg.patience, clip=cfg.clip, tbptt=cfg.tbptt, seed=cfg.seed + i, progress=progress,
+                desc=f"{cfg.name} fold {f.index}{who}")
+        hist = h if hist is None else hist  # the first member's history is reported
+    if cfg.shrink and f.val_anchors.size:
+        pipe.fit_shrink(y, f.val_anchors, [predict_scaled(m, Xv) for m in models])
+    return pipe, phase, hist
+
+
+def _overall(preds: list, scale0: float, levels) -> tuple[dict, dict]:
+    """Every fold's predictions concatenated (plus "fold"), and the overall metrics over them, scaled by the first
+    fold's MASE scale; with interval `levels`, coverage, width and interval score over every fold's outputs."""
+    cat = {k: np.concatenate([p[k] for p in preds]) for k in preds[0] if k != "bands"}
+    cat["fold"] = np.concatenate([np.full(p["anchors"].size, i) for i, p in enumerate(preds)])
+    om = metrics.evaluate(cat["actual"], {k: cat[k] for k in metrics.MODELS}, scale0)
+    for name in metrics.MODELS if levels else ():
+        for c in levels:
+            lo, up = (np.concatenate([p["bands"][name][i][c] for p in preds]) for i in (0, 1))
+            om[name].update(metrics.interval_scores(cat["actual"], lo, up, c))
+    return cat, {"origins": int(cat["anchors"].size), "metrics": om, "skill_rmse": _skill(om), "mase_scale": scale0}
 
 
 def _fold_bands(cfg: RunConfig, s, series, f: Fold, folds: list, pipe, phase, models, be, progress, log):

@@ -239,35 +239,47 @@ def _levels(name: str, value: Any, where: str) -> list:
     return sorted(out)
 
 
-def _check(cfg: RunConfig) -> RunConfig:
-    def need(ok, msg):
-        if not ok:
-            raise UserError(msg)
+def need(ok, msg: str) -> None:
+    """A config check: `msg` (what is wrong and how to fix it) as a UserError unless ok."""
+    if not ok:
+        raise UserError(msg)
 
-    need(0.0 < cfg.split_ratio < 1.0, f"--split-ratio must be between 0 and 1 (exclusive), got {cfg.split_ratio}")
+
+def _check_common(cfg) -> None:
+    """The checks of what a forecasting run and a classifier share: the model, the optimizer, training, device, name."""
     need(0.0 <= cfg.val_ratio < 1.0, f"--val-ratio must be in [0, 1), got {cfg.val_ratio}")
-    need(cfg.seq_length >= 1, f"--seq-length must be at least 1, got {cfg.seq_length}")
-    need(cfg.horizon >= 1, f"--horizon must be at least 1, got {cfg.horizon}")
-    need(cfg.season >= 0, f"--season must be >= 0 (0 = infer from the dates), got {cfg.season}")
-    need(cfg.scaler in SCALERS, f"unknown scaler {cfg.scaler!r}: use one of {', '.join(SCALERS)}")
     need(cfg.cell in CELLS, f"unknown cell {cfg.cell!r}: use one of {', '.join(CELLS)}")
     need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     need(cfg.nonlinearity in NONLINEARITIES,
          f"unknown nonlinearity {cfg.nonlinearity!r}: use one of {', '.join(NONLINEARITIES)}")
-    need(cfg.missing in MISSING, f"--missing must be one of {', '.join(MISSING)}, got {cfg.missing!r}")
     need(cfg.hidden_size >= 1, f"--hidden-size must be at least 1, got {cfg.hidden_size}")
     need(cfg.layers >= 1, f"--layers must be at least 1, got {cfg.layers}")
     need(0.0 <= cfg.dropout < 1.0, f"--dropout must be in [0, 1), got {cfg.dropout}")
     need(cfg.lr > 0.0, f"--lr must be positive, got {cfg.lr}")
-    need(cfg.momentum >= 0.0, f"--momentum must be >= 0, got {cfg.momentum}")
     need(cfg.weight_decay >= 0.0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
     need(cfg.batch_size >= 0, f"--batch-size must be >= 0 (0 = full batch), got {cfg.batch_size}")
     need(cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}")
     need(cfg.patience >= 0, f"--patience must be >= 0 (0 = off), got {cfg.patience}")
     need(cfg.clip >= 0.0, f"--clip must be >= 0 (0 = off), got {cfg.clip}")
+    need(cfg.dtype in ("float32", "float64"), f"unknown dtype {cfg.dtype!r}: use float32 or float64")
+    dev = cfg.device.strip().lower()
+    need(dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+         f"unknown device {cfg.device!r}: use {DEVICES_HINT}")
+    need(all(c.isalnum() or c in "-_." for c in cfg.name) and cfg.name,
+         f"--name {cfg.name!r} must be letters, digits, '-', '_' or '.'")
+
+
+def _check(cfg: RunConfig) -> RunConfig:
+    need(0.0 < cfg.split_ratio < 1.0, f"--split-ratio must be between 0 and 1 (exclusive), got {cfg.split_ratio}")
+    _check_common(cfg)
+    need(cfg.seq_length >= 1, f"--seq-length must be at least 1, got {cfg.seq_length}")
+    need(cfg.horizon >= 1, f"--horizon must be at least 1, got {cfg.horizon}")
+    need(cfg.season >= 0, f"--season must be >= 0 (0 = infer from the dates), got {cfg.season}")
+    need(cfg.scaler in SCALERS, f"unknown scaler {cfg.scaler!r}: use one of {', '.join(SCALERS)}")
+    need(cfg.missing in MISSING, f"--missing must be one of {', '.join(MISSING)}, got {cfg.missing!r}")
+    need(cfg.momentum >= 0.0, f"--momentum must be >= 0, got {cfg.momentum}")
     need(cfg.ensemble >= 1, f"--ensemble must be at least 1 (the number of models averaged), got {cfg.ensemble}")
     need(cfg.tbptt >= 0, f"--tbptt must be >= 0 (0 = full BPTT), got {cfg.tbptt}")
-    need(cfg.dtype in ("float32", "float64"), f"unknown dtype {cfg.dtype!r}: use float32 or float64")
     need(cfg.sine_length >= 10, f"--sine-length must be at least 10, got {cfg.sine_length}")
     need(cfg.sine_period > 0, f"--sine-period must be positive, got {cfg.sine_period}")
     need(cfg.sine_noise >= 0, f"--sine-noise must be >= 0, got {cfg.sine_noise}")
@@ -285,12 +297,7 @@ def _check(cfg: RunConfig) -> RunConfig:
     need(cfg.calibration_size >= 0, f"--calibration-size must be >= 0 (0 = the validation tail only), got "
          f"{cfg.calibration_size}")
     need(bool(str(cfg.data).strip()), "--data is empty: give a CSV path or 'sine'")
-    _check_panel(cfg, need)
-    dev = cfg.device.strip().lower()
-    need(dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-         f"unknown device {cfg.device!r}: use {DEVICES_HINT}")
-    need(all(c.isalnum() or c in "-_." for c in cfg.name) and cfg.name,
-         f"--name {cfg.name!r} must be letters, digits, '-', '_' or '.'")
+    _check_panel(cfg)
     return cfg
 
 
@@ -299,7 +306,7 @@ def is_panel_config(cfg: RunConfig) -> bool:
     return bool(cfg.id_col.strip()) or str(cfg.data).strip().lower().endswith(".tsf")
 
 
-def _check_panel(cfg: RunConfig, need) -> None:
+def _check_panel(cfg: RunConfig) -> None:
     """Covariates and the panel settings (issue 18)."""
     both = [c for c in cfg.covariates if c in cfg.future_covariates]
     need(not both, f"column {both[0] if both else ''!r} is in both --covariates and --future-covariates; name it "
@@ -525,36 +532,13 @@ def _classify_value(name: str, value: Any, source: str) -> Any:
 
 
 def _check_classify(cfg: ClassifyConfig) -> ClassifyConfig:
-    def need(ok, msg):
-        if not ok:
-            raise UserError(msg)
-
     need(bool(cfg.data.strip()), "--data is required: a .ts file, a folder DIR/<class>/*.txt or a CSV")
-    need(0.0 <= cfg.val_ratio < 1.0, f"--val-ratio must be in [0, 1), got {cfg.val_ratio}")
+    _check_common(cfg)
     need(cfg.max_length >= 0, f"--max-length must be >= 0 (0 = all steps), got {cfg.max_length}")
     need(cfg.vocab_size >= 2, f"--vocab-size must be at least 2 (0 = padding, 1 = unknown word), got "
          f"{cfg.vocab_size}")
     need(cfg.embedding_dim >= 1, f"--embedding-dim must be at least 1, got {cfg.embedding_dim}")
-    need(cfg.cell in CELLS, f"unknown cell {cfg.cell!r}: use one of {', '.join(CELLS)}")
-    need(cfg.nonlinearity in NONLINEARITIES,
-         f"unknown nonlinearity {cfg.nonlinearity!r}: use one of {', '.join(NONLINEARITIES)}")
-    need(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    need(cfg.hidden_size >= 1, f"--hidden-size must be at least 1, got {cfg.hidden_size}")
-    need(cfg.layers >= 1, f"--layers must be at least 1, got {cfg.layers}")
     need(cfg.dense_size >= 0, f"--dense-size must be >= 0 (0 = none), got {cfg.dense_size}")
-    need(0.0 <= cfg.dropout < 1.0, f"--dropout must be in [0, 1), got {cfg.dropout}")
-    need(cfg.lr > 0.0, f"--lr must be positive, got {cfg.lr}")
-    need(cfg.weight_decay >= 0.0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
-    need(cfg.clip >= 0.0, f"--clip must be >= 0 (0 = off), got {cfg.clip}")
-    need(cfg.batch_size >= 0, f"--batch-size must be >= 0 (0 = full batch), got {cfg.batch_size}")
-    need(cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}")
-    need(cfg.patience >= 0, f"--patience must be >= 0 (0 = off), got {cfg.patience}")
-    need(cfg.dtype in ("float32", "float64"), f"unknown dtype {cfg.dtype!r}: use float32 or float64")
-    dev = cfg.device.strip().lower()
-    need(dev in ("cpu", "cuda", "auto") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-         f"unknown device {cfg.device!r}: use {DEVICES_HINT}")
-    need(all(c.isalnum() or c in "-_." for c in cfg.name) and cfg.name,
-         f"--name {cfg.name!r} must be letters, digits, '-', '_' or '.'")
     return cfg
 
 

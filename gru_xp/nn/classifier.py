@@ -11,17 +11,16 @@ Bidirectional(LSTM) with mask_zero and torch's h_n of a packed batch.
 """
 from __future__ import annotations
 
-import contextlib
-
 import math
 
 from . import head, losses
+from ._model import RecurrentModel
 from .embedding import Embedding
 from ..errors import UserError
 from .recurrent import build_recurrent
 
 
-class Classifier:
+class Classifier(RecurrentModel):
     """[Embedding ->] recurrent -> last states -> [Dense(S, relu) ->] Dense(K) -> BCE (C = 2) or softmax CE."""
 
     def __init__(self, cell: str = "lstm", input_size: int = 1, hidden_size: int = 64, num_classes: int = 2, *,
@@ -69,54 +68,21 @@ class Classifier:
         emb = {} if self.embedding is None else {"embedding.weight": self.embedding.grads["weight"]}
         return {**emb, **{f"rnn.{k}": v for k, v in self.rnn.grads.items()}, **self.head_grads}
 
-    def state_dict(self) -> dict:
-        xp = self.backend.xp
-        return {k: xp.asarray(v, copy=True) for k, v in self.params.items()}
-
     def load_state_dict(self, sd) -> None:
-        if not hasattr(sd, "keys") or not hasattr(sd, "__getitem__"):
-            raise UserError(f"state dict must be a mapping of parameter names to arrays, got {type(sd).__name__}")
-        want = {k: tuple(v.shape) for k, v in self.params.items()}
-        bad = sorted(set(want) ^ set(sd)) or [k for k in want if tuple(getattr(sd[k], "shape", ())) != want[k]]
-        if bad:
-            raise UserError(f"checkpoint does not fit this classifier (mismatch in {bad[:4]}); load it with the "
-                            "settings it was trained with")
+        self.check_state_dict(sd, "classifier")
         self.rnn.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
         if self.embedding is not None:
             self.embedding.params["weight"] = self.backend.asarray(sd["embedding.weight"])
         for k in self.head:
             self.head[k] = self.backend.asarray(sd[k])
 
-    def zero_grad(self) -> None:
-        for g in self.grads.values():
-            g *= 0.0
-
-    def train(self, mode: bool = True):
-        self.rnn.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    @contextlib.contextmanager
-    def no_grad(self):
-        """Forwards inside keep no backward cache (inference: predict, the validation loss)."""
-        with self.rnn.no_grad():
-            yield self
-
     # ---- forward, then backward -------------------------------------------------------------------------------
-    def _last_hidden(self, state_n):
-        h_n = state_n if self.rnn.cell.STATES == 1 else state_n[0]  # (L*D, B, H)
-        D = self.rnn.num_directions
-        last = [h_n[h_n.shape[0] - D + d, ...] for d in range(D)]  # D x (B, H)
-        return last[0] if D == 1 else self.backend.xp.concat(last, axis=-1)  # (B, D*H)
-
     def forward(self, x, lengths=None, *, check_lengths: bool = True):
         """x: token ids (T, B) (with an embedding) or series (T, B, I); lengths (B,) or None -> logits (B, K)."""
         xp = self.backend.xp
         inp = x if self.embedding is None else self.embedding.forward(x)  # (T, B, I or E)
         _, state_n = self.rnn.forward(inp, lengths=lengths, check_lengths=check_lengths)
-        self._feat = self._last_hidden(state_n)  # (B, D*H)
+        self._feat = self.last_hidden(state_n)  # (B, D*H)
         h = self._feat
         if self.dense_size:
             h = self._hid = head.dense_relu_forward(xp, self.head["dense.weight"], self.head["dense.bias"], h)

@@ -10,16 +10,16 @@ loss="mae": the absolute error instead of the squared one. Every loss takes an o
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
 
 from . import head, losses
 from ..errors import UserError
+from ._model import RecurrentModel
 from .recurrent import build_recurrent
 
 
-class Forecaster:
+class Forecaster(RecurrentModel):
     """Recurrent layer(s) -> linear head on the last hidden state of each direction -> K outputs, MSE loss; or, with
     quantiles, K x Q non-crossing quantiles and the pinball loss."""
 
@@ -65,52 +65,17 @@ class Forecaster:
         return {**{f"rnn.{k}": v for k, v in self.rnn.grads.items()},
                 **{f"head.{k}": v for k, v in self.head_grads.items()}}
 
-    def state_dict(self) -> dict:
-        xp = self.backend.xp
-        return {k: xp.asarray(v, copy=True) for k, v in self.params.items()}
-
     def load_state_dict(self, sd) -> None:
-        if not hasattr(sd, "keys") or not hasattr(sd, "__getitem__"):
-            raise UserError(f"state dict must be a mapping of parameter names to arrays, got {type(sd).__name__}; "
-                            "pass model.state_dict() or the arrays of a model.npz")
-        want = {k: tuple(v.shape) for k, v in self.params.items()}
-        bad = sorted(set(want) ^ set(sd)) or [k for k in want if tuple(getattr(sd[k], "shape", ())) != want[k]]
-        if bad:
-            raise UserError(f"checkpoint does not fit this model (mismatch in {bad[:4]}); "
-                            "train a new model or load it with the settings it was trained with")
+        self.check_state_dict(sd, "model")
         self.rnn.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
         for k in self.head:
             self.head[k] = self.backend.asarray(sd[f"head.{k}"])
-
-    def zero_grad(self) -> None:
-        for g in self.grads.values():
-            g *= 0.0
-
-    def train(self, mode: bool = True):
-        self.rnn.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    @contextlib.contextmanager
-    def no_grad(self):
-        """Forwards inside keep no backward cache (inference: predict, forecast, the validation loss)."""
-        with self.rnn.no_grad():
-            yield self
-
-    def _last_hidden(self, state_n):
-        h_n = state_n if self.rnn.cell.STATES == 1 else state_n[0]  # (L*D, B, H)
-        D = self.rnn.num_directions
-        xp = self.backend.xp
-        last = [h_n[h_n.shape[0] - D + d, ...] for d in range(D)]  # D x (B, H)
-        return last[0] if D == 1 else xp.concat(last, axis=-1)  # (B, D*H)
 
     def forward(self, x):
         """x (T, B, I) -> pred (B, K), or quantiles (B, K, Q) nondecreasing along Q."""
         xp = self.backend.xp
         _, state_n = self.rnn.forward(x)
-        self._feat = self._last_hidden(state_n)  # (B, D*H)
+        self._feat = self.last_hidden(state_n)  # (B, D*H)
         out = head.linear_forward(xp, self.head["weight"], self.head["bias"], self._feat)  # (B, K*Q)
         if self.quantiles is None:
             return out
