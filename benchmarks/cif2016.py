@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,6 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from quality import machine_info  # noqa: E402
 
 from gru_xp import checkpoint, metrics  # noqa: E402
 from gru_xp.config import make_config  # noqa: E402
@@ -63,23 +65,6 @@ CANDIDATES = [
     ("no partial windows", {"partial_windows": False}),
 ]
 QUIET = {"quiet": True, "plots": False}
-
-
-def machine_info() -> dict:
-    import pandas
-
-    import gru_xp
-
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "loadavg_at_start": os.getloadavg(), "git_commit": commit,
-            "versions": {"gru_xp": gru_xp.__version__, "python": platform.python_version(),
-                         "numpy": np.__version__, "pandas": pandas.__version__}}
 
 
 def save(results: dict) -> None:

@@ -27,7 +27,7 @@ from .config import ClassifyConfig, classify_from_dict
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .nn.classifier import Classifier
 from .nn.optim import OPTIMIZERS
-from .runs import failed_out
+from .runs import default_out, failed_out
 from .text import tokenize
 from .train import History, fit, to_time_major
 
@@ -129,8 +129,7 @@ def run_classify(cfg: ClassifyConfig, *, save: bool = True, progress: bool | Non
     t0 = time.perf_counter()
     be = resolve(cfg.device, cfg.dtype, verbose=not cfg.quiet)
     data = prepare(cfg)
-    out = (Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}") \
-        if save else None
+    out = (Path(cfg.out) if cfg.out else default_out(cfg)) if save else None
     if out is not None:
         checkpoint.check_out(out)
     if progress is None:

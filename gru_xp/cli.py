@@ -42,7 +42,7 @@ def _cmd_predict(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from .checkpoint import run_kind, write_text
+    from .checkpoint import run_kind
     from .metrics import level_name
     from .runs import predict_bands, predict_run
 
@@ -80,13 +80,7 @@ def _cmd_predict(args) -> int:
                 print(f"gru-xp: note: the {level_name(c)}% interval is unbounded at some steps: too few calibration "
                       f"errors for that level (the run keeps the latest {lr.config.interval_window or 'all'} per "
                       f"step; retrain with a larger --interval-window)", file=sys.stderr)
-    text = df.to_csv(index=False, float_format="%.8g")
-    if args.out:
-        write_text(args.out, text)
-        print(f"wrote {len(fc)} forecast step(s) to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit_csv(df, args.out, f"{len(fc)} forecast step(s)", "%.8g")
 
 
 def _predict_steps(args):
@@ -102,11 +96,23 @@ def _predict_steps(args):
     return steps
 
 
+def _emit_csv(df, out: str | None, what: str, float_format: str) -> int:
+    """A predict command's table: to --out (written atomically, a line on stderr saying so) or to stdout."""
+    from .checkpoint import write_text
+
+    text = df.to_csv(index=False, float_format=float_format)
+    if out:
+        write_text(out, text)
+        print(f"wrote {what} to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _predict_panel(args) -> int:
     """`gru-xp predict --run DIR` on a panel run (issue 18): every series, or --series NAME, past its end."""
     import numpy as np
 
-    from .checkpoint import write_text
     from .panelrun import predict_panel
 
     steps = _predict_steps(args)
@@ -119,13 +125,7 @@ def _predict_panel(args) -> int:
         print("gru-xp: note: some intervals are unbounded (-inf, inf): too few pooled calibration errors at those "
               "steps for that level (level C needs at least C / (1 - C) of them, 19 at 95%; steps past the run's "
               "horizons have none)", file=sys.stderr)
-    text = df.to_csv(index=False, float_format="%.8g")
-    if args.out:
-        write_text(args.out, text)
-        print(f"wrote {len(df)} forecast row(s) to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit_csv(df, args.out, f"{len(df)} forecast row(s)", "%.8g")
 
 
 # ---- classify (issue 17) -------------------------------------------------------------------------------------------
@@ -139,20 +139,13 @@ def _cmd_classify(args) -> int:
 
 def _predict_classes(args) -> int:
     """`gru-xp predict --run DIR` on a classify run folder: one row per input, label, probability per class."""
-    from .checkpoint import write_text
     from .classify import load_classifier, predict_frame
 
     for flag, given in (("--horizon", args.horizon), ("--intervals", args.intervals), ("--series", args.series)):
         if given is not None:
             raise UserError(f"{flag} is for forecasting runs; {args.run} is a classifier (drop {flag})")
     df = predict_frame(load_classifier(args.run, args.device), texts=args.text or None, data=args.data)
-    text = df.to_csv(index=False, float_format="%.6g")
-    if args.out:
-        write_text(args.out, text)
-        print(f"wrote {len(df)} prediction(s) to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit_csv(df, args.out, f"{len(df)} prediction(s)", "%.6g")
 
 
 def _cmd_vanishing(args) -> int:

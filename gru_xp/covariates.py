@@ -27,13 +27,14 @@ from .errors import UserError
 
 
 # ==== reading covariate columns ===============================================================================
-def _find(df, name: str, flag: str) -> str:
+def find_column(df, name: str, what: str, flag: str) -> str:
+    """The column of df named `name` (exactly, else ignoring case), or one line naming the columns there are."""
     if name in df.columns:
         return name
     low = {str(c).lower(): c for c in df.columns}
     if name.lower() in low:
         return low[name.lower()]
-    raise UserError(f"{flag} column {name!r} not in the file (columns: {', '.join(map(str, df.columns))}); "
+    raise UserError(f"{what} column {name!r} not in the file (columns: {', '.join(map(str, df.columns))}); "
                     f"pass {flag} COL with an existing column")
 
 
@@ -42,7 +43,7 @@ def resolve_columns(df, past: list, future: list, taken: dict) -> tuple[list, li
     column named twice (taken: {column: its flag})."""
     out = []
     for names, flag in ((past, "--covariates"), (future, "--future-covariates")):
-        cols = [_find(df, c, flag) for c in names]
+        cols = [find_column(df, c, flag, flag) for c in names]
         for c in cols:
             if c in taken:
                 raise UserError(f"column {c!r} is named twice ({taken[c]} and {flag}); a covariate must be a column "

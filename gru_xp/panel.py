@@ -28,6 +28,7 @@ import numpy as np
 
 from . import metrics
 from .config import RunConfig
+from .covariates import find_column
 from .data import DATE_NAMES, Pipeline, Series, fit_scalers, make_pipeline, read_table, resolve_data_path
 from .errors import UserError
 from .series import fill_missing, series_from_frame, sha256_file
@@ -95,11 +96,7 @@ def _from_tsf(cfg: RunConfig, path) -> Panel:
 def _long_columns(df, cfg: RunConfig) -> tuple[str, str | None, str]:
     """(id, date or None, target) columns of a long CSV: as given, else ds / a date-like name, and y."""
     def find(name, flag):
-        low = {str(c).lower(): c for c in df.columns}
-        if name in df.columns or name.lower() in low:
-            return name if name in df.columns else low[name.lower()]
-        raise UserError(f"{flag} column {name!r} not in the file (columns: {', '.join(map(str, df.columns))}); "
-                        f"pass {flag} COL")
+        return find_column(df, name, flag, flag)
 
     id_col = find(cfg.id_col, "--id-col")
     if cfg.date.strip().lower() == "none":

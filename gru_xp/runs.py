@@ -123,7 +123,8 @@ def evaluate_splits(prep: Prepared, pred_scaled: dict) -> tuple[dict, dict]:
     return out_m, out_p
 
 
-def default_out(cfg: RunConfig) -> Path:
+def default_out(cfg) -> Path:
+    """runs/<name>-<timestamp>: where a job (train, classify, a panel) writes without --out."""
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 

@@ -83,16 +83,6 @@ def sine_series(length: int, period: float, noise: float, seed: int) -> np.ndarr
     return y
 
 
-def _find_col(df: pd.DataFrame, name: str, what: str, flag: str) -> str:
-    if name in df.columns:
-        return name
-    low = {str(c).lower(): c for c in df.columns}
-    if name.lower() in low:
-        return low[name.lower()]
-    raise UserError(f"{what} column {name!r} not in the file (columns: {', '.join(map(str, df.columns))}); "
-                    f"pass {flag} COL")
-
-
 def _parse_dates(col: pd.Series, name: str) -> tuple[pd.DatetimeIndex, bool]:
     """Dates in any pandas-readable format; integer years (1990) become Jan 1 of that year."""
     if col.isna().any():
@@ -224,11 +214,11 @@ def _columns(df: pd.DataFrame, cfg: RunConfig, path: Path) -> tuple[str | None, 
     if cfg.date.strip().lower() == "none":
         date_col = None
     elif cfg.date:
-        date_col = _find_col(df, cfg.date, "date", "--date")
+        date_col = cov_.find_column(df, cfg.date, "date", "--date")
     else:
         date_col = next((c for c in df.columns if c.lower() in DATE_NAMES), None)
     if cfg.target:
-        target = _find_col(df, cfg.target, "target", "--target")
+        target = cov_.find_column(df, cfg.target, "target", "--target")
     else:
         rest = [c for c in df.columns if c != date_col]
         closes = [c for c in rest if c.lower() == "close"]
