@@ -279,3 +279,30 @@ def run_kind(p: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return "forecast"
     return kind if kind in ("classify", "forecast", "panel") else "forecast"
+
+
+# ==== where a job writes ======================================================================================
+def default_out(cfg) -> Path:
+    """runs/<name>-<timestamp>: where a job (train, classify, a panel) writes without --out."""
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def checked_out(cfg, save: bool) -> Path | None:
+    """A job's run folder (--out or default_out), checked writable before hours of training, not after; None when
+    nothing is saved."""
+    out = (Path(cfg.out) if cfg.out else default_out(cfg)) if save else None
+    if out is not None:
+        check_out(out)
+    return out
+
+
+def failed_out(out: Path, status: str) -> Path:
+    """Where a diverged or interrupted run is written: `out` itself unless it holds a completed run (a failed run
+    never replaces a good run folder), else the sibling OUT-<status> (or OUT-<status>-<timestamp>)."""
+    out = Path(out)
+    cands = [out, out.with_name(f"{out.name}-{status}"),
+             out.with_name(f"{out.name}-{status}-{time.strftime('%Y%m%d-%H%M%S')}")]
+    for c in cands:
+        if not c.exists() or (run_status(c) not in (None, "ok")) or (c.is_dir() and not any(c.iterdir())):
+            return c
+    return cands[-1]

@@ -27,7 +27,6 @@ from .config import ClassifyConfig, classify_from_dict
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .nn.classifier import Classifier
 from .nn.optim import OPTIMIZERS
-from .runs import default_out, failed_out
 from .text import tokenize
 from .train import History, fit, to_time_major
 
@@ -129,9 +128,7 @@ def run_classify(cfg: ClassifyConfig, *, save: bool = True, progress: bool | Non
     t0 = time.perf_counter()
     be = resolve(cfg.device, cfg.dtype, verbose=not cfg.quiet)
     data = prepare(cfg)
-    out = (Path(cfg.out) if cfg.out else default_out(cfg)) if save else None
-    if out is not None:
-        checkpoint.check_out(out)
+    out = checkpoint.checked_out(cfg, save)
     if progress is None:
         progress = not cfg.quiet and sys.stderr.isatty()
     if not cfg.quiet:
@@ -159,7 +156,7 @@ def run_classify(cfg: ClassifyConfig, *, save: bool = True, progress: bool | Non
             + (", stopped early" if hist.stopped_early else "") + ("" if status == "ok" else f", {status.upper()}"))
         log(metrics.format_class_table(mets))
     if out is not None:
-        out = out if status == "ok" else failed_out(out, status)
+        out = out if status == "ok" else checkpoint.failed_out(out, status)
         write_classify_run(out, result, be, time.perf_counter() - t0)
         result.out_dir = out
         if not cfg.quiet:

@@ -30,7 +30,7 @@ from .config import RunConfig, from_dict, is_panel_config
 from .data import naive, seasonal_naive
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .panel import Panel, PanelPrep, load_panel, mase_scale, positions, prepare_panel
-from .runs import build_model, default_out, make_optimizer, member_predict
+from .runs import build_model, make_optimizer, member_predict
 from .train import History, fit
 
 SPLITS = ("val", "test")
@@ -239,9 +239,7 @@ def run_panel(cfg: RunConfig, *, save: bool = True, progress: bool | None = None
                         f"{int(panel.horizons.max())} are beyond the direct head (--horizon {cfg.horizon}); set "
                         f"--horizon {int(panel.horizons.max())}")
     prep = prepare_panel(cfg, panel, "select")
-    out = (Path(cfg.out) if cfg.out else default_out(cfg)) if save else None
-    if out is not None:
-        checkpoint.check_out(out)
+    out = checkpoint.checked_out(cfg, save)
     if progress is None:
         progress = not cfg.quiet and sys.stderr.isatty()
     if not cfg.quiet:

@@ -123,23 +123,6 @@ def evaluate_splits(prep: Prepared, pred_scaled: dict) -> tuple[dict, dict]:
     return out_m, out_p
 
 
-def default_out(cfg) -> Path:
-    """runs/<name>-<timestamp>: where a job (train, classify, a panel) writes without --out."""
-    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def failed_out(out: Path, status: str) -> Path:
-    """Where a diverged or interrupted run is written: `out` itself unless it holds a completed run (a failed run
-    never replaces a good run folder), else the sibling OUT-<status> (or OUT-<status>-<timestamp>)."""
-    out = Path(out)
-    cands = [out, out.with_name(f"{out.name}-{status}"),
-             out.with_name(f"{out.name}-{status}-{time.strftime('%Y%m%d-%H%M%S')}")]
-    for c in cands:
-        if not c.exists() or (checkpoint.run_status(c) not in (None, "ok")) or (c.is_dir() and not any(c.iterdir())):
-            return c
-    return cands[-1]
-
-
 def _describe(cfg: RunConfig, prep: Prepared, resume: FitState | None) -> str:
     s, pipe = prep.series, prep.pipeline
     return (f"data {Path(s.source).name if s.source != 'sine' else 'sine'} [{s.target}]: {len(s.y)} points "
@@ -167,9 +150,7 @@ def run(cfg: RunConfig, *, save: bool = True, progress: bool | None = None, log=
     if resume is not None and resume.data_sha256 and resume.data_sha256 != prep.series.sha256:
         raise UserError(f"the data {cfg.data!r} changed since this run started (sha256 differs); restore the "
                         f"original file or start a new run")
-    out = (Path(cfg.out) if cfg.out else default_out(cfg)) if save else None
-    if out is not None:
-        checkpoint.check_out(out)  # before hours of training, not after
+    out = checkpoint.checked_out(cfg, save)
     if progress is None:
         progress = not cfg.quiet and sys.stderr.isatty()
     if not cfg.quiet:
@@ -278,7 +259,7 @@ def _save_interrupted(e: TrainingInterrupted, cfg: RunConfig, prep: Prepared, be
     if out is None:
         e.args = (f"interrupted at epoch {ep}{who}; nothing saved (save=False)",)
         return
-    d = failed_out(out, "interrupted")
+    d = checkpoint.failed_out(out, "interrupted")
     with _deferred_sigint():  # a second Ctrl-C must not cut the save short
         write_interrupted(d, cfg, prep, e.state, be, time.perf_counter() - t0)
     e.out_dir = d
@@ -289,7 +270,7 @@ def _save_interrupted(e: TrainingInterrupted, cfg: RunConfig, prep: Prepared, be
 def _finish_run(cfg: RunConfig, result: RunResult, be, out: Path | None, diverged, t0: float, log) -> RunResult:
     if out is not None:
         if diverged is not None:
-            out = failed_out(out, "diverged")
+            out = checkpoint.failed_out(out, "diverged")
         with _deferred_sigint() as held:  # training is done: a Ctrl-C now must not throw the run away
             write_run(out, result, be, time.perf_counter() - t0)
         result.out_dir = out

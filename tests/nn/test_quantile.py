@@ -15,24 +15,13 @@ from gru_xp.errors import UserError
 from gru_xp.model import Forecaster
 from gru_xp.nn import head, losses
 
+from .gradcheck import numeric_grad
+
 TAUS = np.array([0.1, 0.5, 0.9])
 
 
 def _xp():
     return resolve("cpu", "float64").xp
-
-
-def _numeric_grad(f, arr, eps=1e-6):
-    num = np.zeros_like(arr)
-    for i in np.ndindex(arr.shape):
-        old = arr[i]
-        arr[i] = old + eps
-        fp = f()
-        arr[i] = old - eps
-        fm = f()
-        arr[i] = old
-        num[i] = (fp - fm) / (2 * eps)
-    return num
 
 
 def test_pinball_and_noncrossing_head_finite_differences():
@@ -48,7 +37,7 @@ def test_pinball_and_noncrossing_head_finite_differences():
     q = head.noncrossing_forward(xp, raw)
     dq = g + losses.pinball_backward(xp, q, y, TAUS)
     draw = head.noncrossing_backward(xp, raw, dq)
-    assert rel_err(draw, _numeric_grad(f, raw)) <= 1e-8
+    assert rel_err(draw, numeric_grad(f, raw)) <= 1e-8
 
 
 @pytest.mark.parametrize("op", ["softplus", "cumsum"])
@@ -57,7 +46,7 @@ def test_each_op_finite_differences(op):
     x, g = rng.normal(size=(3, 2, 4)) * 3.0, rng.normal(size=(3, 2, 4))
     fwd = {"softplus": lambda: head.softplus(xp, x), "cumsum": lambda: head.cumsum_last(xp, x)}[op]
     bwd = {"softplus": lambda: head.softplus_backward(xp, x, g), "cumsum": lambda: head.cumsum_last_backward(xp, g)}
-    assert rel_err(bwd[op](), _numeric_grad(lambda: float(np.sum(g * fwd())), x)) <= 1e-8
+    assert rel_err(bwd[op](), numeric_grad(lambda: float(np.sum(g * fwd())), x)) <= 1e-8
 
 
 def test_softplus_has_no_overflow_and_matches_torch_at_extremes():
@@ -134,7 +123,7 @@ def test_quantile_forecaster_finite_differences_on_every_parameter():
     m.loss_and_grads(x, y)
     grads = {k: np.array(v) for k, v in m.grads.items()}
     for k, p in m.params.items():
-        assert rel_err(grads[k], _numeric_grad(lambda: float(m.loss(x, y)), p)) <= 1e-7, k
+        assert rel_err(grads[k], numeric_grad(lambda: float(m.loss(x, y)), p)) <= 1e-7, k
 
 
 def test_quantile_forecaster_step_matches_numpy(device):

@@ -13,24 +13,13 @@ from gru_xp.errors import UserError
 from gru_xp.model import Forecaster
 from gru_xp.nn import losses
 
+from .gradcheck import numeric_grad
+
 TAUS = np.array([0.1, 0.5, 0.9])
 
 
 def _xp():
     return resolve("cpu", "float64").xp
-
-
-def _numeric_grad(f, arr, eps=1e-6):
-    num = np.zeros_like(arr)
-    for i in np.ndindex(arr.shape):
-        old = arr[i]
-        arr[i] = old + eps
-        fp = f()
-        arr[i] = old - eps
-        fm = f()
-        arr[i] = old
-        num[i] = (fp - fm) / (2 * eps)
-    return num
 
 
 def _problem(seed, B=5, K=3, Q=None):
@@ -64,7 +53,7 @@ def test_finite_differences(name, weighted):
     pred, y, w = _problem(1, Q=Q)
     w = w if weighted else None
     g = np.random.default_rng(2).normal(size=pred.shape)
-    num = _numeric_grad(lambda: float(np.sum(g * pred) + fwd(xp, pred, y, w)), pred)
+    num = numeric_grad(lambda: float(np.sum(g * pred) + fwd(xp, pred, y, w)), pred)
     assert rel_err(g + bwd(xp, pred, y, w), num) <= 1e-8
 
 
@@ -170,7 +159,7 @@ def test_mae_forecaster_finite_differences_on_every_parameter():
     m.loss_and_grads(x, y, weight=w)
     grads = {k: np.array(v) for k, v in m.grads.items()}
     for k, p in m.params.items():
-        assert rel_err(grads[k], _numeric_grad(lambda: float(m.loss(x, y, weight=w)), p)) <= 1e-7, k
+        assert rel_err(grads[k], numeric_grad(lambda: float(m.loss(x, y, weight=w)), p)) <= 1e-7, k
 
 
 def test_unknown_point_loss_is_a_user_error():
