@@ -25,6 +25,7 @@ KINDS = ("step", "layer", "infer")
 ALL_CORES_TARGETS = {**{(k, r): t for k in ("step", "layer") for r, t in (("H32", 0.30), ("seed", 0.45),
                                                                           ("H256", 0.55))},
                      ("infer", "H256"): 0.5}
+SETTLE_S = 0.3  # with more than one thread, the pause before each timed block (see _interleaved)
 SCALING = (100, 400, 128, 8, 128)  # T0, T1, B, I, H: time(T1) / time(T0) should be <= 4.2 (= 4x + 5 %)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -218,8 +219,12 @@ def median(v):
     return s[k // 2] if k % 2 else 0.5 * (s[k // 2 - 1] + s[k // 2])
 
 
-def _interleaved(sides: dict, repeats: int, min_block: float, warmup: int = 3) -> dict:
-    """sides: name -> (step, sync). Warm up each, size its block, then time blocks round-robin."""
+def _interleaved(sides: dict, repeats: int, min_block: float, warmup: int = 3, settle: float = 0.0) -> dict:
+    """sides: name -> (step, sync). Warm up each, size its block, then time blocks round-robin. settle > 0: before
+    each block, sleep `settle` seconds and run one untimed step. With more than one thread both libraries keep
+    worker pools in this process, and a pool's threads spin for a while after its last call (OpenBLAS ~0.1 s):
+    timed right after gru_xp's block, torch's 2-thread GRU step ran 1.5-2.5x slower than alone on a 2-core
+    machine (benchmarks/NOTES.md), so the pause lets the other pool go idle, as it is when a user runs one library."""
     ns = {}
     for name, (step, sync) in sides.items():
         for _ in range(warmup):
@@ -229,6 +234,9 @@ def _interleaved(sides: dict, repeats: int, min_block: float, warmup: int = 3) -
     times = {name: [] for name in sides}
     for _ in range(repeats):
         for name, (step, sync) in sides.items():
+            if settle > 0:
+                time.sleep(settle)
+                step()
             times[name].append(_block(step, sync, ns[name]))
     return {name: {"median_ms": 1e3 * median(v), "min_ms": 1e3 * min(v), "steps_per_block": ns[name],
                    "blocks_ms": [round(1e3 * x, 4) for x in v]} for name, v in times.items()}
@@ -299,7 +307,8 @@ def _row(cfg, kind, cell, name, shape, target, device, tdev, repeats, min_block)
     threads = int(cfg["threads"])
     gpu = device.startswith("cuda")
     sides, layer = _sides(kind, cell, T, B, I, H, device, tdev, cfg["reference"])
-    t = _interleaved(sides, repeats, min_block)
+    settle = SETTLE_S if threads > 1 and not gpu else 0.0  # one thread: no pools; a GPU: its own sync
+    t = _interleaved(sides, repeats, min_block, settle=settle)
     pairs = [a / b for a, b in zip(t["gru_xp"]["blocks_ms"], t["torch"]["blocks_ms"])]
     if cell != "gru" or gpu:
         target = None
@@ -311,7 +320,7 @@ def _row(cfg, kind, cell, name, shape, target, device, tdev, repeats, min_block)
            "fast_path": layer.fast_cell() is not None,
            "gru_xp_ms": round(t["gru_xp"]["median_ms"], 4), "torch_ms": round(t["torch"]["median_ms"], 4),
            "ratio": round(t["gru_xp"]["median_ms"] / t["torch"]["median_ms"], 4),
-           "ratio_median_of_pairs": round(median(pairs), 4), "target": target, "timings": t}
+           "ratio_median_of_pairs": round(median(pairs), 4), "target": target, "settle_s": settle, "timings": t}
     if gpu:
         cpu_side = _sides(kind, cell, T, B, I, H, "cpu", "cpu", False)[0]["gru_xp"][0]
         tc = _interleaved({"gru_xp_cpu": (cpu_side, lambda: None)}, max(3, repeats // 3), min_block, 1)

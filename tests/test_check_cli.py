@@ -175,3 +175,26 @@ def test_bench_worker_times_the_three_kinds_of_row():
         slack = 5e-5 + ratio * (5e-5 / r["gru_xp_ms"] + 5e-5 / r["torch_ms"]) + 1e-12
         assert abs(r["ratio"] - ratio) <= slack and r["reference_ms"] > 0
     assert res["rows"][0]["target"] == 0.35 and res["rows"][1]["target"] is None  # 1 thread: issue 6's step targets
+
+
+def test_bench_settle_pauses_and_warms_before_every_timed_block(monkeypatch):
+    """With more than one thread each timed block is preceded by a pause and one untimed step (the other library's
+    worker threads go idle first); without it, blocks follow each other directly."""
+    import gru_xp.bench_worker as bw
+
+    sleeps, calls = [], {"a": 0, "b": 0}
+    monkeypatch.setattr(bw.time, "sleep", lambda s: sleeps.append(s))
+
+    def side(name):
+        def step():
+            calls[name] += 1
+        return step, (lambda: None)
+
+    bw._interleaved({"a": side("a"), "b": side("b")}, repeats=4, min_block=0.0, warmup=2, settle=0.3)
+    assert sleeps == [0.3] * 8  # one pause per timed block: 4 repeats x 2 sides
+    assert calls == {"a": 2 + 1 + 4 * (1 + 1), "b": 2 + 1 + 4 * (1 + 1)}  # warm-up, sizing, (untimed + block) x 4
+    sleeps.clear()
+    calls.update(a=0, b=0)
+    bw._interleaved({"a": side("a"), "b": side("b")}, repeats=4, min_block=0.0, warmup=2)
+    assert sleeps == [] and calls == {"a": 2 + 1 + 4, "b": 2 + 1 + 4}
+    assert bw.SETTLE_S > 0
