@@ -1,7 +1,6 @@
 """Every notebook runs top to bottom (small settings), so none of them rots."""
 from __future__ import annotations
 
-import os
 import pathlib
 
 import pytest
