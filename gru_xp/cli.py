@@ -58,17 +58,7 @@ def _cmd_predict(args) -> int:
         raise UserError(f"--series picks a series of a panel run; {args.run} is "
                         f"{'a single-series run' if kind else 'not a run folder'} (drop --series)")
 
-    steps = None
-    if args.horizon is not None:
-        try:
-            steps = int(args.horizon)
-        except ValueError:
-            raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}") from None
-        if steps < 1:
-            raise UserError(f"--horizon must be a positive integer, got {args.horizon!r}")
-    levels = None
-    if args.intervals is not None:  # checked before any work, like every config value
-        levels = make_config(None, {"intervals": args.intervals, "interval_window": 0}).intervals
+    steps, levels = _predict_steps(args), _predict_levels(args)
     labels, fc, series, lr = predict_run(args.run, args.data, steps, args.device)
     col = "date" if series.dates is not None else "step"
     df = pd.DataFrame({col: labels, "forecast": fc})
@@ -96,6 +86,13 @@ def _predict_steps(args):
     return steps
 
 
+def _predict_levels(args):
+    """--intervals as levels (checked before any work, like every config value), or None: the run's own."""
+    if args.intervals is None:
+        return None
+    return make_config(None, {"intervals": args.intervals, "interval_window": 0}).intervals
+
+
 def _emit_csv(df, out: str | None, what: str, float_format: str) -> int:
     """A predict command's table: to --out (written atomically, a line on stderr saying so) or to stdout."""
     from .checkpoint import write_text
@@ -115,10 +112,7 @@ def _predict_panel(args) -> int:
 
     from .panelrun import predict_panel
 
-    steps = _predict_steps(args)
-    levels = None
-    if args.intervals is not None:
-        levels = make_config(None, {"intervals": args.intervals, "interval_window": 0}).intervals
+    steps, levels = _predict_steps(args), _predict_levels(args)
     df, _ = predict_panel(args.run, args.data, steps, args.series, args.device, levels)
     upper = [c for c in df.columns if c.startswith("upper_")]
     if upper and not np.isfinite(df[upper].to_numpy()).all():

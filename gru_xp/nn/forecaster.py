@@ -108,7 +108,7 @@ class Forecaster(RecurrentModel):
             return losses.pinball(xp, pred, y, self.taus, weight)
         if self.point_loss == "mae":
             return losses.mae(xp, pred, y, weight)
-        return losses.mse(xp, pred, y) if weight is None else losses.mse(xp, pred, y, weight)
+        return losses.mse(xp, pred, y, weight)
 
     def objective_backward(self, pred, y, weight=None):
         """d objective / d pred, same shape as pred."""
@@ -117,7 +117,7 @@ class Forecaster(RecurrentModel):
             return losses.pinball_backward(xp, pred, y, self.taus, weight)
         if self.point_loss == "mae":
             return losses.mae_backward(xp, pred, y, weight)
-        return losses.mse_backward(xp, pred, y) if weight is None else losses.mse_backward(xp, pred, y, weight)
+        return losses.mse_backward(xp, pred, y, weight)
 
     def loss(self, x, y, weight=None):
         """The loss (MSE, MAE, or pinball) of the current mode's forward (0-d device array), no gradients (and no
