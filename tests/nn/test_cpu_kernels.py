@@ -135,7 +135,7 @@ def test_layer_and_forecaster_bit_identical_with_kernels(kernels_on_off, L, bi):
         np.testing.assert_array_equal(b, a)
 
 
-def _lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, keep_cache=True):
+def _lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, dc_steps=None):
     xp = be.xp
     g = CellParams(*(be.zeros(a.shape) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
     y, (hT, cT), c = flstm.lstm_forward(xp, p, x, s0, ws=ws, reuse=reuse)
@@ -143,16 +143,18 @@ def _lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, keep_cache=True):
     y2, (hT2, cT2), _ = flstm.lstm_forward(xp, p, x, s0, ws=ws, reuse=reuse, keep_cache=False)  # no cache
     out += [np.array(a) for a in (y2, hT2, cT2)]
     y, (hT, cT), c = flstm.lstm_forward(xp, p, x, s0, ws=ws, reuse=reuse)  # again: backward needs this cache
-    dx, (dh0, dc0) = flstm.lstm_backward(xp, p, c, dy, dsT, g, tbptt=tbptt, ws=ws, reuse=reuse)
+    dx, (dh0, dc0) = flstm.lstm_backward(xp, p, c, dy, dsT, g, tbptt=tbptt, ws=ws, reuse=reuse, dc_steps=dc_steps)
     return out + [np.array(a) for a in (dx, dh0, dc0, g.w_ih, g.w_hh, g.b_ih, g.b_hh)]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("T,B,I,H,tiny_chunks", [(1, 1, 1, 1, False), (7, 4, 3, 5, False), (13, 3, 2, 4, True),
                                                  (20, 64, 1, 32, False)])
-@pytest.mark.parametrize("tbptt,with_dy", [(0, True), (0, False), (3, True)])
+@pytest.mark.parametrize("tbptt,with_dy,with_dc", [(0, True, False), (0, False, False), (3, True, False),
+                                                   (0, True, True), (0, False, True)])
 def test_lstm_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeypatch, dtype, T, B, I, H,
-                                                         tiny_chunks, tbptt, with_dy):
+                                                         tiny_chunks, tbptt, with_dy, with_dc):
+    """with_dc: a per-step upstream dc (dc_steps, as variable lengths give), half of it zeros."""
     if tiny_chunks:
         monkeypatch.setattr(_common, "CHUNK_ELEMS", 24)
     be = resolve("cpu", dtype)
@@ -162,11 +164,12 @@ def test_lstm_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeyp
     s0 = tuple(be.asarray(rng.standard_normal((B, H))) for _ in range(2))
     dy = be.asarray(rng.standard_normal((T, B, H))) if with_dy else None
     dsT = tuple(be.asarray(rng.standard_normal((B, H))) for _ in range(2))
+    dc_steps = be.asarray(rng.standard_normal((T, B, H)) * (rng.random((T, B, 1)) < 0.5)) if with_dc else None
     runs = []
     for on in (False, True):
         counting = kernels_on_off(on)
         ws = Workspace()
-        runs.append([_lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse) for reuse in (True, True, False)])
+        runs.append([_lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, dc_steps) for reuse in (True, True, False)])
     assert counting.calls["lstm_fwd_gates"] == 3 * 3 * T and counting.calls["lstm_bwd"] == 3 * T
     for a, b in zip(sum(runs[0], []), sum(runs[1], [])):
         np.testing.assert_array_equal(b, a)
@@ -196,18 +199,19 @@ def test_lstm_layer_and_forecaster_bit_identical_with_kernels(kernels_on_off):
 
 @pytest.mark.parametrize("cls", [gru_xp.GRU, gru_xp.LSTM])
 def test_variable_lengths_bit_identical_with_kernels(kernels_on_off, cls):
-    """Variable lengths (the LSTM's backward then gets a per-step dc: the portable loop runs it) through a stacked
-    bidirectional layer: the same outputs and grads with the kernels on and off."""
+    """Variable lengths (the LSTM's backward then gets a per-step dc, which its backward kernel takes) through a
+    stacked bidirectional layer: the same outputs and grads with the kernels on and off, the kernels counted."""
     rng = np.random.default_rng(8)
     x, dy = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 12))
     lengths = np.array([9, 4, 1, 7, 9])
     out = []
     for on in (False, True):
-        kernels_on_off(on)
+        counting = kernels_on_off(on)
         layer = cls(3, 6, num_layers=2, bidirectional=True, dtype="float64", seed=2)
         y, sn = layer.forward(x, lengths=lengths)
         dx, ds0 = layer.backward(dy, sn)
         parts = list(sn) + list(ds0) if isinstance(sn, tuple) else [sn, ds0]
         out.append([np.array(a) for a in (y, dx, *parts)] + [np.array(v) for v in layer.grads.values()])
+    assert counting.calls["lstm_bwd" if cls is gru_xp.LSTM else "gru_bwd_after"] == 4 * 9  # 2 layers x 2 directions
     for a, b in zip(*out):
         np.testing.assert_array_equal(b, a)

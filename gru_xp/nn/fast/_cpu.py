@@ -148,10 +148,11 @@ def _lstm_kernels(jit) -> dict:
                     factors[t, 4, j, b] = (one - tc * tc) * o
 
     @jit
-    def lstm_bwd(dh, dy, has_dy, dc, fac, forget, dgates, tiny):
-        """One backward step before its recurrent GEMM (which then overwrites dh): with d = dh (+ dy) and
-        dc += d fac_c, dgates (4H, B) = [d fac_o | dc fac_i | dc fac_f | dc fac_g], then dc = dc f (dc_{t-1}).
-        fac (5, H, B) the step's factors; dy (H, B) read only when has_dy. d and dc below tiny in magnitude
+    def lstm_bwd(dh, dy, has_dy, dcs, has_dcs, dc, fac, forget, dgates, tiny):
+        """One backward step before its recurrent GEMM (which then overwrites dh): with d = dh (+ dy),
+        dc (+= dcs) and dc += d fac_c, dgates (4H, B) = [d fac_o | dc fac_i | dc fac_f | dc fac_g], then dc = dc f
+        (dc_{t-1}). fac (5, H, B) the step's factors; dy (H, B) read only when has_dy; dcs (H, B) the step's own
+        upstream dc (variable lengths), read only when has_dcs. d and dc below tiny in magnitude
         (_common.flush_threshold) are flushed to zero (the portable loop does it once a chunk)."""
         H, B = dh.shape
         for j in range(H):
@@ -161,7 +162,10 @@ def _lstm_kernels(jit) -> dict:
                     d = d + dy[j, b]
                 if -tiny < d < tiny:
                     d = d - d
-                c = dc[j, b] + d * fac[4, j, b]
+                c = dc[j, b]
+                if has_dcs:
+                    c = c + dcs[j, b]
+                c = c + d * fac[4, j, b]
                 if -tiny < c < tiny:
                     c = c - c
                 dgates[j, b] = d * fac[0, j, b]

@@ -161,28 +161,32 @@ def _lstm_factors(xp, ops: Ops, c: FastLSTMCache, t0: int, t1: int, factors):
     return factors
 
 
-def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, dy, tbptt: int, kern, bufs, grads,
-                             chunk: int):
+def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, upstream, tbptt: int, kern, bufs,
+                             grads, chunk: int):
     """lstm_backward's chunk loop with the fused CPU kernels (_cpu.py), bit-identical to the portable one: per chunk
-    one factor kernel (and dy^T copied feature-major), per step one kernel and the recurrent GEMM, then the chunk's
-    weight grads and input backward."""
+    one factor kernel (and dy^T, dc_steps^T copied feature-major), per step one kernel and the recurrent GEMM, then
+    the chunk's weight grads and input backward. upstream: (dy, dc_steps), each (T, B, H) or None."""
     dh, dc, w_hh_t, factors, dgates, forget = bufs
     dw_terms, dw, operand_copy, input_bwd = grads
     T, H, B = c.tanh_c.shape
-    one, matmul, step = c.tanh_c.dtype.type(1.0), ops.matmul, kern.lstm_bwd
-    tiny = c.tanh_c.dtype.type(flush_threshold(xp, c.tanh_c.dtype))  # carried grads below: zero (flush_subnormals)
-    dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, B), c.tanh_c.dtype,
-                                           device_of(c.tanh_c))  # (chunk, H, B) a chunk of dy^T
+    dt, dev = c.tanh_c.dtype, device_of(c.tanh_c)
+    one, matmul, step = dt.type(1.0), ops.matmul, kern.lstm_bwd
+    tiny = dt.type(flush_threshold(xp, dt))  # carried grads below: zero (flush_subnormals)
+    dy, dc_steps = upstream
+    dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, B), dt, dev)  # (chunk, H, B) a chunk of dy^T
+    dcs_fm = None if dc_steps is None else ws.get(xp, "dcs_fm", (chunk, H, B), dt, dev)  # (chunk, H, B) dc_steps^T
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         m = t1 - t0
         kern.lstm_factors(c.gates[t0:t1], c.tanh_c[t0:t1], c.cell_states[t0:t1], factors[:m], one)
-        if dy_fm is not None:
-            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[:m])
+        for a, fm in ((dy, dy_fm), (dc_steps, dcs_fm)):
+            if fm is not None:
+                ops.copy(xp.permute_dims(a[t0:t1], (0, 2, 1)), fm[:m])
         for t in range(t1 - 1, t0 - 1, -1):
             j = t - t0
-            step(dh, dh if dy_fm is None else dy_fm[j], dy_fm is not None, dc, factors[j], forget[t], dgates[j], tiny)
+            step(dh, dh if dy_fm is None else dy_fm[j], dy_fm is not None, dc if dcs_fm is None else dcs_fm[j],
+                 dcs_fm is not None, dc, factors[j], forget[t], dgates[j], tiny)
             matmul(w_hh_t, dgates[j], out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
@@ -234,15 +238,15 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
                         forget[t], dgates[j]))
         return out
 
-    # the CPU kernels take no per-step dc (variable lengths' dc_steps): that case runs the portable loop
-    kern = _cpu.kernels() if dc_steps is None and _cpu.usable(xp, B * H) else None
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     if kern is None:
         step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
     input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
                               dx=input_grad)
     if kern is not None:  # the fused CPU kernels (_cpu.py): bit-identical, one kernel and the GEMM a step
-        _backward_chunks_kernels(xp, ops, ws, c, dy, tbptt, kern, (dh, dc, w_hh_t, factors, dgates, forget),
-                                 (dw_terms, dw, operand_copy, input_bwd), chunk)
+        _backward_chunks_kernels(xp, ops, ws, c, (dy, dc_steps), tbptt, kern,
+                                 (dh, dc, w_hh_t, factors, dgates, forget), (dw_terms, dw, operand_copy, input_bwd),
+                                 chunk)
     t1 = 0 if kern is not None else T  # with the kernels: done, the portable loop below runs no chunk
     while t1 > 0:
         t0 = max(0, t1 - chunk)
