@@ -35,12 +35,10 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
-from gru_xp.bench_worker import median
+from gru_xp.bench_worker import SETTLE_S, interleaved, median
 from gru_xp.nn._cell import CellParams
 from gru_xp.nn.fast._common import Workspace
 from gru_xp.nn.fast.gru import gru_backward, gru_forward
-
-SETTLE_S = 0.3
 
 
 class Problem:
@@ -106,26 +104,6 @@ def sides(T, B, I, H):
     return {"full": full, "full_1": full_1, "half_1": half_1, "split": split, "torch": torch_side}
 
 
-def interleaved(fns: dict, repeats: int, min_block: float) -> dict:
-    n = {}
-    for name, fn in fns.items():
-        for _ in range(3):
-            fn()
-        t0 = time.perf_counter()
-        fn()
-        n[name] = max(1, int(min_block / max(time.perf_counter() - t0, 1e-6)))
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(SETTLE_S)
-            fn()
-            t0 = time.perf_counter()
-            for _ in range(n[name]):
-                fn()
-            times[name].append((time.perf_counter() - t0) / n[name] * 1e3)
-    return {name: median(v) for name, v in times.items()}
-
-
 def half_in_process(shape, seconds: float) -> float:
     """Child mode: one half at one BLAS thread, timed for `seconds`; prints its median ms."""
     T, B, I, H = shape
@@ -170,7 +148,9 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|" + ("---|" if a.processes else ""))
     for s in a.shapes:
         shape = tuple(int(v) for v in s.split(","))
-        ms = interleaved(sides(*shape), a.repeats, a.min_block)
+        timed = interleaved({k: (f, lambda: None) for k, f in sides(*shape).items()}, a.repeats, a.min_block,
+                            settle=SETTLE_S)
+        ms = {k: v["median_ms"] for k, v in timed.items()}
         row = {"shape": shape, "ms": ms}
         line = (f"| {s.replace(',', ', ')} | " + " | ".join(f"{ms[k]:.2f}" for k in ms)
                 + f" | {ms['full'] / ms['torch']:.2f} | {ms['split'] / ms['torch']:.2f} | {ms['split'] / ms['half_1']:.2f} |")

@@ -22,7 +22,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from gru_xp.bench import CPU_ROWS, _gx_step, _median, _torch_step  # noqa: E402
+from gru_xp.bench_worker import CPU_ROWS, gx_step, median, torch_step  # noqa: E402
 
 
 def _time(fn, seconds=0.3, repeats=7):
@@ -37,7 +37,7 @@ def _time(fn, seconds=0.3, repeats=7):
         for _ in range(n):
             fn()
         out.append((time.perf_counter() - t0) / n)
-    return _median(out)
+    return median(out)
 
 
 def gemms(T, B, I, H, chunk=16):
@@ -72,8 +72,8 @@ def main(argv):
     print("| row | T, B, I, H | step ms | recurrent GEMMs ms | GEMM GFLOP/s | torch ms | step / torch | GEMMs / torch |")
     print("|---|---|---|---|---|---|---|---|")
     for name, T, B, I, H, _target in rows:
-        step, _, _ = _gx_step("gru", T, B, I, H, "cpu")
-        tstep, _ = _torch_step("gru", T, B, I, H, "cpu")
+        step, _, _ = gx_step("gru", T, B, I, H, "cpu")
+        tstep, _ = torch_step("gru", T, B, I, H, "cpu")
         s, g, tt = _time(step), _time(gemms(T, B, I, H)), _time(tstep)
         gflops = T * 2 * 3 * H * B * (2 * (H + I + 1) + H) / g / 1e9
         print(f"| {name} | {T}, {B}, {I}, {H} | {1e3 * s:.2f} | {1e3 * g:.2f} | {gflops:.0f} | {1e3 * tt:.2f} "

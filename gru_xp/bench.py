@@ -10,7 +10,7 @@ Three kinds of row, float32, each gru_xp side against its PyTorch counterpart:
 Both are warmed up, then timed in interleaved blocks (gru_xp, torch, gru_xp, torch, ...) so that background load
 hits both alike; each row reports the medians of the blocks and their ratio. With more than one thread each block
 comes after a 0.3 s pause and one untimed step, so that the other library's spinning worker threads are idle, as
-they are when a user runs one library (bench_worker._interleaved). The measurement runs in a child
+they are when a user runs one library (bench_worker.interleaved). The measurement runs in a child
 process whose BLAS / OpenMP thread counts are fixed by environment variables before NumPy is imported, and
 torch.set_num_threads gets the same count: by default every core this process may run on; `--threads 1,all`
 measures both counts (one child per count and process, interleaved).

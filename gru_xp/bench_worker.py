@@ -25,7 +25,7 @@ KINDS = ("step", "layer", "infer")
 ALL_CORES_TARGETS = {**{(k, r): t for k in ("step", "layer") for r, t in (("H32", 0.30), ("seed", 0.45),
                                                                           ("H256", 0.55))},
                      ("infer", "H256"): 0.5}
-SETTLE_S = 0.3  # with more than one thread, the pause before each timed block (see _interleaved)
+SETTLE_S = 0.3  # with more than one thread, the pause before each timed block (see interleaved)
 SCALING = (100, 400, 128, 8, 128)  # T0, T1, B, I, H: time(T1) / time(T0) should be <= 4.2 (= 4x + 5 %)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -86,7 +86,7 @@ def _problem(T, B, I, seed=0):
     return rng.standard_normal((T, B, I)).astype(np.float32), rng.standard_normal((B, 1)).astype(np.float32)
 
 
-def _gx_step(cell, T, B, I, H, device, fast=True):
+def gx_step(cell, T, B, I, H, device, fast=True):
     from .nn.forecaster import Forecaster
     from .nn.optim import Adam
 
@@ -109,7 +109,7 @@ def _sync_for(backend):
     return backend.synchronize
 
 
-def _gx_layer(cell, T, B, I, H, device, fast=True, infer=False):
+def gx_layer(cell, T, B, I, H, device, fast=True, infer=False):
     """The public layer with its defaults: forward + backward of a fixed dy (dx too), or (infer) the forward in
     eval mode under no_grad()."""
     import numpy as np
@@ -135,7 +135,7 @@ def _gx_layer(cell, T, B, I, H, device, fast=True, infer=False):
     return step, _sync_for(layer.backend), layer
 
 
-def _torch_layer(cell, T, B, I, H, device, infer=False):
+def torch_layer(cell, T, B, I, H, device, infer=False):
     import numpy as np
     import torch
 
@@ -166,23 +166,23 @@ def _torch_layer(cell, T, B, I, H, device, infer=False):
 def _sides(kind, cell, T, B, I, H, device, tdev, reference: bool):
     """{side name: (step, sync)} for one row, and the gru_xp layer or model (its fast_cell says which path ran)."""
     if kind == "step":
-        gx, gsync, m = _gx_step(cell, T, B, I, H, device)
-        sides = {"gru_xp": (gx, gsync), "torch": _torch_step(cell, T, B, I, H, tdev)}
+        gx, gsync, m = gx_step(cell, T, B, I, H, device)
+        sides = {"gru_xp": (gx, gsync), "torch": torch_step(cell, T, B, I, H, tdev)}
         layer = m.rnn
         if reference:
-            ref, rsync, _ = _gx_step(cell, T, B, I, H, device, fast=False)
+            ref, rsync, _ = gx_step(cell, T, B, I, H, device, fast=False)
             sides["gru_xp_reference"] = (ref, rsync)
         return sides, layer
     infer = kind == "infer"
-    gx, gsync, layer = _gx_layer(cell, T, B, I, H, device, infer=infer)
-    sides = {"gru_xp": (gx, gsync), "torch": _torch_layer(cell, T, B, I, H, tdev, infer=infer)}
+    gx, gsync, layer = gx_layer(cell, T, B, I, H, device, infer=infer)
+    sides = {"gru_xp": (gx, gsync), "torch": torch_layer(cell, T, B, I, H, tdev, infer=infer)}
     if reference:
-        ref, rsync, _ = _gx_layer(cell, T, B, I, H, device, fast=False, infer=infer)
+        ref, rsync, _ = gx_layer(cell, T, B, I, H, device, fast=False, infer=infer)
         sides["gru_xp_reference"] = (ref, rsync)
     return sides, layer
 
 
-def _torch_step(cell, T, B, I, H, device):
+def torch_step(cell, T, B, I, H, device):
     import torch
 
     dev = torch.device(device)
@@ -219,7 +219,7 @@ def median(v):
     return s[k // 2] if k % 2 else 0.5 * (s[k // 2 - 1] + s[k // 2])
 
 
-def _interleaved(sides: dict, repeats: int, min_block: float, warmup: int = 3, settle: float = 0.0) -> dict:
+def interleaved(sides: dict, repeats: int, min_block: float, warmup: int = 3, settle: float = 0.0) -> dict:
     """sides: name -> (step, sync). Warm up each, size its block, then time blocks round-robin. settle > 0: before
     each block, sleep `settle` seconds and run one untimed step. With more than one thread both libraries keep
     worker pools in this process, and a pool's threads spin for a while after its last call (OpenBLAS ~0.1 s):
@@ -249,7 +249,7 @@ def _peak_memory(cell, T, B, I, H) -> dict:
 
     out = {"T": T, "B": B, "I": I, "H": H, "cache_bytes_TB4H": T * B * 4 * H * 4}
     for fast in (True, False):
-        step, _, m = _gx_step(cell, T, B, I, H, "cpu", fast=fast)
+        step, _, m = gx_step(cell, T, B, I, H, "cpu", fast=fast)
         tracemalloc.start()
         step()
         first = tracemalloc.get_traced_memory()[1]
@@ -308,7 +308,7 @@ def _row(cfg, kind, cell, name, shape, target, device, tdev, repeats, min_block)
     gpu = device.startswith("cuda")
     sides, layer = _sides(kind, cell, T, B, I, H, device, tdev, cfg["reference"])
     settle = SETTLE_S if threads > 1 and not gpu else 0.0  # one thread: no pools; a GPU: its own sync
-    t = _interleaved(sides, repeats, min_block, settle=settle)
+    t = interleaved(sides, repeats, min_block, settle=settle)
     pairs = [a / b for a, b in zip(t["gru_xp"]["blocks_ms"], t["torch"]["blocks_ms"])]
     if cell != "gru" or gpu:
         target = None
@@ -323,7 +323,7 @@ def _row(cfg, kind, cell, name, shape, target, device, tdev, repeats, min_block)
            "ratio_median_of_pairs": round(median(pairs), 4), "target": target, "settle_s": settle, "timings": t}
     if gpu:
         cpu_side = _sides(kind, cell, T, B, I, H, "cpu", "cpu", False)[0]["gru_xp"][0]
-        tc = _interleaved({"gru_xp_cpu": (cpu_side, lambda: None)}, max(3, repeats // 3), min_block, 1)
+        tc = interleaved({"gru_xp_cpu": (cpu_side, lambda: None)}, max(3, repeats // 3), min_block, 1)
         row["gru_xp_cpu_ms"] = round(tc["gru_xp_cpu"]["median_ms"], 4)
         row["speedup_vs_cpu"] = round(row["gru_xp_cpu_ms"] / row["gru_xp_ms"], 2)
     if cfg["reference"]:
@@ -338,9 +338,9 @@ def _extras(res: dict, repeats: int, min_block: float, kinds) -> None:
     """T scaling and peak memory of the GRU training step; peak memory of the inference forward."""
     if "step" in kinds:
         T0, T1, B, I, H = SCALING
-        s0, _, _ = _gx_step("gru", T0, B, I, H, "cpu")
-        s1, _, _ = _gx_step("gru", T1, B, I, H, "cpu")
-        t = _interleaved({"T0": (s0, lambda: None), "T1": (s1, lambda: None)}, max(3, repeats // 2), min_block)
+        s0, _, _ = gx_step("gru", T0, B, I, H, "cpu")
+        s1, _, _ = gx_step("gru", T1, B, I, H, "cpu")
+        t = interleaved({"T0": (s0, lambda: None), "T1": (s1, lambda: None)}, max(3, repeats // 2), min_block)
         res["t_scaling"] = {"B": B, "I": I, "H": H, "T0": T0, "T1": T1, "T0_ms": round(t["T0"]["median_ms"], 3),
                             "T1_ms": round(t["T1"]["median_ms"], 3),
                             "ratio": round(t["T1"]["median_ms"] / t["T0"]["median_ms"], 3), "target": 4.2}
@@ -358,8 +358,8 @@ def _infer_memory(cell, T, B, I, H) -> dict:
 
     out = {"cell": cell, "T": T, "B": B, "I": I, "H": H, "output_bytes": T * B * H * 4}
     for grad in (False, True):
-        _gx_layer(cell, 2, 32, I, 32, "cpu", infer=not grad)[0]()  # a small layer first: numba's kernels loaded
-        step, _, layer = _gx_layer(cell, T, B, I, H, "cpu", infer=not grad)
+        gx_layer(cell, 2, 32, I, 32, "cpu", infer=not grad)[0]()  # a small layer first: numba's kernels loaded
+        step, _, layer = gx_layer(cell, T, B, I, H, "cpu", infer=not grad)
         x = layer.backend.asarray(_problem(T, B, I)[0])  # (T, B, I)
         fwd = step if not grad else (lambda: layer.forward(x))
         tracemalloc.start()

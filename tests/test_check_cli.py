@@ -190,11 +190,11 @@ def test_bench_settle_pauses_and_warms_before_every_timed_block(monkeypatch):
             calls[name] += 1
         return step, (lambda: None)
 
-    bw._interleaved({"a": side("a"), "b": side("b")}, repeats=4, min_block=0.0, warmup=2, settle=0.3)
+    bw.interleaved({"a": side("a"), "b": side("b")}, repeats=4, min_block=0.0, warmup=2, settle=0.3)
     assert sleeps == [0.3] * 8  # one pause per timed block: 4 repeats x 2 sides
     assert calls == {"a": 2 + 1 + 4 * (1 + 1), "b": 2 + 1 + 4 * (1 + 1)}  # warm-up, sizing, (untimed + block) x 4
     sleeps.clear()
     calls.update(a=0, b=0)
-    bw._interleaved({"a": side("a"), "b": side("b")}, repeats=4, min_block=0.0, warmup=2)
+    bw.interleaved({"a": side("a"), "b": side("b")}, repeats=4, min_block=0.0, warmup=2)
     assert sleeps == [] and calls == {"a": 2 + 1 + 4, "b": 2 + 1 + 4}
     assert bw.SETTLE_S > 0
