@@ -37,7 +37,7 @@ from threadpoolctl import ThreadpoolController
 
 from gru_xp.bench_worker import SETTLE_S, interleaved, median
 from gru_xp.nn._cell import CellParams
-from gru_xp.nn.fast._common import Workspace
+from gru_xp.nn.fast import Workspace
 from gru_xp.nn.fast.gru import gru_backward, gru_forward
 
 
