@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 
-from .bench_worker import KINDS, THREAD_VARS, available_cores, median
+from .bench_worker import CPU_ROWS, GPU_ROWS, KINDS, THREAD_VARS, available_cores, median
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -90,6 +90,11 @@ def run(args) -> int:
     if not kinds or any(k not in KINDS for k in kinds):
         raise UserError(f"--kinds {args.kinds!r}: use a comma list of {', '.join(KINDS)}")
     resolve(args.device, "float32")  # a missing GPU or CuPy is a one-line error here, before the child starts
+    names = [r[0] for r in (GPU_ROWS if args.device.startswith("cuda") else CPU_ROWS)]
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if any(r not in names for r in rows):
+        raise UserError(f"--rows {args.rows!r}: use a comma list of {', '.join(names)} (the rows of --device "
+                        f"{args.device})")
     cfg = {k: getattr(args, k) for k in ("device", "cells", "rows", "repeats", "min_block", "reference",
                                          "no_extras", "quick")}
     cfg["kinds"] = ",".join(kinds)

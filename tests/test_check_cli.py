@@ -85,7 +85,8 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_bench_user_errors_are_one_line_before_any_child_starts():
-    for args in (["--cells", "foo"], ["--repeats", "0"], ["--threads", "0"], ["--processes", "0"]):
+    for args in (["--cells", "foo"], ["--repeats", "0"], ["--threads", "0"], ["--processes", "0"], ["--kinds", "foo"],
+                 ["--rows", "H32,nope"], ["--rows", "gpu-H256"]):
         r = _gru_xp("bench", *args)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("gru-xp: error:") and "Traceback" not in r.stderr
