@@ -181,27 +181,51 @@ def _positive_float(s):
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are UserErrors: one line, exit 2, like every other mistake."""
 
+    argv: list | None = None  # what parse_args was given: the suggestion looks at its command's flags only
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.argv is None:
+            self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
-        raise UserError(f"{message}{self._suggest(message)} (see '{self.prog} --help')")
+        command = self._command()
+        where = self.prog if command is None else f"{self.prog} {command}"
+        raise UserError(f"{message}{self._suggest(message)} (see '{where} --help')")
+
+    def _commands(self) -> dict:
+        return {name: sp for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                for name, sp in a.choices.items()}
+
+    def _command(self):
+        """The subcommand named on the command line, or None."""
+        commands = self._commands()
+        return next((t for t in self.argv or () if t in commands), None)
 
     def _suggest(self, message: str) -> str:
-        """'; did you mean --hidden-size?' for the first unrecognized --flag close to a known one."""
+        """'; did you mean --hidden-size?' for the first unrecognized --flag close to one of its command's flags, or
+        '; --epochs is an option of gru-xp train, ..., not of gru-xp predict' for another command's flag."""
         if "unrecognized arguments" not in message:
             return ""
         import difflib
 
-        known = set()
-        parsers = [self]
-        for p in parsers:
-            for a in p._actions:
-                known.update(o for o in a.option_strings if o.startswith("--"))
-                if isinstance(a, argparse._SubParsersAction):
-                    parsers.extend(a.choices.values())
+        commands, command = self._commands(), self._command()
+
+        def flags(p):
+            return {o for a in p._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+
+        own = flags(self) | (flags(commands[command]) if command else set())
         for tok in message.split(":", 1)[-1].split():
-            if tok.startswith("--"):
-                close = difflib.get_close_matches(tok.split("=", 1)[0], sorted(known), n=1, cutoff=0.6)
-                if close:
-                    return f"; did you mean {close[0]}?"
+            if not tok.startswith("--"):
+                continue
+            flag = tok.split("=", 1)[0]
+            others = [name for name, sp in commands.items() if name != command and flag in flags(sp)]
+            if command and others:
+                return f"; {flag} is an option of {', '.join(f'{self.prog} {n}' for n in others)}, not of " \
+                       f"{self.prog} {command}"
+            close = difflib.get_close_matches(flag, sorted(own), n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0]}?"
         return ""
 
 

@@ -142,6 +142,11 @@ CASES = [
     ("unknown-cell", lambda t: ["train", "--cell", "transformer"], 2, "unknown cell 'transformer': use one of gru"),
     ("unknown-dtype", lambda t: ["train", "--dtype", "float16"], 2, "use float32 or float64"),
     ("unknown-flag-suggests", lambda t: ["train", "--hiden-size", "3"], 2, "did you mean --hidden-size?"),
+    ("other-command-flag", lambda t: ["predict", "--run", str(t), "--epochs", "3"], 2,
+     "--epochs is an option of gru-xp train, gru-xp classify, gru-xp backtest, not of gru-xp predict (see 'gru-xp "
+     "predict --help')"),
+    ("typo-suggests-own-flag-only", lambda t: ["predict", "--run", str(t), "--horizn", "3"], 2,
+     "did you mean --horizon? (see 'gru-xp predict --help')"),
     ("unknown-command", lambda t: ["trian"], 2, "invalid choice"),
     ("out-is-a-file", lambda t: ["train", *TINY, "--out", csv(t, "x")], 2, "exists and is not a folder"),
     # ---- TOML configs ----
