@@ -184,8 +184,7 @@ class _Parser(argparse.ArgumentParser):
     argv: list | None = None  # what parse_args was given: the suggestion looks at its command's flags only
 
     def parse_known_args(self, args=None, namespace=None):
-        if self.argv is None:
-            self.argv = list(sys.argv[1:] if args is None else args)
+        self.argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
     def error(self, message):
