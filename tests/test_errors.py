@@ -267,6 +267,7 @@ API_CASES = [
     ("gru-bad-dtype", lambda: _gru(dtype="int8"), "unknown dtype 'int8'"),
     ("gru-input-2d", lambda: _gru().forward(np.zeros((3, 2))), "input must be (T, B, 1) time-major"),
     ("gru-input-features", lambda: _gru().forward(np.zeros((3, 2, 5))), "input must be (T, B, 1) time-major"),
+    ("gru-input-no-steps", lambda: _gru().forward(np.zeros((0, 2, 1))), "input has no time steps"),
     ("gru-state-shape", lambda: _gru().forward(np.zeros((3, 2, 1)), np.zeros((2, 2))), "initial state has shape"),
     ("sd-not-a-mapping", lambda: _gru().load_state_dict([1, 2]), "state dict must be a mapping"),
     ("sd-wrong-names", lambda: _gru().load_state_dict({"weight": np.zeros(3)}), "missing ['weight_ih_l0'"),

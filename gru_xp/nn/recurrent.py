@@ -245,6 +245,8 @@ class Recurrent:
         if x.ndim != 3 or x.shape[2] != self.input_size:
             raise UserError(f"input must be (T, B, {self.input_size}) time-major, got shape {tuple(x.shape)}")
         T, B, _ = x.shape
+        if T == 0:
+            raise UserError("input has no time steps (shape (0, B, I)): a recurrent layer needs T >= 1")
         s0 = self._state0(state0, B)
         pk = self._packing = None if lengths is None else make_packing(be, lengths, T, B, check_lengths)
         D = self.num_directions
