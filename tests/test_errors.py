@@ -279,6 +279,12 @@ API_CASES = [
         __import__("gru_xp.model").model.Forecaster(hidden_size=5).state_dict()), "checkpoint does not fit"),
     ("forecaster-horizon-0", lambda: __import__("gru_xp.model").model.Forecaster(horizon=0), "horizon must be"),
     ("forecaster-cell", lambda: __import__("gru_xp.model").model.Forecaster("tcn"), "unknown cell 'tcn'"),
+    ("forecaster-targets-rows", lambda: __import__("gru_xp.model").model.Forecaster(horizon=2).loss_and_grads(
+        np.zeros((5, 4, 1)), np.zeros((3, 2))), "targets y has shape (3, 2); the model predicts (4, 2)"),
+    ("forecaster-targets-horizon", lambda: __import__("gru_xp.model").model.Forecaster(horizon=2).loss(
+        np.zeros((5, 4, 1)), np.zeros((4, 1))), "targets y has shape (4, 1); the model predicts (4, 2)"),
+    ("forecaster-weight", lambda: __import__("gru_xp.model").model.Forecaster(quantiles=(0.1, 0.9)).loss_and_grads(
+        np.zeros((5, 4, 1)), np.zeros((4, 1)), weight=np.ones((4, 2))), "weight has shape (4, 2); the model predicts"),
     ("make-config-unknown", lambda: __import__("gru_xp.config").config.make_config(None, {"hiden_size": 3}),
      "did you mean 'hidden_size'"),
 ]

@@ -100,10 +100,16 @@ class Forecaster(RecurrentModel):
         dx, _ = rnn.backward(None, dstate, tbptt=tbptt, input_grad=input_grad)
         return dx
 
+    def _targets(self, y, weight):
+        """y and weight as arrays of the model's namespace and device (host arrays are moved in, like x)."""
+        be = self.backend
+        return be.asarray(y), None if weight is None else be.asarray(weight)
+
     def objective(self, pred, y, weight=None):
         """The model's loss of a forward's output against targets y (B, K): MSE (or MAE), or pinball with quantiles;
         weight (B, K) per output or None."""
         xp = self.backend.xp
+        _check_targets(pred, y, weight)
         if self.quantiles is not None:
             return losses.pinball(xp, pred, y, self.taus, weight)
         if self.point_loss == "mae":
@@ -122,11 +128,13 @@ class Forecaster(RecurrentModel):
     def loss(self, x, y, weight=None):
         """The loss (MSE, MAE, or pinball) of the current mode's forward (0-d device array), no gradients (and no
         backward cache)."""
+        y, weight = self._targets(y, weight)
         with self.no_grad():
             return self.objective(self.forward(x), y, weight)
 
     def loss_and_grads(self, x, y, *, tbptt: int = 0, weight=None):
         """One full model step without the update: zero grads, forward, loss, backward. Returns the loss (0-d)."""
+        y, weight = self._targets(y, weight)
         self.zero_grad()
         pred = self.forward(x)
         loss = self.objective(pred, y, weight)
@@ -135,6 +143,15 @@ class Forecaster(RecurrentModel):
 
 
 POINT_LOSSES = ("mse", "mae")
+
+
+def _check_targets(pred, y, weight) -> None:
+    """y (and weight) must be (B, K) for predictions (B, K) or quantiles (B, K, Q): a clear error, not a broadcast."""
+    want = tuple(pred.shape[:2])
+    for name, a in (("targets y", y), ("weight", weight)):
+        if a is not None and tuple(a.shape) != want:
+            raise UserError(f"{name} has shape {tuple(a.shape)}; the model predicts {want} (batch, horizon) for "
+                            f"this input: pass one row per sequence of x and one column per horizon step")
 
 
 def _check_quantiles(quantiles):
