@@ -283,6 +283,11 @@ API_CASES = [
         np.zeros((5, 4, 1)), np.zeros((3, 2))), "targets y has shape (3, 2); the model predicts (4, 2)"),
     ("forecaster-targets-horizon", lambda: __import__("gru_xp.model").model.Forecaster(horizon=2).loss(
         np.zeros((5, 4, 1)), np.zeros((4, 1))), "targets y has shape (4, 1); the model predicts (4, 2)"),
+    ("classifier-integer-labels", lambda: __import__("gru_xp.nn.classifier").nn.classifier.Classifier(
+        "gru", 1, 4, 3).loss_and_grads(np.zeros((5, 4, 1)), np.array([0, 1, 2, 1])),
+     "targets y have shape (4,); the model needs (4, 3) for this input: one-hot rows (B, 3)"),
+    ("classifier-binary-one-hot", lambda: __import__("gru_xp.nn.classifier").nn.classifier.Classifier(
+        "gru", 1, 4, 2).loss(np.zeros((5, 4, 1)), np.eye(2)[[0, 1, 1, 0]]), "0/1 labels as one column (B, 1)"),
     ("forecaster-weight", lambda: __import__("gru_xp.model").model.Forecaster(quantiles=(0.1, 0.9)).loss_and_grads(
         np.zeros((5, 4, 1)), np.zeros((4, 1)), weight=np.ones((4, 2))), "weight has shape (4, 2); the model predicts"),
     ("make-config-unknown", lambda: __import__("gru_xp.config").config.make_config(None, {"hiden_size": 3}),

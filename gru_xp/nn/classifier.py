@@ -112,12 +112,18 @@ class Classifier(RecurrentModel):
 
     def _loss(self, logits, y):
         xp = self.backend.xp
+        if tuple(y.shape) != tuple(logits.shape):
+            two = self.K == 1
+            raise UserError(f"targets y have shape {tuple(y.shape)}; the model needs {tuple(logits.shape)} for this "
+                            f"input: " + ("0/1 labels as one column (B, 1)" if two else
+                                          f"one-hot rows (B, {self.K}), one column per class"))
         if self.K == 1:
             return losses.bce_with_logits(xp, logits, y), losses.bce_with_logits_backward
         return losses.softmax_cross_entropy(xp, logits, y), losses.softmax_cross_entropy_backward
 
     def loss(self, x, y, lengths=None, *, check_lengths: bool = True):
         """The loss of the current mode's forward (0-d device array), no gradients (and no backward cache)."""
+        y = self.backend.asarray(y)
         with self.no_grad():
             return self._loss(self.forward(x, lengths, check_lengths=check_lengths), y)[0]
 
@@ -126,6 +132,7 @@ class Classifier(RecurrentModel):
         if tbptt:
             raise UserError("a classifier reads each sequence's last state: train it with full BPTT (tbptt 0)")
         xp = self.backend.xp
+        y = self.backend.asarray(y)  # host targets are moved in, like x
         self.zero_grad()
         logits = self.forward(x, lengths, check_lengths=check_lengths)
         loss, grad = self._loss(logits, y)
