@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,13 +186,38 @@ def series_from_frame(df: pd.DataFrame, cfg: RunConfig, date_col: str | None, ta
     return Series(y, dates, target, date_col, source, sha, season, freq, year_dates, cov, names)
 
 
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def csv_dialect(path: Path) -> dict:
+    """read_csv keywords for the file's field separator and decimal mark, from its first lines: the separator the
+    header has most of (',' when it has none), and decimal=',' when a separator other than ',' is used and a data
+    field looks like 12,5 (the files spreadsheets write in many locales: 'date;value' / '2000-01-01;101,5')."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            head = [ln for _, ln in zip(range(50), f) if ln.strip()]
+    except OSError:
+        return {}  # read_csv reports it
+    if not head:
+        return {}
+    counts = {d: head[0].count(d) for d in SEPARATORS}
+    sep = max(SEPARATORS, key=lambda d: counts[d]) if max(counts.values()) else ","
+    kw = {"sep": sep}
+    if sep != "," and any(re.fullmatch(r"\s*-?\d+,\d+\s*", f) for ln in head[1:] for f in ln.split(sep)):
+        kw["decimal"] = ","
+    return kw
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """A CSV file as a DataFrame with stripped column names; blank lines inside the data are rows of missing values
-    (skipping them would silently shift a series whose row order is its time order), trailing ones are dropped."""
+    (skipping them would silently shift a series whose row order is its time order), trailing ones are dropped.
+    The separator (, ; tab |) and a decimal comma are detected (csv_dialect). Rows with more fields than the header
+    are an error (pandas would silently make the first column an index and shift every value)."""
+    kw = csv_dialect(path)
     try:
-        df = pd.read_csv(path, skip_blank_lines=False)
+        df = pd.read_csv(path, skip_blank_lines=False, **kw)
         if df.shape[1] == 0 or all(str(c).startswith("Unnamed: ") for c in df.columns):
-            df = pd.read_csv(path)  # blank lines before the header
+            df = pd.read_csv(path, **kw)  # blank lines before the header
     except pd.errors.EmptyDataError:
         raise UserError(f"data file {path} is empty; pass a CSV with a header and rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
@@ -199,6 +225,10 @@ def read_table(path: Path) -> pd.DataFrame:
                         f"with a header row") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(df.index, pd.RangeIndex):
+        sep = {"\t": "tab"}.get(kw.get("sep", ","), repr(kw.get("sep", ",")))
+        raise UserError(f"{path}: the data rows have more fields than the header ({df.shape[1]} names, separator "
+                        f"{sep}); give every column a name in the header, or check the separator and decimal mark")
     blank = df.isna().all(axis=1).to_numpy()
     n_keep = len(blank) - int(np.argmin(blank[::-1])) if not blank.all() else 0
     df = df.iloc[:n_keep]  # trailing blank lines

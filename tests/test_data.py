@@ -74,6 +74,26 @@ def test_no_date_column_uses_row_order(tmp_path):
     assert s2.dates is None
 
 
+@pytest.mark.parametrize("sep, decimal", [(";", ","), (";", "."), ("\t", "."), ("|", "."), (",", ".")])
+def test_separator_and_decimal_comma_are_detected(tmp_path, sep, decimal):
+    """Spreadsheets in many locales write 'date;value' / '2000-01-01;101,5': read as such, never as the one column
+    'date;value' holding the digits after the comma (what pandas' defaults make of it)."""
+    y = [100 + 0.25 * i for i in range(30)]
+    rows = "".join(f"{2000 + i // 12}-{1 + i % 12:02d}-01{sep}{str(v).replace('.', decimal)}{sep}{i}\n"
+                   for i, v in enumerate(y))
+    s = load_series(cfg(data=write(tmp_path, f"date{sep}value{sep}n\n" + rows), target="value"))
+    assert s.date_col == "date" and s.freq == "monthly"
+    np.testing.assert_array_equal(s.y, y)
+
+
+def test_rows_with_more_fields_than_the_header_are_an_error(tmp_path):
+    """pandas would make the first column an index and shift every value one column left."""
+    with pytest.raises(UserError, match="more fields than the header") as e:
+        load_series(cfg(data=write(tmp_path, "date,value\n" + "".join(f"2020-01-{d:02d},{d},0\n" for d in
+                                                                          range(1, 29)))))
+    assert "\n" not in str(e.value)
+
+
 def test_sine_is_seeded():
     a, b, c = (load_series(cfg(data="sine", seed=s)).y for s in (1, 1, 2))
     np.testing.assert_array_equal(a, b)
