@@ -108,14 +108,60 @@ def _to_dates(col: pd.Series) -> tuple[pd.DatetimeIndex, bool]:
         years = txt.astype(int)
         if years.between(1678, 2261).all():  # the range of nanosecond timestamps
             return pd.DatetimeIndex(pd.to_datetime(years.astype(str).str.zfill(4), format="%Y")).as_unit("ns"), True
+    dayfirst = _day_first(txt)
+    if dayfirst is not None:
+        return _datetimes(txt, dayfirst), False
+    return _ambiguous_dates(txt), False
+
+
+def _ambiguous_dates(txt: pd.Series) -> pd.DatetimeIndex:
+    """Dates like 01.02.2020 whose day and month are both <= 12: of the two readings, the one in increasing order;
+    if both are, the one whose gaps fit one calendar step best (01.01.2000, 01.02.2000, ... is monthly read day
+    first, but a run of days and a jump read month first); a tie goes to day first for dots (01.02.2020, as in most
+    of Europe) and to month first otherwise (pandas' default)."""
+    readings = {}
+    for dayfirst in (False, True):
+        try:
+            readings[dayfirst] = _datetimes(txt, dayfirst)
+        except (ValueError, TypeError, OverflowError):
+            pass
+    if len(readings) < 2:
+        return next(iter(readings.values())) if readings else _datetimes(txt, False)  # the error, if any
+
+    dots = bool(txt.str.contains(".", regex=False).all())
+
+    def rank(dayfirst):
+        d = readings[dayfirst]
+        gaps = np.diff(d.asi8) / 86_400e9  # days
+        steps = ((1, 1), (1, 3), (7, 7), (28, 31), (89, 92), (365, 366))  # daily, business, weekly, ... yearly
+        fit = max((float(np.mean((gaps >= lo) & (gaps <= hi))) for lo, hi in steps), default=1.0) if gaps.size else 1.0
+        return (not d.is_monotonic_increasing, -fit, dayfirst != dots)
+
+    return readings[min(readings, key=rank)]
+
+
+def _day_first(txt: pd.Series) -> bool | None:
+    """For dates written A.B.YYYY, A/B/YYYY or A-B-YYYY: True when some A > 12 (day first, as in 31.01.2020),
+    False when some B > 12 (month first, 01/31/2020) or the dates are written otherwise (ISO), None when every A
+    and B is <= 12 (either reading is a valid date)."""
+    m = txt.str.extract(r"^(\d{1,2})[./-](\d{1,2})[./-]\d{2,4}\b")
+    if m.isna().any().any():
+        return False
+    a, b = m[0].astype(int), m[1].astype(int)
+    if (b > 12).any():
+        return False
+    return True if (a > 12).any() else None
+
+
+def _datetimes(txt: pd.Series, dayfirst: bool) -> pd.DatetimeIndex:
     try:
-        d = pd.to_datetime(txt)
+        d = pd.to_datetime(txt, dayfirst=dayfirst)
     except (ValueError, TypeError, OverflowError):
-        d = pd.to_datetime(txt, format="mixed")
+        d = pd.to_datetime(txt, format="mixed", dayfirst=dayfirst)
     d = pd.DatetimeIndex(d)
     if d.tz is not None:
         d = d.tz_convert(None)
-    return d.as_unit("ns"), False
+    return d.as_unit("ns")
 
 
 def infer_frequency(dates: pd.DatetimeIndex | None, year_dates: bool = False) -> tuple[int, str]:

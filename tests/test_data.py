@@ -86,6 +86,29 @@ def test_separator_and_decimal_comma_are_detected(tmp_path, sep, decimal):
     np.testing.assert_array_equal(s.y, y)
 
 
+@pytest.mark.parametrize("fmt, freq", [("%d.%m.%Y", "daily"), ("%d/%m/%Y", "daily"), ("%m/%d/%Y", "daily"),
+                                       ("%d-%m-%Y", "daily")])
+def test_day_first_dates_are_read_day_first(tmp_path, fmt, freq):
+    """31.01.2020 can only be day first: the whole column is read so (it was read month first where it could be,
+    which put 13 days of January after 12 December)."""
+    days = pd.date_range("2020-01-01", periods=60, freq="D")
+    p = write(tmp_path, "date,v\n" + "".join(f"{d.strftime(fmt)},{i}\n" for i, d in enumerate(days)))
+    s = load_series(cfg(data=p))
+    assert s.freq == freq and s.dates.equals(pd.DatetimeIndex(days).as_unit("ns"))
+
+
+@pytest.mark.parametrize("fmt, start, freq, want", [
+    ("%d.%m.%Y", "2000-01-01", "MS", "monthly"),  # 01.02.2000: day first (dots); monthly only that way
+    ("%m/%d/%Y", "1985-01-01", "MS", "monthly"),  # 2/1/1985 (Electric_Production's): month first
+    ("%d/%m/%Y", "2000-01-01", "MS", "monthly"),  # 01/02/2000 read day first fits one step; month first does not
+])
+def test_ambiguous_dates_take_the_reading_that_fits_a_calendar_step(tmp_path, fmt, start, freq, want):
+    dates = pd.date_range(start, periods=40, freq=freq)
+    p = write(tmp_path, "date,v\n" + "".join(f"{d.strftime(fmt)},{i}\n" for i, d in enumerate(dates)))
+    s = load_series(cfg(data=p))
+    assert s.freq == want and s.dates.equals(pd.DatetimeIndex(dates).as_unit("ns"))
+
+
 def test_rows_with_more_fields_than_the_header_are_an_error(tmp_path):
     """pandas would make the first column an index and shift every value one column left."""
     with pytest.raises(UserError, match="more fields than the header") as e:
