@@ -4,6 +4,7 @@ Host-side code: it builds inputs with NumPy, runs the layer on any backend and c
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -265,10 +266,45 @@ def _device_fast_rows(device: str, dtype: str, limit: float) -> list[Row]:
     return rows
 
 
+def _cpu_kernel_rows() -> list[Row]:
+    """With numba installed: the GRU and the LSTM on the fused CPU kernels (at a B·H where they run; stacked,
+    bidirectional, variable lengths, upstream gradients on every output) against the reference cells, and bit for
+    bit against the portable loops they replace."""
+    from .nn.fast import counted_cpu_kernels, cpu_kernels, portable_loops
+    from .nn.recurrent import GRU, LSTM
+
+    T, B, H = 6, 32, 32
+    who = cpu_kernels(B * H)
+    if who is None:
+        return []
+    rows = []
+    for label, cls in (("GRU", GRU), ("LSTM", LSTM)):
+        out, calls = {}, {}
+        for name, fast, ctx in (("reference", False, portable_loops), ("kernels", True, counted_cpu_kernels),
+                                ("portable", True, portable_loops)):
+            layer = cls(3, H, num_layers=2, bidirectional=True, device="cpu", dtype="float64", seed=0)
+            layer.fast = fast
+            randomize_params(layer, seed=8)
+            x, s0, dy, ds = random_problem(layer, T=T, B=B, seed=9)
+            with ctx() as counts:
+                calls[name] = counts
+                layer.zero_grad()
+                y, sn = layer.forward(x, s0, lengths=random_lengths(T, B, seed=10))
+                dx, ds0 = layer.backward(dy, ds)
+            out[name] = [to_host(a) for a in (y, *_states(sn), dx, *_states(ds0), *layer.grads.values())]
+        ran = sum(calls["kernels"].values()) > 0  # else the rows below would compare the portable loops to themselves
+        err = max(rel_err(a, b) for a, b in zip(out["kernels"], out["reference"])) if ran else math.inf
+        rows.append(Row(f"fused CPU kernels ({who}), {label} against the reference (cpu, float64)", err, 1e-10))
+        diff = max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(out["kernels"], out["portable"])) \
+            if ran else math.inf
+        rows.append(Row(f"fused CPU kernels ({who}), {label} against the portable loops, bit for bit", diff, 0.0))
+    return rows
+
+
 def run_checks(device: str = "cpu") -> list[Row]:
     be = resolve(device, "float64", verbose=True)
     spec = be.spec  # keeps cuda:N and strict:NAME
-    rows = _fd_rows(spec) + _torch_rows("cpu")
+    rows = _fd_rows(spec) + _torch_rows("cpu") + _cpu_kernel_rows()
     if spec != "cpu":
         rows += _device_rows(spec)
     return rows

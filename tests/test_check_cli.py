@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 import re
 import subprocess
@@ -43,6 +44,29 @@ def test_device_rows_cover_every_cell_on_the_fast_path():
                                                            "RNN tanh", "RNN relu"]
         assert all(r.ok for r in rows), rows
     assert _device_fast_rows("strict", "float64", 1e-10) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
+def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monkeypatch):
+    from gru_xp import check
+    from gru_xp.nn.fast import _cpu
+
+    rows = check._cpu_kernel_rows()
+    assert [r.check.split(", ")[1].split()[0] for r in rows] == ["GRU", "GRU", "LSTM", "LSTM"]
+    assert all(r.ok for r in rows), rows
+    kern = _cpu.kernels()
+    orig = kern.gru_fwd_state
+
+    def off_by_a_rounding(h_prev, cand, gates, h_next):
+        orig(h_prev, cand, gates, h_next)
+        h_next *= 1 + 1e-15
+
+    monkeypatch.setattr(kern, "gru_fwd_state", off_by_a_rounding)
+    rows = check._cpu_kernel_rows()
+    assert rows[0].ok and not rows[1].ok and rows[3].ok  # within 1e-10 of the reference, but not bit for bit
+    monkeypatch.undo()
+    monkeypatch.setattr(_cpu, "usable", lambda xp, n: False)  # kernels that never run prove nothing: rows fail
+    assert not any(r.ok for r in check._cpu_kernel_rows())
 
 
 def test_check_fails_with_exit_1_when_a_gradient_is_wrong():

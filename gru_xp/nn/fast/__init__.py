@@ -5,8 +5,59 @@ Legend: T steps, B batch, I inputs, H hidden; a slot is one (layer, direction) o
 """
 from __future__ import annotations
 
-from . import gru, lstm, rnn
+from contextlib import contextmanager
+
+from . import _cpu, gru, lstm, rnn
 from ._common import Workspace, supports_out
+
+
+def cpu_kernels(step_elems: int | None = None) -> str | None:
+    """'numba X.Y.Z' when the fused CPU kernels (_cpu.py) are on (numba installed, GRU_XP_CPU_KERNELS not 0) and,
+    with step_elems = B·H given, run for steps of that size on NumPy; else None."""
+    if step_elems is not None and step_elems < _cpu.MIN_STEP_ELEMS:
+        return None
+    return _cpu.version()
+
+
+@contextmanager
+def portable_loops():
+    """Inside: the NumPy fast path runs its portable ufunc loops instead of the fused CPU kernels (a comparison)."""
+    with _kernels_replaced(None):
+        yield
+
+
+@contextmanager
+def counted_cpu_kernels():
+    """Inside: the fused CPU kernels as usual, each call counted; yields {kernel name: calls} (so a comparison knows
+    the kernels really ran). Empty when the kernels are off."""
+    calls: dict = {}
+    kern = _cpu.kernels()
+    if kern is None:
+        yield calls
+        return
+
+    def counted(name, f):
+        def call(*a):
+            calls[name] = calls.get(name, 0) + 1
+            return f(*a)
+        return call
+
+    proxy = type(kern)(**{n: counted(n, f) for n, f in vars(kern).items()})
+    with _kernels_replaced(proxy):
+        yield calls
+
+
+@contextmanager
+def _kernels_replaced(kern):
+    had, saved = "k" in _cpu.STATE, _cpu.STATE.get("k")
+    _cpu.STATE["k"] = kern
+    try:
+        yield
+    finally:
+        if had:
+            _cpu.STATE["k"] = saved
+        else:
+            _cpu.STATE.pop("k", None)
 
 
 class FastCell:

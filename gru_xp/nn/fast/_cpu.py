@@ -30,6 +30,11 @@ def kernels():
     return STATE["k"]
 
 
+def version() -> str | None:
+    """'numba X.Y.Z' when the kernels are on (kernels() is not None), else None."""
+    return None if kernels() is None else f"numba {importlib.import_module('numba').__version__}"
+
+
 def usable(xp, step_elems: int) -> bool:
     """True where the kernels run: a NumPy namespace (numba compiles for NumPy arrays), B·H = step_elems of at
     least MIN_STEP_ELEMS, and numba there."""
