@@ -5,7 +5,9 @@ boundaries, tbptt, dy=None, reused workspaces, through the layer, no_grad and a 
 Skipped where numba is not installed (the portable path then runs everywhere)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,42 +16,27 @@ import gru_xp
 from gru_xp.backend import resolve, to_host
 from gru_xp.model import Forecaster
 from gru_xp.nn._cell import CellParams
-from gru_xp.nn.fast import Workspace, _common, _cpu, gru as fgru, lstm as flstm
+from gru_xp.nn.fast import Workspace, _common, _cpu, counted_cpu_kernels, gru as fgru, lstm as flstm, portable_loops
 from gru_xp.nn.optim import Adam
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
 
 
-class _Counting:
-    """The compiled kernels, each call counted (so a test knows the kernels really ran)."""
-
-    def __init__(self, kern):
-        self.calls = {}
-        for name in ("gru_fwd_after_gates", "gru_fwd_state", "gru_factors_after", "gru_bwd_after", "lstm_fwd_gates",
-                     "lstm_factors", "lstm_bwd"):
-            setattr(self, name, self._counted(name, getattr(kern, name)))
-
-    def _counted(self, name, f):
-        def call(*a):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            return f(*a)
-        return call
-
-
 @pytest.fixture
 def kernels_on_off(monkeypatch):
-    """-> switch(on): the kernels (counted) for every size (MIN_STEP_ELEMS 0), or none; switch(True) returns the
-    counter."""
+    """-> switch(on): the kernels (counted: switch(True) returns an object whose .calls counts each kernel's calls)
+    for every size (MIN_STEP_ELEMS 0), or the portable loops (switch(False) returns None)."""
     monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
-    kern = _cpu.kernels()
-    assert kern is not None
+    assert _cpu.kernels() is not None
+    with contextlib.ExitStack() as stack:
+        def switch(on: bool):
+            stack.close()  # leave the previous mode
+            if on:
+                return SimpleNamespace(calls=stack.enter_context(counted_cpu_kernels()))
+            stack.enter_context(portable_loops())
+            return None
 
-    def switch(on: bool):
-        counting = _Counting(kern) if on else None
-        monkeypatch.setitem(_cpu.STATE, "k", counting)
-        return counting
-
-    yield switch
+        yield switch
 
 
 def _problem(be, T, B, I, H, seed):
@@ -97,12 +84,11 @@ def test_kernels_run_only_where_they_should(monkeypatch):
     assert _cpu.usable(xp, 1024) and not _cpu.usable(xp, 1023)
     strict = pytest.importorskip("array_api_strict")
     assert not _cpu.usable(strict, 1 << 20)
-    counting = _Counting(_cpu.kernels())
-    monkeypatch.setitem(_cpu.STATE, "k", counting)
-    for reset_after in (False, True):
-        layer = gru_xp.GRU(1, 32, reset_after=reset_after)
-        layer.forward(np.zeros((3, 32, 1), dtype=np.float32))
-        assert counting.calls.get("gru_fwd_state", 0) == (3 if reset_after else 0)
+    with counted_cpu_kernels() as calls:
+        for reset_after in (False, True):
+            layer = gru_xp.GRU(1, 32, reset_after=reset_after)
+            layer.forward(np.zeros((3, 32, 1), dtype=np.float32))
+            assert calls.get("gru_fwd_state", 0) == (3 if reset_after else 0)
     monkeypatch.delitem(_cpu.STATE, "k")
     monkeypatch.setenv("GRU_XP_CPU_KERNELS", "0")
     assert _cpu.kernels() is None and not _cpu.usable(xp, 1 << 20)
