@@ -182,18 +182,31 @@ def _pipelines(cfg: RunConfig, panel: Panel, cut: np.ndarray) -> list:
         pipe = make_pipeline(cfg, s, panel.season)
         if cfg.series_embedding:
             pipe.series_id, pipe.n_series = i, len(panel.series)
-        fit_scalers(pipe, s, int(cut[i]))  # this series' own training part only
+        try:
+            fit_scalers(pipe, s, int(cut[i]))  # this series' own training part only
+        except UserError as e:
+            raise UserError(f"series {panel.names[i]!r} ({len(s.y)} points): {e}; or leave the short series out of "
+                            f"the file") from None
         pipes.append(pipe)
     return pipes
 
 
 def _check_lengths(cfg: RunConfig, panel: Panel, pipes: list, v, s) -> None:
-    for i, name in enumerate(panel.names):
-        t0, h, n = pipes[i].min_anchor(), int(panel.horizons[i]), len(panel.series[i].y)
-        if h < 1 or s[i] - 1 < t0:
-            raise UserError(f"series {name!r} has {n} points: with its test horizon {h} its forecast origin "
-                            f"{s[i] - 1} comes before the first possible window end {t0} (--seq-length "
-                            f"{cfg.seq_length}, differencing, season {panel.season}); use a smaller --seq-length")
+    """Every series needs a forecast origin at or after its first possible window end; one error names them all."""
+    short = [i for i in range(len(panel.names))
+             if int(panel.horizons[i]) < 1 or s[i] - 1 < pipes[i].min_anchor()]
+    if not short:
+        return
+    i = short[0]
+    t0, h, n = pipes[i].min_anchor(), int(panel.horizons[i]), len(panel.series[i].y)
+    more = "" if len(short) == 1 else (
+        f" ({len(short)} of {len(panel.names)} series are too short: "
+        + ", ".join(f"{panel.names[j]!r} {len(panel.series[j].y)} points" for j in short[:5])
+        + (", ..." if len(short) > 5 else "") + ")")
+    raise UserError(f"series {panel.names[i]!r} has {n} points: with its test horizon {h} its forecast origin "
+                    f"{s[i] - 1} comes before the first possible window end {t0} (--seq-length {cfg.seq_length}, "
+                    f"differencing, season {panel.season}){more}; use a smaller --seq-length, or leave the short "
+                    f"series out of the file")
 
 
 def _window_rows(pipe: Pipeline, series: Series, anchors, end: int, unit_scale: float | None):

@@ -241,3 +241,18 @@ def test_a_series_too_short_is_named():
     cfg = make_config(None, {**TINY, "data": CIF, "seq_length": 30})
     with pytest.raises(UserError, match=r"series 'T\d+' has \d+ points"):
         prepare_panel(cfg, load_panel(cfg))
+
+
+def test_every_series_too_short_is_counted_and_a_scaler_error_names_its_series(tmp_path, capsys):
+    """One error lists the short series (not only the first), and a series with no training data left for its
+    scaler is named (the message used to be the single-series one, which names none)."""
+    a = pd.read_csv(long_csv(tmp_path / "a.csv", n=60, series=("a", "d")))
+    b = pd.read_csv(long_csv(tmp_path / "b.csv", n=14, series=("b", "c")))
+    pd.concat([a, b]).to_csv(tmp_path / "p.csv", index=False)
+    base = ["train", "--data", str(tmp_path / "p.csv"), "--id-col", "unique_id", "--quiet", "--epochs", "1",
+            "--horizon", "3", "--seq-length", "6", "--out", str(tmp_path / "r")]
+    one_line_error(capsys, main(base), "(2 of 4 series are too short: 'b' 14 points, 'c' 14 points)")
+    c = pd.read_csv(long_csv(tmp_path / "c.csv", n=6, series=("e",)))
+    pd.concat([a, c]).to_csv(tmp_path / "q.csv", index=False)
+    one_line_error(capsys, main([*base[:2], str(tmp_path / "q.csv"), *base[3:]]),
+                   "series 'e' (6 points): no training data left to fit the scaler")
