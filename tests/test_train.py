@@ -60,6 +60,35 @@ def test_cpu_run_is_bit_reproducible_with_a_seed():
     assert c.history.train_loss != a.history.train_loss
 
 
+_THREADS_SCRIPT = """
+import sys, numpy as np, gru_xp
+layer = gru_xp.GRU(8, 128, num_layers=2, bidirectional=True, seed=0)
+rng = np.random.default_rng(0)
+x, dy = rng.standard_normal((12, 256, 8)), rng.standard_normal((12, 256, 256))
+y, h = layer.forward(x)
+dx, dh0 = layer.backward(dy, None)
+np.savez(sys.argv[1], y=y, h=h, dx=dx, dh0=dh0, **layer.grads)
+"""
+
+
+def test_results_do_not_depend_on_the_blas_thread_count(tmp_path):
+    """A layer's forward and backward (GEMMs large enough for OpenBLAS to split over threads) give the same bits on
+    one BLAS thread and on two, each in its own process (the thread count is fixed when NumPy loads)."""
+    import os
+    import subprocess
+    import sys
+
+    out = []
+    for n in (1, 2):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(n), "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
+        path = tmp_path / f"t{n}.npz"
+        subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(path)], env=env, check=True, timeout=300)
+        out.append(np.load(path))
+    assert len(out[0].files) == 20
+    for k in out[0].files:
+        np.testing.assert_array_equal(out[1][k], out[0][k], err_msg=k)
+
+
 def test_metrics_report_all_predictors_on_the_original_scale():
     r = run(tiny(difference=[1], horizon=2), save=False)
     for split in ("train", "test"):
