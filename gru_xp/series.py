@@ -239,6 +239,8 @@ def csv_dialect(path: Path) -> dict:
     """read_csv keywords for the file's field separator and decimal mark, from its first lines: the separator the
     header has most of (',' when it has none), and decimal=',' when a separator other than ',' is used and a data
     field looks like 12,5 (the files spreadsheets write in many locales: 'date;value' / '2000-01-01;101,5')."""
+    if Path(path).suffix.lower() in (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"):
+        return {}  # compressed: pandas reads it, comma-separated
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as f:
             head = [ln for _, ln in zip(range(50), f) if ln.strip()]

@@ -109,6 +109,15 @@ def test_ambiguous_dates_take_the_reading_that_fits_a_calendar_step(tmp_path, fm
     assert s.freq == want and s.dates.equals(pd.DatetimeIndex(dates).as_unit("ns"))
 
 
+def test_a_compressed_csv_is_read_as_pandas_reads_it(tmp_path):
+    import gzip
+
+    p = tmp_path / "s.csv.gz"
+    with gzip.open(p, "wt") as f:
+        f.write("date,value\n" + "".join(f"2020-01-{d:02d},{d}.5\n" for d in range(1, 29)))
+    np.testing.assert_array_equal(load_series(cfg(data=str(p))).y, np.arange(1, 29) + 0.5)
+
+
 def test_rows_with_more_fields_than_the_header_are_an_error(tmp_path):
     """pandas would make the first column an index and shift every value one column left."""
     with pytest.raises(UserError, match="more fields than the header") as e:
