@@ -67,8 +67,11 @@ def _read_folder(d: Path, classes) -> TextData:
 def _read_csv(p: Path, text_col: str, label_col: str, need_labels: bool) -> TextData:
     import pandas as pd
 
+    from .series import csv_dialect
+
+    sep = csv_dialect(p).get("sep", ",")  # ; tab | files read as such (no decimal mark: every column is text)
     try:
-        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        df = pd.read_csv(p, dtype=str, keep_default_na=False, sep=sep)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {p} as CSV ({type(e).__name__}); pass a CSV with a header row") from None
     cols = list(df.columns)

@@ -49,6 +49,9 @@ def test_csv(tmp_path):
     with pytest.raises(UserError, match="no label column 'label'"):
         load_text(tmp_path / "a.csv", text_col="review")
     assert load_text(tmp_path / "a.csv", text_col="review", need_labels=False).labels is None
+    (tmp_path / "b.csv").write_text('review;sentiment\n"Great; really, 1,5 stars";pos\nAwful;neg\n')  # ; separated
+    d = load_text(tmp_path / "b.csv", text_col="review", label_col="sentiment")
+    assert d.texts == ["Great; really, 1,5 stars", "Awful"] and d.labels == ["pos", "neg"]
 
 
 def test_empty_documents_are_user_errors(tmp_path):
