@@ -6,8 +6,9 @@ Legend: H hidden, B batch, m steps of a chunk; arrays feature-major (H, B) per s
 Each kernel does, element by element, exactly the ufunc calls it replaces, in the same order (+, -, * only; no
 fastmath, so no fused multiply-add): results are bit-identical to the portable path (tested in
 tests/nn/test_cpu_kernels.py), float32 and float64. What it saves is the ufunc calls (~0.4-0.7 µs each; GRU: 10 a
-forward step and 8 a backward step become 4 and 1 besides the GEMM; LSTM: 8 and 8 become 4 and 1) and the passes
-over memory between them. tanh stays a
+forward step and 8 a backward step become 4 and 1 besides the GEMM, and the backward's per-chunk factor calls are
+computed inside the step kernel; LSTM: 8 and 8 become 4 and 1) and the passes over memory between them. No kernel
+gets an argument that aliases one it writes: numba does not vectorise such a loop (2.7-4x slower). tanh stays a
 NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
 
 numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
@@ -76,46 +77,38 @@ def _gru_kernels(jit) -> dict:
                 h_next[j, b] = (h_prev[j, b] - n) * gates[H + j, b] + n
 
     @jit
-    def gru_factors_after(gates, operands, t0, cand, factors, one):
-        """For m steps t0..t0+m-1: factors (m, 3, H, B) = [(1-r) r hn, (1-z) z (h_{t-1} - n), (1 - n^2)(1-z)],
-        gates (m, 3H, B), cand (m, H, B), h_{t-1} = operands[t, :H] (the whole (T+1, n_cols, B) array is passed: a
-        slice of it is not C-contiguous, and numba's code for such arrays is 2-3x slower). Replaces _gru_factors'
-        8 calls (same products, same order)."""
-        m, H, B = cand.shape
-        for t in range(m):
-            for j in range(H):
-                for b in range(B):
-                    r, z, n = gates[t, j, b], gates[t, H + j, b], cand[t, j, b]
-                    one_z = one - z
-                    factors[t, 0, j, b] = ((one - r) * r) * gates[t, 2 * H + j, b]
-                    factors[t, 1, j, b] = (one_z * z) * (operands[t0 + t, j, b] - n)
-                    factors[t, 2, j, b] = (one - n * n) * one_z
-
-    @jit
-    def gru_bwd_after(dhz, dhp, dy, has_dy, fac, gates, dgates, tiny):
+    def gru_bwd_after(dhz, dhp, dy, has_dy, gates, h_prev, cand, dgates, tiny, one):
         """One backward step before its recurrent GEMM. dh = dhz + dhp (+ dy), the carried grad as the portable
-        loop has it (dh z + dhp of the step after, then + dy); fac (3, H, B) the step's factors; writes dgates
-        (4H, B) rows [n_h | r | z | n_i] = [da_n r, da_n fac_r, dh fac_z, dh fac_n] and dhz = dh z. dy (H, B),
+        loop has it (dh z + dhp of the step after, then + dy). The step's factors are computed here, as
+        _gru_factors computes them (same products, same order): fac_r = (1-r) r hn, fac_z = (1-z) z (h_{t-1} - n),
+        fac_n = (1 - n^2)(1-z); gates (3H, B) [r | z | hn], h_prev (H, B), cand (H, B) n. Writes dgates (4H, B)
+        rows [n_h | r | z | n_i] = [da_n r, da_n fac_r, dh fac_z, dh fac_n] and dhz = dh z. dy (H, B),
         feature-major like the rest (the caller transposes a chunk of steps at a time: reading (B, H) across its
         rows here costs 2x the kernel), is read only when has_dy. |dh| < tiny (_common.flush_threshold) is flushed to
-        zero (_common.flush_subnormals: the portable loops do it once a chunk)."""
+        zero (_common.flush_subnormals: the portable loops do it once a chunk). Computing the factors here rather
+        than in a pass of their own over each chunk saves writing and reading them: the step reads as many arrays."""
         H, B = dhz.shape
         for j in range(H):
             for b in range(B):
+                r, z, n = gates[j, b], gates[H + j, b], cand[j, b]
+                one_z = one - z
+                fac_r = ((one - r) * r) * gates[2 * H + j, b]
+                fac_z = (one_z * z) * (h_prev[j, b] - n)
+                fac_n = (one - n * n) * one_z
                 dh = dhz[j, b] + dhp[j, b]
                 if has_dy:
                     dh = dh + dy[j, b]
                 if -tiny < dh < tiny:
                     dh = dh - dh  # +0 (a literal 0 would make numba compute dh in float64)
-                da_n = dh * fac[2, j, b]
-                dgates[2 * H + j, b] = dh * fac[1, j, b]
+                da_n = dh * fac_n
+                dgates[2 * H + j, b] = dh * fac_z
                 dgates[3 * H + j, b] = da_n
-                dgates[H + j, b] = da_n * fac[0, j, b]
-                dgates[j, b] = da_n * gates[j, b]
-                dhz[j, b] = dh * gates[H + j, b]
+                dgates[H + j, b] = da_n * fac_r
+                dgates[j, b] = da_n * r
+                dhz[j, b] = dh * z
 
     return {"gru_fwd_after_gates": gru_fwd_after_gates, "gru_fwd_state": gru_fwd_state,
-            "gru_factors_after": gru_factors_after, "gru_bwd_after": gru_bwd_after}
+            "gru_bwd_after": gru_bwd_after}
 
 
 def _lstm_kernels(jit) -> dict:
@@ -124,8 +117,8 @@ def _lstm_kernels(jit) -> dict:
     @jit
     def lstm_fwd_gates(gates, c_prev, c_next, half):
         """gates (4H, B) [tanh(a_o/2), tanh(a_i/2), tanh(a_f/2), g] -> [o, i, f, g] in place; c_next (H, B) =
-        f c_prev + i g (c_prev may be c_next itself: each element is read before it is written). Replaces
-        mul(sig, half), add(sig, half), mul(f, c_prev, c), mul(i, g, ig), add(c, ig, c)."""
+        f c_prev + i g (c_prev and c_next distinct: see lstm_fwd_gates_inplace). Replaces mul(sig, half),
+        add(sig, half), mul(f, c_prev, c), mul(i, g, ig), add(c, ig, c)."""
         H, B = c_next.shape
         for j in range(H):
             for b in range(B):
@@ -136,32 +129,39 @@ def _lstm_kernels(jit) -> dict:
                 c_next[j, b] = f * c_prev[j, b] + i * gates[3 * H + j, b]
 
     @jit
-    def lstm_factors(gates, tanh_c, c_prev, factors, one):
-        """For m steps: factors (m, 5, H, B) = [(1-o) o tc, (1-i) i g, (1-f) f c_{t-1}, (1 - g^2) i, (1 - tc^2) o];
-        gates (m, 4H, B) [o | i | f | g], tanh_c, c_prev (m, H, B). Replaces _lstm_factors' 10 calls."""
-        m, H, B = tanh_c.shape
-        for t in range(m):
-            for j in range(H):
-                for b in range(B):
-                    o, i = gates[t, j, b], gates[t, H + j, b]
-                    f, g = gates[t, 2 * H + j, b], gates[t, 3 * H + j, b]
-                    tc = tanh_c[t, j, b]
-                    factors[t, 0, j, b] = ((one - o) * o) * tc
-                    factors[t, 1, j, b] = ((one - i) * i) * g
-                    factors[t, 2, j, b] = ((one - f) * f) * c_prev[t, j, b]
-                    factors[t, 3, j, b] = (one - g * g) * i
-                    factors[t, 4, j, b] = (one - tc * tc) * o
+    def lstm_fwd_gates_inplace(gates, c, half):
+        """lstm_fwd_gates with c_prev and c_next one buffer c (H, B) (a forward that keeps no cache): the same
+        operations. Its own kernel because numba does not vectorise a loop whose written array may alias a read one
+        (lstm_fwd_gates called with c_prev is c_next: 2.7x slower at H 256, B 128)."""
+        H, B = c.shape
+        for j in range(H):
+            for b in range(B):
+                o = gates[j, b] * half + half
+                i = gates[H + j, b] * half + half
+                f = gates[2 * H + j, b] * half + half
+                gates[j, b], gates[H + j, b], gates[2 * H + j, b] = o, i, f
+                c[j, b] = f * c[j, b] + i * gates[3 * H + j, b]
 
     @jit
-    def lstm_bwd(dh, dy, has_dy, dcs, has_dcs, dc, fac, forget, dgates, tiny):
-        """One backward step before its recurrent GEMM (which then overwrites dh): with d = dh (+ dy),
-        dc (+= dcs) and dc += d fac_c, dgates (4H, B) = [d fac_o | dc fac_i | dc fac_f | dc fac_g], then dc = dc f
-        (dc_{t-1}). fac (5, H, B) the step's factors; dy (H, B) read only when has_dy; dcs (H, B) the step's own
-        upstream dc (variable lengths), read only when has_dcs. d and dc below tiny in magnitude
+    def lstm_bwd(dh, dy, has_dy, dcs, has_dcs, dc, gates, tanh_c, c_prev, dgates, tiny, one):
+        """One backward step before its recurrent GEMM (which then overwrites dh). The step's factors are computed
+        here, as _lstm_factors computes them (same products, same order): fac_o = (1-o) o tc, fac_i = (1-i) i g,
+        fac_f = (1-f) f c_{t-1}, fac_g = (1 - g^2) i, fac_c = (1 - tc^2) o; gates (4H, B) [o | i | f | g], tanh_c
+        and c_prev (H, B). With d = dh (+ dy), dc (+= dcs) and dc += d fac_c, dgates (4H, B) = [d fac_o | dc fac_i |
+        dc fac_f | dc fac_g], then dc = dc f (dc_{t-1}). dy (H, B) read only when has_dy; dcs (H, B) the step's
+        own upstream dc (variable lengths), read only when has_dcs. d and dc below tiny in magnitude
         (_common.flush_threshold) are flushed to zero (the portable loop does it once a chunk)."""
         H, B = dh.shape
         for j in range(H):
             for b in range(B):
+                o, i = gates[j, b], gates[H + j, b]
+                f, g = gates[2 * H + j, b], gates[3 * H + j, b]
+                tc = tanh_c[j, b]
+                fac_o = ((one - o) * o) * tc
+                fac_i = ((one - i) * i) * g
+                fac_f = ((one - f) * f) * c_prev[j, b]
+                fac_g = (one - g * g) * i
+                fac_c = (one - tc * tc) * o
                 d = dh[j, b]
                 if has_dy:
                     d = d + dy[j, b]
@@ -170,16 +170,16 @@ def _lstm_kernels(jit) -> dict:
                 c = dc[j, b]
                 if has_dcs:
                     c = c + dcs[j, b]
-                c = c + d * fac[4, j, b]
+                c = c + d * fac_c
                 if -tiny < c < tiny:
                     c = c - c
-                dgates[j, b] = d * fac[0, j, b]
-                dgates[H + j, b] = c * fac[1, j, b]
-                dgates[2 * H + j, b] = c * fac[2, j, b]
-                dgates[3 * H + j, b] = c * fac[3, j, b]
-                dc[j, b] = c * forget[j, b]
+                dgates[j, b] = d * fac_o
+                dgates[H + j, b] = c * fac_i
+                dgates[2 * H + j, b] = c * fac_f
+                dgates[3 * H + j, b] = c * fac_g
+                dc[j, b] = c * f
 
-    return {"lstm_fwd_gates": lstm_fwd_gates, "lstm_factors": lstm_factors, "lstm_bwd": lstm_bwd}
+    return {"lstm_fwd_gates": lstm_fwd_gates, "lstm_fwd_gates_inplace": lstm_fwd_gates_inplace, "lstm_bwd": lstm_bwd}
 
 
 class _Kernels:

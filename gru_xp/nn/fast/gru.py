@@ -238,8 +238,8 @@ class _BackwardBuffers:
     operand_copy: Any  # (chunk, B, n_cols) contiguous operands^T, or None
     dw_n: Any  # reset_before: (H, H) n rows x (r ⊙ h); else None
     dw_n_terms: Any  # reset_before: (chunk, H, H); else None
-    factors: Any  # NumPy: (chunk, 3, H, B) see _gru_factors; CuPy: None
-    h_minus_n: Any  # NumPy: (chunk, H, B) scratch of _gru_factors; CuPy: None
+    factors: Any  # NumPy's portable loop: (chunk, 3, H, B) see _gru_factors; CuPy and the CPU kernels: None
+    h_minus_n: Any  # NumPy's portable loop: (chunk, H, B) scratch of _gru_factors; else None
     dhz: Any  # CuPy: (H, B) dh ⊙ z of the step after (dh = dhz + dhp (+ dy)); NumPy: None
     input_bwd: InputBackward
 
@@ -252,9 +252,9 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     ws = Workspace() if ws is None else ws
     ops = ops_for(xp)
     cuda = _common.is_cupy(xp)
-    bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda)
     step_elems = c.cand.shape[1] * c.cand.shape[2]  # H·B
     kern = _cpu.kernels() if c.reset_after and not cuda and _cpu.usable(xp, step_elems) else None
+    bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda, factors=kern is None)
     if cuda:  # dy feature-major once: every kernel argument contiguous
         dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
         _backward_loop_cupy(xp, ops, c, bufs, dy_fm, tbptt)
@@ -269,8 +269,9 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
 
 
 def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dstate_T,
-                      input_grad: bool, cuda: bool) -> _BackwardBuffers:
-    """The backward's buffers from the workspace, transposed recurrent weights copied in, weight grads zeroed."""
+                      input_grad: bool, cuda: bool, *, factors: bool = True) -> _BackwardBuffers:
+    """The backward's buffers from the workspace, transposed recurrent weights copied in, weight grads zeroed.
+    factors=False: no factor buffers (the CPU kernels compute each step's factors in registers)."""
     T, H, B = c.cand.shape
     dev, dt = device_of(c.x), c.x.dtype
     H2, H3 = 2 * H, 3 * H
@@ -308,11 +309,11 @@ def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c
         dw_n_terms = ws.get(xp, "dw_n_terms", (chunk, H, H), dt, dev)  # (chunk, H, H)
     dw_terms = ws.get(xp, "dw_terms", (chunk,) + tuple(dw.shape), dt, dev)  # (chunk, 3H or 2H, n_cols)
     operand_copy = ws.get(xp, "operand_copy", (chunk, B, n_cols), dt, dev) if B <= _common.DW_COPY_MAX_B else None
-    factors = h_minus_n = dhz = None
+    fac = h_minus_n = dhz = None
     if cuda:
         dhz = ws.get(xp, "dhz", (H, B), dt, dev)  # (H, B)
-    else:
-        factors = ws.get(xp, "factors", (chunk, 3, H, B), dt, dev)  # (chunk, 3, H, B)
+    elif factors:
+        fac = ws.get(xp, "factors", (chunk, 3, H, B), dt, dev)  # (chunk, 3, H, B)
         h_minus_n = ws.get(xp, "h_minus_n", (chunk, H, B), dt, dev)  # (chunk, H, B)
     # input backward: dx from all three gate rows; the weight grads from the n rows only when x sits in the
     # operands (the recurrent weight grads then hold the r, z rows' input weights and biases)
@@ -323,7 +324,7 @@ def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c
     return _BackwardBuffers(chunk=chunk, dh=dh, dhp=dhp, dgates=dgates, dgates_id=dgates_id, dgh=dgh, dgi=dgi,
                             da_r=da_r, da_z=da_z, da_n=da_n, dn_h=dn_h, w_hh_t=w_hh_t, w_n_t=w_n_t, drh=drh, dw=dw,
                             dw_terms=dw_terms, operand_copy=operand_copy, dw_n=dw_n, dw_n_terms=dw_n_terms,
-                            factors=factors, h_minus_n=h_minus_n, dhz=dhz, input_bwd=input_bwd)
+                            factors=fac, h_minus_n=h_minus_n, dhz=dhz, input_bwd=input_bwd)
 
 
 def _gru_factors(xp, ops: Ops, c: FastGRUCache, t0: int, t1: int, factors, h_minus_n):
@@ -403,35 +404,35 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
 
 def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers, dy,
                            tbptt: int, kern):
-    """_backward_loop_numpy (reset_after) with the fused CPU kernels (_cpu.py), bit-identical: per chunk one
-    factor kernel, per step one kernel and the recurrent GEMM; dh is carried as dhz + dhp (b.dh holds dh z)."""
+    """_backward_loop_numpy (reset_after) with the fused CPU kernels (_cpu.py), bit-identical: per step one kernel
+    (the step's factors computed inside it) and the recurrent GEMM; dh is carried as dhz + dhp (b.dh holds dh z)."""
     T, H = c.cand.shape[0], c.cand.shape[1]
-    chunk, gates, factors, dgates, dgh = b.chunk, c.gates, b.factors, b.dgates, b.dgh
+    chunk, gates, dgates, dgh, operands, cand = b.chunk, c.gates, b.dgates, b.dgh, c.operands, c.cand
 
-    def build():  # step t's views: its factors, gate grads (chunks counted from the end), gates
+    def build():  # step t's views: gate grads (chunks counted from the end), gates, h_{t-1}, n
         out = []
         for t in range(T):
             j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
-            out.append((factors[j], dgates[j], dgh[j], gates[t]))
+            out.append((dgates[j], dgh[j], gates[t], operands[t, :H, :], cand[t]))
         return out
 
-    key = (T, chunk, b.dgates_id, id(factors), id(gates))
+    key = (T, chunk, b.dgates_id, id(gates), id(operands), id(cand))
     step_views = ws.views("bwd_kernels", key, build) if reuse or ws.bufs.get("gates") is gates else build()
     one, tiny = c.cand.dtype.type(1.0), c.cand.dtype.type(flush_threshold(xp, c.cand.dtype))
     dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
     dy_fm = None if dy is None else ws.get(xp, "dy_fm_chunk", (chunk, H, c.cand.shape[2]), c.cand.dtype,
                                            device_of(c.cand))  # (chunk, H, B) a chunk of dy^T
+    unused = ws.get(xp, "kernel_unused", (1, 1), c.cand.dtype, device_of(c.cand))  # (1, 1) for an absent dy
     ops.fill(dhp, 0.0)
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
-        kern.gru_factors_after(gates[t0:t1], c.operands, t0, c.cand[t0:t1], factors[: t1 - t0], one)
         if dy_fm is not None:
             ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
         for t in range(t1 - 1, t0 - 1, -1):
-            fac_t, dgates_t, dgh_t, gates_t = step_views[t]
-            step(dhz, dhp, dhz if dy_fm is None else dy_fm[t - t0], dy_fm is not None, fac_t, gates_t, dgates_t,
-                 tiny)
+            dgates_t, dgh_t, gates_t, h_prev, n_t = step_views[t]
+            step(dhz, dhp, unused if dy_fm is None else dy_fm[t - t0], dy_fm is not None, gates_t, h_prev, n_t,
+                 dgates_t, tiny, one)
             matmul(w_hh_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dhz, 0.0)

@@ -75,11 +75,14 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse and keep_cache else zip(*step_arrays)
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     if kern is not None:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical, 5 calls a step
-        gate_kernel, half_s = kern.lstm_fwd_gates, dt.type(0.5)
+        gate_kernel, in_place, half_s = kern.lstm_fwd_gates, kern.lstm_fwd_gates_inplace, dt.type(0.5)
         for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
             matmul(w_rec, op_t, out=gates_t)  # (4H, H+I+1) @ (H+I+1, B)
             tanh(gates_t, out=gates_t)
-            gate_kernel(gates_t, c_prev, c_next, half_s)  # o, i, f; c = f c_{t-1} + i g
+            if c_prev is c_next:  # no cache: one buffer for c
+                in_place(gates_t, c_next, half_s)  # o, i, f; c = f c + i g
+            else:
+                gate_kernel(gates_t, c_prev, c_next, half_s)  # o, i, f; c = f c_{t-1} + i g
             tanh(c_next, out=tanh_c_t)
             mul(o_t, tanh_c_t, out=h_next)  # h = o tanh(c)
         steps = ()  # done: the portable loop below runs no step
@@ -164,9 +167,10 @@ def _lstm_factors(xp, ops: Ops, c: FastLSTMCache, t0: int, t1: int, factors):
 def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, upstream, tbptt: int, kern, bufs,
                              grads, chunk: int):
     """lstm_backward's chunk loop with the fused CPU kernels (_cpu.py), bit-identical to the portable one: per chunk
-    one factor kernel (and dy^T, dc_steps^T copied feature-major), per step one kernel and the recurrent GEMM, then
-    the chunk's weight grads and input backward. upstream: (dy, dc_steps), each (T, B, H) or None."""
-    dh, dc, w_hh_t, factors, dgates, forget = bufs
+    dy^T and dc_steps^T copied feature-major, per step one kernel (the step's factors computed inside it) and the
+    recurrent GEMM, then the chunk's weight grads and input backward. upstream: (dy, dc_steps), each (T, B, H) or
+    None."""
+    dh, dc, w_hh_t, dgates = bufs
     dw_terms, dw, operand_copy, input_bwd = grads
     T, H, B = c.tanh_c.shape
     dt, dev = c.tanh_c.dtype, device_of(c.tanh_c)
@@ -175,18 +179,21 @@ def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, upst
     dy, dc_steps = upstream
     dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, B), dt, dev)  # (chunk, H, B) a chunk of dy^T
     dcs_fm = None if dc_steps is None else ws.get(xp, "dcs_fm", (chunk, H, B), dt, dev)  # (chunk, H, B) dc_steps^T
+    # what the kernel gets for an absent dy or dc_steps (never read): not dh or dc themselves, since an argument that
+    # aliases one the kernel writes (dc) keeps numba's loop from vectorising (4x slower at H 256, B 128)
+    unused = ws.get(xp, "kernel_unused", (1, 1), dt, dev)  # (1, 1)
     t1 = T
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         m = t1 - t0
-        kern.lstm_factors(c.gates[t0:t1], c.tanh_c[t0:t1], c.cell_states[t0:t1], factors[:m], one)
         for a, fm in ((dy, dy_fm), (dc_steps, dcs_fm)):
             if fm is not None:
                 ops.copy(xp.permute_dims(a[t0:t1], (0, 2, 1)), fm[:m])
         for t in range(t1 - 1, t0 - 1, -1):
             j = t - t0
-            step(dh, dh if dy_fm is None else dy_fm[j], dy_fm is not None, dc if dcs_fm is None else dcs_fm[j],
-                 dcs_fm is not None, dc, factors[j], forget[t], dgates[j], tiny)
+            step(dh, unused if dy_fm is None else dy_fm[j], dy_fm is not None,
+                 unused if dcs_fm is None else dcs_fm[j], dcs_fm is not None, dc, c.gates[t], c.tanh_c[t],
+                 c.cell_states[t], dgates[j], tiny, one)
             matmul(w_hh_t, dgates[j], out=dh)  # dh_{t-1} (H, 4H) @ (4H, B)
             if tbptt and cut(tbptt, T, t):
                 ops.fill(dh, 0.0)
@@ -221,7 +228,9 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     dw = ops.fill(ws.get(xp, "dw", (H4, n_cols), dt, dev), 0.0)  # (4H, n_cols)
     dw_terms, operand_copy, dw_chunk = weight_grad_buffers(xp, ws, (H4, n_cols), T, B, dt, dev)
     chunk = max(1, min(dw_chunk, _common.CHUNK_ELEMS // max(1, B * H)))
-    factors = ws.get(xp, "factors", (chunk, 5, H, B), dt, dev)  # (chunk, 5, H, B)
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    # the portable loop's factors (the CPU kernels compute each step's in registers)
+    factors = None if kern is not None else ws.get(xp, "factors", (chunk, 5, H, B), dt, dev)  # (chunk, 5, H, B)
     # one chunk's gate grads (step t at t - t0)
     dgates_flat, dgates_id = gate_grad_buffer(xp, ws, T, chunk, H4, B, dt, dev, shared=False)
     dgates = xp.reshape(dgates_flat, (chunk, H4, B))  # (chunk, 4H, B) pre-activation grads [o | i f g]
@@ -238,15 +247,13 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
                         forget[t], dgates[j]))
         return out
 
-    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     if kern is None:
         step_views = ws.views("bwd", (T, chunk, dgates_id, id(factors), id(c.gates)), build) if reuse else build()
     input_bwd = InputBackward(xp, ops, ws, reuse, p, blocks, c.x_ones, H4, chunk, dw_rows=slice(0, 0),  # dx only
                               dx=input_grad)
     if kern is not None:  # the fused CPU kernels (_cpu.py): bit-identical, one kernel and the GEMM a step
-        _backward_chunks_kernels(xp, ops, ws, c, (dy, dc_steps), tbptt, kern,
-                                 (dh, dc, w_hh_t, factors, dgates, forget), (dw_terms, dw, operand_copy, input_bwd),
-                                 chunk)
+        _backward_chunks_kernels(xp, ops, ws, c, (dy, dc_steps), tbptt, kern, (dh, dc, w_hh_t, dgates),
+                                 (dw_terms, dw, operand_copy, input_bwd), chunk)
     t1 = 0 if kern is not None else T  # with the kernels: done, the portable loop below runs no chunk
     while t1 > 0:
         t0 = max(0, t1 - chunk)
