@@ -143,36 +143,43 @@ def cache_array(xp, ws: Workspace, reuse: bool, name, shape, dt, dev):
 
 
 class PerStep:
-    """Stands in for a (T, ...) cache array when a forward keeps no cache (no gradients): one (...) buffer that every
-    step writes and the same step reads. Indexed like the array it replaces: [t] is the buffer; [t0:t1, ...] another
-    PerStep (of the view the other indices select); iterating gives the buffer once per step."""
+    """Stands in for a (T, ...) cache array when a forward keeps no cache (no gradients): `period` (...) buffers,
+    step t's at t % period (period 1: one buffer that every step writes and the same step reads; period 2: the
+    state before and after a step in different buffers, so that no kernel reads and writes one array: numba does not
+    vectorise such a loop). Indexed like the array it replaces: [t] is step t's buffer; [t0:t1, ...] another PerStep
+    (of the view the other indices select, counted from t0); iterating gives each step's buffer in turn."""
 
-    def __init__(self, buf, length: int):
-        self.buf, self.length = buf, length
+    def __init__(self, bufs, length: int, offset: int = 0):
+        self.bufs, self.length, self.offset = bufs, length, offset  # bufs: a sequence of `period` (...) arrays
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self):
-        return itertools.repeat(self.buf, self.length)
+        n = len(self.bufs)
+        if n == 1:
+            return itertools.repeat(self.bufs[0], self.length)
+        return (self.bufs[(self.offset + k) % n] for k in range(self.length))
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
-        view = self.buf[key[1:]] if len(key) > 1 else self.buf
+        views = [b[key[1:]] for b in self.bufs] if len(key) > 1 else self.bufs
         if isinstance(key[0], slice):
-            return PerStep(view, len(range(*key[0].indices(self.length))))
-        return view
+            start, _, _ = key[0].indices(self.length)
+            return PerStep(views, len(range(*key[0].indices(self.length))), self.offset + start)
+        return views[(self.offset + key[0]) % len(views)]
 
 
-def step_array(xp, ws: Workspace, reuse: bool, keep_cache: bool, name, shape, dt, dev, *, output: bool = False):
-    """A (T, ...) cache array (cache_array) when the forward keeps its cache, else a PerStep over one (...) buffer:
-    from the workspace, or fresh (output=True and not reuse) when the caller returns it (a final state)."""
+def step_array(xp, ws: Workspace, reuse: bool, keep_cache: bool, name, shape, dt, dev, *, output: bool = False,
+               period: int = 1):
+    """A (T, ...) cache array (cache_array) when the forward keeps its cache, else a PerStep over `period` (...)
+    buffers: from the workspace, or fresh (output=True and not reuse) when the caller returns one (a final state)."""
     if keep_cache:
         return cache_array(xp, ws, reuse, name, shape, dt, dev)
-    step = tuple(shape[1:])
-    buf = cache_array(xp, ws, reuse, name + "_step", step, dt, dev) if output else \
-        ws.get(xp, name + "_step", step, dt, dev)
-    return PerStep(buf, shape[0])
+    step = (period,) + tuple(shape[1:])
+    bufs = cache_array(xp, ws, reuse, name + "_steps", step, dt, dev) if output else \
+        ws.get(xp, name + "_steps", step, dt, dev)
+    return PerStep([bufs[k] for k in range(period)], shape[0])
 
 
 def flush_threshold(xp, dt) -> float:

@@ -117,8 +117,9 @@ def _lstm_kernels(jit) -> dict:
     @jit
     def lstm_fwd_gates(gates, c_prev, c_next, half):
         """gates (4H, B) [tanh(a_o/2), tanh(a_i/2), tanh(a_f/2), g] -> [o, i, f, g] in place; c_next (H, B) =
-        f c_prev + i g (c_prev and c_next distinct: see lstm_fwd_gates_inplace). Replaces mul(sig, half),
-        add(sig, half), mul(f, c_prev, c), mul(i, g, ig), add(c, ig, c)."""
+        f c_prev + i g (two arrays: a forward without a cache alternates two buffers, since numba does not vectorise
+        a loop that reads and writes one array through two arguments). Replaces mul(sig, half), add(sig, half),
+        mul(f, c_prev, c), mul(i, g, ig), add(c, ig, c)."""
         H, B = c_next.shape
         for j in range(H):
             for b in range(B):
@@ -127,20 +128,6 @@ def _lstm_kernels(jit) -> dict:
                 f = gates[2 * H + j, b] * half + half
                 gates[j, b], gates[H + j, b], gates[2 * H + j, b] = o, i, f
                 c_next[j, b] = f * c_prev[j, b] + i * gates[3 * H + j, b]
-
-    @jit
-    def lstm_fwd_gates_inplace(gates, c, half):
-        """lstm_fwd_gates with c_prev and c_next one buffer c (H, B) (a forward that keeps no cache): the same
-        operations. Its own kernel because numba does not vectorise a loop whose written array may alias a read one
-        (lstm_fwd_gates called with c_prev is c_next: 2.7x slower at H 256, B 128)."""
-        H, B = c.shape
-        for j in range(H):
-            for b in range(B):
-                o = gates[j, b] * half + half
-                i = gates[H + j, b] * half + half
-                f = gates[2 * H + j, b] * half + half
-                gates[j, b], gates[H + j, b], gates[2 * H + j, b] = o, i, f
-                c[j, b] = f * c[j, b] + i * gates[3 * H + j, b]
 
     @jit
     def lstm_bwd(dh, dy, has_dy, dcs, has_dcs, dc, gates, tanh_c, c_prev, dgates, tiny, one):
@@ -179,7 +166,7 @@ def _lstm_kernels(jit) -> dict:
                 dgates[3 * H + j, b] = c * fac_g
                 dc[j, b] = c * f
 
-    return {"lstm_fwd_gates": lstm_fwd_gates, "lstm_fwd_gates_inplace": lstm_fwd_gates_inplace, "lstm_bwd": lstm_bwd}
+    return {"lstm_fwd_gates": lstm_fwd_gates, "lstm_bwd": lstm_bwd}
 
 
 class _Kernels:

@@ -62,8 +62,10 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     ops.mul(w_rec[:H3, :], half, out=w_rec[:H3, :])
 
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
-    # without a cache: c_{t-1} and c_t are one buffer (each step updates it elementwise, in place)
-    cell_states = step_array(xp, ws, reuse, keep_cache, "cell_states", (T + 1, H, B), dt, dev, output=True)
+    # without a cache: c_{t-1} and c_t in two buffers, alternating (a kernel that reads and writes one array is not
+    # vectorised by numba)
+    cell_states = step_array(xp, ws, reuse, keep_cache, "cell_states", (T + 1, H, B), dt, dev, output=True,
+                             period=2)
     gates = step_array(xp, ws, reuse, keep_cache, "gates", (T, H4, B), dt, dev)  # (T, 4H, B) or one step's
     tanh_c = step_array(xp, ws, reuse, keep_cache, "tanh_c", (T, H, B), dt, dev)  # (T, H, B) or one step's
     ops.copy(xp.matrix_transpose(c0), cell_states[0])
@@ -75,14 +77,11 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse and keep_cache else zip(*step_arrays)
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     if kern is not None:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical, 5 calls a step
-        gate_kernel, in_place, half_s = kern.lstm_fwd_gates, kern.lstm_fwd_gates_inplace, dt.type(0.5)
+        gate_kernel, half_s = kern.lstm_fwd_gates, dt.type(0.5)
         for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
             matmul(w_rec, op_t, out=gates_t)  # (4H, H+I+1) @ (H+I+1, B)
             tanh(gates_t, out=gates_t)
-            if c_prev is c_next:  # no cache: one buffer for c
-                in_place(gates_t, c_next, half_s)  # o, i, f; c = f c + i g
-            else:
-                gate_kernel(gates_t, c_prev, c_next, half_s)  # o, i, f; c = f c_{t-1} + i g
+            gate_kernel(gates_t, c_prev, c_next, half_s)  # o, i, f; c = f c_{t-1} + i g
             tanh(c_next, out=tanh_c_t)
             mul(o_t, tanh_c_t, out=h_next)  # h = o tanh(c)
         steps = ()  # done: the portable loop below runs no step
