@@ -417,7 +417,9 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
         return out
 
     key = (T, chunk, b.dgates_id, id(gates), id(operands), id(cand))
-    step_views = ws.views("bwd_kernels", key, build) if reuse or ws.bufs.get("gates") is gates else build()
+    # cached only when every array they view is the workspace's (reuse): a layer's operands are its own each call,
+    # and cached views would keep the last ones alive
+    step_views = ws.views("bwd_kernels", key, build) if reuse else build()
     one, tiny = c.cand.dtype.type(1.0), c.cand.dtype.type(flush_threshold(xp, c.cand.dtype))
     dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
     dy_fm = None if dy is None else ws.get(xp, "dy_fm_chunk", (chunk, H, c.cand.shape[2]), c.cand.dtype,
