@@ -1,46 +1,66 @@
-"""How far is a GRU training step from its BLAS floor? (issue 6: where the CPU ratios stop)
+"""How far is gru_xp from its BLAS floor? (issue 6 at 1 thread; issue 16 at the default thread count)
 
-For each CPU row of `gru-xp bench`, times on one thread, in one process:
-  step   the whole gru_xp training step (fast path, as `gru-xp bench` times it),
-  gemms  only the step's three recurrent GEMMs per time step, with the fast path's shapes and layouts
-         (K = H+I+1: u_t = [h_{t-1}; x_t; 1]): forward W (3H, K) @ u_t (K, B), backward W_hh^T (H, 3H) @
-         dg (3H, B), and the weight-grad GEMMs dg (3H, B) @ u_t^T (B, K) (batched per chunk), nothing else,
-  torch  PyTorch's training step (as in `gru-xp bench`),
-and prints both times as a fraction of torch's. The GEMMs already run near single-core peak (see the GFLOP/s
-column), so `gemms / torch` is a lower bound no NumPy implementation of this algorithm can beat, and
-`step - gemms` is what the elementwise work, the input projection, the head and Adam cost.
+For each CPU row of `gru-xp bench` and each kind, timed in one process, interleaved (block after block, so that the
+machine's drifts hit every side alike; with more than one thread each block after `bench_worker.SETTLE_S` of rest):
+  gru_xp  what `gru-xp bench` times: the training step (step), the public layer's forward + backward (layer), or
+          its forward under no_grad (infer), fast path, float32;
+  gemms   only the recurrent GEMMs of that work, with the fast path's shapes and layouts (K = H+I+1: u_t =
+          [h_{t-1}; x_t; 1]): forward W (3H, K) @ u_t (K, B) per step; for step and layer also the backward's
+          W_hh^T (H, 3H) @ dg (3H, B) per step and the weight-grad GEMMs dg (3H, B) @ u_t^T (B, K), 16 steps a
+          batched call; nothing else;
+  torch   PyTorch's same work (as in `gru-xp bench`).
+torch does the same GEMMs (its recurrent GEMM per step, its weight grads), and at the shapes here neither BLAS is
+ahead by much (benchmarks/NOTES.md), so `gemms / torch` is a lower bound for any NumPy implementation of this
+algorithm: a target below it cannot be met on that machine by work outside the GEMMs. `gru_xp - gemms` is what the
+elementwise work, the input projection, the head and Adam cost.
 
-    python benchmarks/gemm_floor.py            # all GRU rows
-    python benchmarks/gemm_floor.py H64 H128   # some rows
+    python benchmarks/gemm_floor.py                                  # all GRU rows, training step, 1 thread
+    python benchmarks/gemm_floor.py H64 H128                         # some rows
+    python benchmarks/gemm_floor.py --threads all --kinds step,layer,infer --json FILE   # issue 16's setting
 """
+import argparse
 import os
 import sys
 
-os.environ.update({k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
 
-import time  # noqa: E402
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rows", nargs="*", help="row names (default: all CPU rows of gru-xp bench)")
+    ap.add_argument("--threads", default="1", help="threads for NumPy's BLAS and torch: a number or 'all' (default 1)")
+    ap.add_argument("--kinds", default="step", help="comma list of step, layer, infer (default step)")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved blocks per side (default 7)")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    a = ap.parse_args(argv)
+    a.threads = _cores() if a.threads == "all" else int(a.threads)
+    a.kinds = [k for k in a.kinds.split(",") if k]
+    bad = [k for k in a.kinds if k not in ("step", "layer", "infer")]
+    if bad or a.threads < 1:
+        ap.error(f"--kinds takes step, layer, infer (got {bad}); --threads a number >= 1 or 'all'")
+    return a
+
+
+# the BLAS pools read their thread counts when they load: set them before NumPy and torch are imported
+ARGS = _parse(sys.argv[1:]) if __name__ == "__main__" else None
+if ARGS is not None:
+    os.environ.update({k: str(ARGS.threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+
+import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from gru_xp.bench_worker import CPU_ROWS, gx_step, median, torch_step  # noqa: E402
+from gru_xp.bench_worker import (ALL_CORES_TARGETS, CPU_ROWS, SETTLE_S, gx_layer, gx_step, interleaved,  # noqa: E402
+                                 torch_layer, torch_step)
 
 
-def _time(fn, seconds=0.3, repeats=7):
-    for _ in range(3):
-        fn()
-    t0 = time.perf_counter()
-    fn()
-    n = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        out.append((time.perf_counter() - t0) / n)
-    return median(out)
-
-
-def gemms(T, B, I, H, chunk=16):
+def gemms(T, B, I, H, chunk=16, backward=True):
+    """A callable running only the recurrent GEMMs (forward; with backward=True also dh and weight grads)."""
     rng = np.random.default_rng(0)
     f32 = np.float32
     K = H + I + 1
@@ -48,12 +68,14 @@ def gemms(T, B, I, H, chunk=16):
     wt = rng.standard_normal((H, 3 * H)).astype(f32)  # (H, 3H)
     h = rng.standard_normal((T + 1, K, B)).astype(f32)  # (T+1, K, B)
     g = np.empty((T, 3 * H, B), f32)  # (T, 3H, B)
-    dh = np.empty((H, B), f32)
-    dwt = np.empty((chunk, 3 * H, K), f32)
+    dh = np.empty((H, B), f32)  # (H, B)
+    dwt = np.empty((chunk, 3 * H, K), f32)  # (chunk, 3H, K)
 
     def run():
         for t in range(T):
             np.matmul(w, h[t], out=g[t])
+        if not backward:
+            return
         for t in range(T - 1, -1, -1):
             np.matmul(wt, g[t], out=dh)
         for t0 in range(0, T, chunk):
@@ -63,23 +85,51 @@ def gemms(T, B, I, H, chunk=16):
     return run
 
 
-def main(argv):
+def _sides(kind, T, B, I, H):
+    if kind == "step":
+        gx = gx_step("gru", T, B, I, H, "cpu")[0]
+        tt = torch_step("gru", T, B, I, H, "cpu")[0]
+    else:
+        gx = gx_layer("gru", T, B, I, H, "cpu", infer=kind == "infer")[0]
+        tt = torch_layer("gru", T, B, I, H, "cpu", infer=kind == "infer")[0]
+    none = lambda: None  # noqa: E731 (CPU: nothing to synchronise)
+    return {"gru_xp": (gx, none), "gemms": (gemms(T, B, I, H, backward=kind != "infer"), none), "torch": (tt, none)}
+
+
+def main(argv=None):
     import torch
 
-    torch.set_num_threads(1)
-    rows = [r for r in CPU_ROWS if not argv or r[0] in argv]
-    print(f"numpy {np.__version__}, torch {torch.__version__}, 1 thread\n")
-    print("| row | T, B, I, H | step ms | recurrent GEMMs ms | GEMM GFLOP/s | torch ms | step / torch | GEMMs / torch |")
-    print("|---|---|---|---|---|---|---|---|")
+    a = ARGS if argv is None and ARGS is not None else _parse(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(a.threads)
+    rows = [r for r in CPU_ROWS if not a.rows or r[0] in a.rows]
+    settle = SETTLE_S if a.threads > 1 else 0.0
+    print(f"numpy {np.__version__}, torch {torch.__version__}, {a.threads} thread(s) of {_cores()} core(s); "
+          f"medians of {a.repeats} interleaved blocks\n")
+    print("| row | kind | T, B, I, H | gru_xp ms | GEMMs ms | GEMM GFLOP/s | torch ms | gru_xp / torch | GEMMs / torch "
+          "| target |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    out = []
     for name, T, B, I, H, _target in rows:
-        step, _, _ = gx_step("gru", T, B, I, H, "cpu")
-        tstep, _ = torch_step("gru", T, B, I, H, "cpu")
-        s, g, tt = _time(step), _time(gemms(T, B, I, H)), _time(tstep)
-        gflops = T * 2 * 3 * H * B * (2 * (H + I + 1) + H) / g / 1e9
-        print(f"| {name} | {T}, {B}, {I}, {H} | {1e3 * s:.2f} | {1e3 * g:.2f} | {gflops:.0f} | {1e3 * tt:.2f} "
-              f"| {s / tt:.3f} | {g / tt:.3f} |")
+        for kind in a.kinds:
+            res = interleaved(_sides(kind, T, B, I, H), a.repeats, 0.3, settle=settle)
+            s, g, tt = (res[k]["median_ms"] for k in ("gru_xp", "gemms", "torch"))
+            per_step = 2 * 3 * H * B * (H + I + 1) if kind == "infer" else 2 * 3 * H * B * (2 * (H + I + 1) + H)
+            target = ALL_CORES_TARGETS.get((kind, name)) if a.threads > 1 else None
+            verdict = "" if target is None else f"≤ {target}" + (" (below the floor)" if g / tt > target else "")
+            print(f"| {name} | {kind} | {T}, {B}, {I}, {H} | {s:.2f} | {g:.2f} | {T * per_step / g / 1e6:.0f} "
+                  f"| {tt:.2f} | {s / tt:.3f} | {g / tt:.3f} | {verdict} |", flush=True)
+            out.append({"row": name, "kind": kind, "T": T, "B": B, "I": I, "H": H, "threads": a.threads,
+                        "gru_xp_ms": round(s, 4), "gemms_ms": round(g, 4), "torch_ms": round(tt, 4),
+                        "ratio": round(s / tt, 4), "gemms_ratio": round(g / tt, 4), "target": target,
+                        "blocks_ms": {k: v["blocks_ms"] for k, v in res.items()}})
+    if a.json:
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"numpy": np.__version__, "torch": torch.__version__, "threads": a.threads,
+                       "cores": _cores(), "repeats": a.repeats, "rows": out}, f, indent=1)
+        os.replace(tmp, a.json)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -30,3 +30,22 @@ def test_every_benchmark_script_loads():
     assert len(scripts) >= 9
     r = subprocess.run([sys.executable, "-c", _LOAD, *scripts], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_gemm_floor_runs_and_writes_its_rows(tmp_path):
+    """The floor script as the README runs it, at its smallest: one row, one kind, one block per side; the JSON
+    has a row per (row, kind) with positive times, and the floor (GEMMs alone) below the whole forward."""
+    import json
+
+    out = tmp_path / "floor.json"
+    r = subprocess.run([sys.executable, "benchmarks/gemm_floor.py", "H32", "--kinds", "infer", "--repeats", "1",
+                        "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["row"], x["kind"], x["threads"]) for x in rows] == [("H32", "infer", 1)]
+    x = rows[0]
+    assert 0 < x["gemms_ms"] < x["gru_xp_ms"] and x["torch_ms"] > 0
+    assert x["ratio"] == round(x["gru_xp_ms"] / x["torch_ms"], 4)
+    bad = subprocess.run([sys.executable, "benchmarks/gemm_floor.py", "--kinds", "nope"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "--kinds takes step, layer, infer" in bad.stderr
