@@ -267,10 +267,11 @@ def _device_fast_rows(device: str, dtype: str, limit: float) -> list[Row]:
 
 
 def _cpu_kernel_rows() -> list[Row]:
-    """With numba installed: the GRU and the LSTM on the fused CPU kernels (at a B·H where they run; stacked,
-    bidirectional, variable lengths, upstream gradients on every output) against the reference cells, and bit for
-    bit against the portable loops they replace."""
+    """With numba installed: the GRU (both conventions) and the LSTM on the fused CPU kernels (at a B·H where they
+    run; stacked, bidirectional, variable lengths, upstream gradients on every output) against the reference cells,
+    and bit for bit against the portable loops they replace. A row fails when its cell's backward kernel never ran."""
     from contextlib import nullcontext
+    from functools import partial
 
     from .nn.fast import counted_cpu_kernels, cpu_kernels, portable_loops
     from .nn.recurrent import GRU, LSTM
@@ -280,7 +281,10 @@ def _cpu_kernel_rows() -> list[Row]:
     if who is None:
         return []
     rows = []
-    for label, cls in (("GRU", GRU), ("LSTM", LSTM)):
+    cells = (("GRU", partial(GRU, reset_after=True), "gru_bwd_after"),
+             ("GRU reset_after=False", partial(GRU, reset_after=False), "gru_bwd_before_zn"),
+             ("LSTM", LSTM, "lstm_bwd"))
+    for label, cls, backward_kernel in cells:
         out, calls = {}, {}
         for name, fast, ctx in (("reference", False, nullcontext), ("kernels", True, counted_cpu_kernels),
                                 ("portable", True, portable_loops)):
@@ -295,7 +299,7 @@ def _cpu_kernel_rows() -> list[Row]:
                 y, sn = layer.forward(x, s0, lengths=random_lengths(T, B, seed=10))
                 dx, ds0 = layer.backward(dy, ds)
             out[name] = [to_host(a) for a in (y, *_states(sn), dx, *_states(ds0), *layer.grads.values())]
-        ran = sum(calls.values()) > 0  # else the rows below would compare the portable loops to themselves
+        ran = calls.get(backward_kernel, 0) > 0  # else the rows below would compare the portable loops to themselves
         err = max(rel_err(a, b) for a, b in zip(out["kernels"], out["reference"])) if ran else math.inf
         rows.append(Row(f"fused CPU kernels ({who}), {label} against the reference (cpu, float64)", err, 1e-10))
         diff = max(float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(out["kernels"], out["portable"])) \

@@ -52,7 +52,8 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
     from gru_xp.nn.fast import _cpu
 
     rows = check._cpu_kernel_rows()
-    assert [r.check.split(", ")[1].split()[0] for r in rows] == ["GRU", "GRU", "LSTM", "LSTM"]
+    assert [r.check.split(", ")[1].split(" against")[0] for r in rows] == [
+        "GRU", "GRU", "GRU reset_after=False", "GRU reset_after=False", "LSTM", "LSTM"]
     assert all(r.ok for r in rows), rows
     kern = _cpu.kernels()
     orig = kern.gru_fwd_state
@@ -63,7 +64,17 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
 
     monkeypatch.setattr(kern, "gru_fwd_state", off_by_a_rounding)
     rows = check._cpu_kernel_rows()
-    assert rows[0].ok and not rows[1].ok and rows[3].ok  # within 1e-10 of the reference, but not bit for bit
+    # within 1e-10 of the reference, but not bit for bit (the state kernel serves both GRU conventions); LSTM fine
+    assert [r.ok for r in rows] == [True, False, True, False, True, True]
+    monkeypatch.undo()
+    orig_r = kern.gru_bwd_before_r
+
+    def r_grad_off(drh, gates, h_prev, dh, dgates, dhz, drr, one):
+        orig_r(drh, gates, h_prev, dh, dgates, dhz, drr, one)
+        dgates[: dh.shape[0]] *= 1 + 1e-6
+
+    monkeypatch.setattr(kern, "gru_bwd_before_r", r_grad_off)  # only the reset_before backward is wrong
+    assert [r.ok for r in check._cpu_kernel_rows()] == [True, True, False, False, True, True]
     monkeypatch.undo()
     monkeypatch.setattr(_cpu, "usable", lambda xp, n: False)  # kernels that never run prove nothing: rows fail
     assert not any(r.ok for r in check._cpu_kernel_rows())

@@ -1,4 +1,4 @@
-"""The fused CPU kernels (nn/fast/_cpu.py, numba, optional; GRU and LSTM) against the portable NumPy fast path they
+"""The fused CPU kernels (nn/fast/_cpu.py, numba, optional; GRU in both conventions and LSTM) against the portable NumPy fast path they
 replace:
 bit for bit (the same +, -, * in the same order, no fused multiply-add), float64 and float32, over chunk
 boundaries, tbptt, dy=None, reused workspaces, through the layer, no_grad and a Forecaster's training steps.
@@ -6,6 +6,7 @@ Skipped where numba is not installed (the portable path then runs everywhere).""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 from types import SimpleNamespace
 
@@ -46,11 +47,15 @@ def _problem(be, T, B, I, H, seed):
             be.asarray(rng.standard_normal((T, B, H))), be.asarray(rng.standard_normal((B, H))))
 
 
-def _run(be, p, x, h0, dy, dhT, tbptt, ws=None, reuse=False):
+def _run(be, p, x, h0, dy, dhT, tbptt, ws=None, reuse=False, reset_after=True):
     xp = be.xp
     g = CellParams(*(be.zeros(a.shape) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
-    y, (hT,), c = fgru.gru_forward(xp, p, x, (h0,), ws=ws, reuse=reuse)
-    out = [np.array(y), np.array(hT)]
+    y2, (hT2,), none = fgru.gru_forward(xp, p, x, (h0,), ws=ws, reuse=reuse, reset_after=reset_after,
+                                        keep_cache=False)  # no_grad: one step's gate buffers
+    assert none is None
+    out = [np.array(y2), np.array(hT2)]
+    y, (hT,), c = fgru.gru_forward(xp, p, x, (h0,), ws=ws, reuse=reuse, reset_after=reset_after)
+    out += [np.array(y), np.array(hT)]
     dx, (dh0,) = fgru.gru_backward(xp, p, c, dy, (dhT,), g, tbptt=tbptt, ws=ws, reuse=reuse)
     return out + [np.array(a) for a in (dx, dh0, g.w_ih, g.w_hh, g.b_ih, g.b_hh)]
 
@@ -59,8 +64,9 @@ def _run(be, p, x, h0, dy, dhT, tbptt, ws=None, reuse=False):
 @pytest.mark.parametrize("T,B,I,H,tiny_chunks", [(1, 1, 1, 1, False), (7, 4, 3, 5, False), (13, 3, 2, 4, True),
                                                  (20, 64, 1, 32, False)])
 @pytest.mark.parametrize("tbptt,with_dy", [(0, True), (0, False), (3, True)])
+@pytest.mark.parametrize("reset_after", [True, False])
 def test_gru_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeypatch, dtype, T, B, I, H,
-                                                        tiny_chunks, tbptt, with_dy):
+                                                        tiny_chunks, tbptt, with_dy, reset_after):
     if tiny_chunks:  # several backward chunks, chunked input projection
         for name, v in (("CHUNK_ELEMS", 24), ("GI_CHUNK_ELEMS", 40), ("GI_FULL_MAX_ELEMS", 0)):
             monkeypatch.setattr(_common, name, v)
@@ -71,14 +77,18 @@ def test_gru_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeypa
     for on in (False, True):
         counting = kernels_on_off(on)
         ws = Workspace()
-        runs.append([_run(be, p, x, h0, dy, dhT, tbptt, ws, True) for _ in range(2)])  # the 2nd reuses ws
-    assert counting.calls["gru_fwd_state"] == 2 * T and counting.calls["gru_bwd_after"] == 2 * T
+        runs.append([_run(be, p, x, h0, dy, dhT, tbptt, ws, True, reset_after) for _ in range(2)])  # 2nd reuses ws
+    bwd = ("gru_bwd_after",) if reset_after else ("gru_bwd_before_zn", "gru_bwd_before_r")
+    fwd = "gru_fwd_after_gates" if reset_after else "gru_fwd_before_rz"
+    assert counting.calls["gru_fwd_state"] == 4 * T and counting.calls[fwd] == 4 * T  # with and without a cache
+    assert all(counting.calls[k] == 2 * T for k in bwd)
     for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
         np.testing.assert_array_equal(b, a)
 
 
 def test_kernels_run_only_where_they_should(monkeypatch):
-    """NumPy namespaces, steps of at least MIN_STEP_ELEMS (B·H), reset_after; GRU_XP_CPU_KERNELS=0 turns them off."""
+    """NumPy namespaces, steps of at least MIN_STEP_ELEMS (B·H), both GRU conventions; GRU_XP_CPU_KERNELS=0 turns
+    them off."""
     xp = resolve("cpu", "float32").xp
     monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 1024)
     assert _cpu.usable(xp, 1024) and not _cpu.usable(xp, 1023)
@@ -88,35 +98,41 @@ def test_kernels_run_only_where_they_should(monkeypatch):
         for reset_after in (False, True):
             layer = gru_xp.GRU(1, 32, reset_after=reset_after)
             layer.forward(np.zeros((3, 32, 1), dtype=np.float32))
-            assert calls.get("gru_fwd_state", 0) == (3 if reset_after else 0)
+            assert calls.get("gru_fwd_state", 0) == (6 if reset_after else 3)  # counted over both layers
+            assert calls.get("gru_fwd_after_gates" if reset_after else "gru_fwd_before_rz", 0) == 3
+        layer = gru_xp.GRU(1, 31, reset_after=False)  # B·H = 992 < 1024: the portable loops
+        layer.forward(np.zeros((3, 32, 1), dtype=np.float32))
+        assert calls.get("gru_fwd_state", 0) == 6
     monkeypatch.delitem(_cpu.STATE, "k")
     monkeypatch.setenv("GRU_XP_CPU_KERNELS", "0")
     assert _cpu.kernels() is None and not _cpu.usable(xp, 1 << 20)
     monkeypatch.delitem(_cpu.STATE, "k")
 
 
-@pytest.mark.parametrize("L,bi", [(1, False), (2, True)])
-def test_layer_and_forecaster_bit_identical_with_kernels(kernels_on_off, L, bi):
+@pytest.mark.parametrize("L,bi,reset_after", [(1, False, True), (2, True, True), (2, True, False)])
+def test_layer_and_forecaster_bit_identical_with_kernels(kernels_on_off, L, bi, reset_after):
     rng = np.random.default_rng(5)
     x, dy = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 2 * 6 if bi else 6))
     batches = [(rng.standard_normal((7, 5, 2)), rng.standard_normal((5, 3))) for _ in range(3)]
     out = []
     for on in (False, True):
         counting = kernels_on_off(on)
-        layer = gru_xp.GRU(3, 6, num_layers=L, bidirectional=bi, dtype="float64", seed=2)
+        layer = gru_xp.GRU(3, 6, num_layers=L, bidirectional=bi, dtype="float64", seed=2, reset_after=reset_after)
         layer.zero_grad()
         y, hn = layer.forward(x)
         dx, dh0 = layer.backward(dy, hn)
         with layer.no_grad():
             y2, _ = layer.eval().forward(x)
         res = [np.array(to_host(a)) for a in (y, hn, dx, dh0, y2)] + [np.array(v) for v in layer.grads.values()]
-        m = Forecaster("gru", 2, 6, 3, dtype="float64", seed=1, num_layers=L, bidirectional=bi)
+        m = Forecaster("gru", 2, 6, 3, dtype="float64", seed=1, num_layers=L, bidirectional=bi,
+                       reset_after=reset_after)
         opt = Adam(1e-2)
         for xb, yb in batches:
             res.append(np.array(to_host(m.loss_and_grads(xb, yb))))
             opt.step(m.backend.xp, m.params, m.grads)
         out.append(res + [np.array(v) for v in m.params.values()])
-    assert counting.calls["gru_bwd_after"] == L * (2 if bi else 1) * (9 + 3 * 7)  # the layer's and the model's
+    bwd = "gru_bwd_after" if reset_after else "gru_bwd_before_zn"
+    assert counting.calls[bwd] == L * (2 if bi else 1) * (9 + 3 * 7)  # the layer's and the model's
     for a, b in zip(*out):
         np.testing.assert_array_equal(b, a)
 
@@ -183,7 +199,8 @@ def test_lstm_layer_and_forecaster_bit_identical_with_kernels(kernels_on_off):
         np.testing.assert_array_equal(b, a)
 
 
-@pytest.mark.parametrize("cls", [gru_xp.GRU, gru_xp.LSTM])
+@pytest.mark.parametrize("cls", [gru_xp.GRU, functools.partial(gru_xp.GRU, reset_after=False), gru_xp.LSTM],
+                         ids=["gru", "gru_reset_before", "lstm"])
 def test_variable_lengths_bit_identical_with_kernels(kernels_on_off, cls):
     """Variable lengths (the LSTM's backward then gets a per-step dc, which its backward kernel takes) through a
     stacked bidirectional layer: the same outputs and grads with the kernels on and off, the kernels counted."""
@@ -198,6 +215,8 @@ def test_variable_lengths_bit_identical_with_kernels(kernels_on_off, cls):
         dx, ds0 = layer.backward(dy, sn)
         parts = list(sn) + list(ds0) if isinstance(sn, tuple) else [sn, ds0]
         out.append([np.array(a) for a in (y, dx, *parts)] + [np.array(v) for v in layer.grads.values()])
-    assert counting.calls["lstm_bwd" if cls is gru_xp.LSTM else "gru_bwd_after"] == 4 * 9  # 2 layers x 2 directions
+    bwd = "lstm_bwd" if cls is gru_xp.LSTM else "gru_bwd_after" if getattr(cls, "keywords", None) is None \
+        else "gru_bwd_before_zn"
+    assert counting.calls[bwd] == 4 * 9  # 2 layers x 2 directions
     for a, b in zip(*out):
         np.testing.assert_array_equal(b, a)

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the NumPy fast path of the GRU (reset_after, torch's convention) and the LSTM: optional,
+"""Fused CPU kernels for the NumPy fast path of the GRU (both conventions) and the LSTM: optional,
 compiled by numba when it is installed (`pip install "gru_xp[cpu-kernels]"`), else the portable ufunc loops run.
 
 Legend: H hidden, B batch, m steps of a chunk; arrays feature-major (H, B) per step, as in fast/gru.py.
@@ -7,7 +7,8 @@ Each kernel does, element by element, exactly the ufunc calls it replaces, in th
 fastmath, so no fused multiply-add): results are bit-identical to the portable path (tested in
 tests/nn/test_cpu_kernels.py), float32 and float64. What it saves is the ufunc calls (~0.4-0.7 µs each; GRU: 10 a
 forward step and 8 a backward step become 4 and 1 besides the GEMM, and the backward's per-chunk factor calls are
-computed inside the step kernel; LSTM: 8 and 8 become 4 and 1) and the passes over memory between them. No kernel
+computed inside the step kernel; reset_before: 9 and 8 become 5 and 2 besides its two GEMMs; LSTM: 8 and 8 become 4
+and 1) and the passes over memory between them. No kernel
 gets an argument that aliases one it writes: numba does not vectorise such a loop (2.7-4x slower). tanh stays a
 NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
 
@@ -107,8 +108,58 @@ def _gru_kernels(jit) -> dict:
                 dgates[j, b] = da_n * r
                 dhz[j, b] = dh * z
 
+    @jit
+    def gru_fwd_before_rz(gates, h_prev, half):
+        """reset_before, before the n rows' GEMM: gates (3H, B) [tanh(a_r/2), tanh(a_z/2), .] -> [r, z, r h] in
+        place (r h: the n rows' GEMM operand), h_prev (H, B). Replaces mul(rz, half), add(rz, half), mul(r, h)."""
+        H, B = h_prev.shape
+        for j in range(H):
+            for b in range(B):
+                r = gates[j, b] * half + half
+                gates[j, b] = r
+                gates[H + j, b] = gates[H + j, b] * half + half
+                gates[2 * H + j, b] = r * h_prev[j, b]
+
+    @jit
+    def gru_bwd_before_zn(dhz, dhp, drr, dy, has_dy, gates, h_prev, cand, dgates, dh, tiny, one):
+        """reset_before, a backward step before the n rows' GEMM. dh = dhz + (dhp + drr) (+ dy): the carried grad
+        as the portable loop has it (dh z + (W_rz^T [da_r; da_z] + drh r) of the step after, then + dy), flushed
+        below tiny like gru_bwd_after; written to dh (H, B) for gru_bwd_before_r. dgates (3H, B) rows [r | z | n]:
+        writes z, n = dh fac_z, dh fac_n, the factors as _gru_factors computes them (fac_z = (1-z) z (h_{t-1} - n),
+        fac_n = (1 - n^2)(1-z)). dy (H, B) feature-major, read only when has_dy."""
+        H, B = dhz.shape
+        for j in range(H):
+            for b in range(B):
+                z, n = gates[H + j, b], cand[j, b]
+                one_z = one - z
+                fac_z = (one_z * z) * (h_prev[j, b] - n)
+                fac_n = (one - n * n) * one_z
+                d = dhz[j, b] + (dhp[j, b] + drr[j, b])
+                if has_dy:
+                    d = d + dy[j, b]
+                if -tiny < d < tiny:
+                    d = d - d  # +0, as in gru_bwd_after
+                dgates[H + j, b] = d * fac_z
+                dgates[2 * H + j, b] = d * fac_n
+                dh[j, b] = d
+
+    @jit
+    def gru_bwd_before_r(drh, gates, h_prev, dh, dgates, dhz, drr, one):
+        """reset_before, after the n rows' GEMM (drh (H, B) = W_hn^T da_n = d(r h)): dgates row r = drh fac_r with
+        fac_r = (1-r) r h_{t-1} (as _gru_factors), drr = drh r and dhz = dh z: the two terms of the next step's dh
+        besides the r, z rows' GEMM. Replaces mul(drh, fac_r), mul(drh, r), mul(dh, z)."""
+        H, B = dh.shape
+        for j in range(H):
+            for b in range(B):
+                r = gates[j, b]
+                g = drh[j, b]
+                dgates[j, b] = g * (((one - r) * r) * h_prev[j, b])
+                drr[j, b] = g * r
+                dhz[j, b] = dh[j, b] * gates[H + j, b]
+
     return {"gru_fwd_after_gates": gru_fwd_after_gates, "gru_fwd_state": gru_fwd_state,
-            "gru_bwd_after": gru_bwd_after}
+            "gru_bwd_after": gru_bwd_after, "gru_fwd_before_rz": gru_fwd_before_rz,
+            "gru_bwd_before_zn": gru_bwd_before_zn, "gru_bwd_before_r": gru_bwd_before_r}
 
 
 def _lstm_kernels(jit) -> dict:

@@ -75,8 +75,8 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     steps = projected_steps(ops, w_x, x_ones, proj_buf, ((0, H),), operands[:T], operands[:T, :H, :],
                             operands[1:, :H, :], gates, gates[:, :H2, :], gates[:, :H, :], gates[:, H:H2, :],
                             gates[:, H2:, :], cand, views_in=None if key is None else (ws, key))
-    kern = _cpu.kernels() if reset_after and _cpu.usable(xp, B * H) else None
-    if kern is not None:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical, 5 calls a step
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    if kern is not None and reset_after:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical
         gate_kernel, state_kernel, half_s = kern.gru_fwd_after_gates, kern.gru_fwd_state, dt.type(0.5)
         for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
             matmul(w_rec, op_t, gates_t)  # (3H, H+I+1) @ (H+I+1, B): [a_r/2, a_z/2, W_hn h + b_hn]
@@ -97,6 +97,17 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
             sub(h_prev, n_t, h_next)  # h - n (not cached: the backward recomputes it)
             mul(h_next, z_t, h_next)
             add(h_next, n_t, h_next)  # n + z (h - n)
+    elif kern is not None:  # reset_before with the fused CPU kernels: 7 calls a step instead of 11
+        wn_rh = ws.get(xp, "wn_rh", (H, B), dt, dev)  # (H, B) W_hn (r ⊙ h)
+        rz_kernel, state_kernel, half_s = kern.gru_fwd_before_rz, kern.gru_fwd_state, dt.type(0.5)
+        for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
+            matmul(w_rec, op_t, rz_t)  # (2H, H+I+1) @ (H+I+1, B)
+            tanh(rz_t, rz_t)
+            rz_kernel(gates_t, h_prev, half_s)  # r, z; hn = r ⊙ h
+            matmul(w_n, hn_t, wn_rh)  # (H, H) @ (H, B)
+            add(wn_rh, proj_n, n_t)
+            tanh(n_t, n_t)
+            state_kernel(h_prev, n_t, gates_t, h_next)  # n + z (h - n)
     else:
         wn_rh = ws.get(xp, "wn_rh", (H, B), dt, dev)  # (H, B) W_hn (r ⊙ h)
         for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
@@ -253,13 +264,15 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     ops = ops_for(xp)
     cuda = _common.is_cupy(xp)
     step_elems = c.cand.shape[1] * c.cand.shape[2]  # H·B
-    kern = _cpu.kernels() if c.reset_after and not cuda and _cpu.usable(xp, step_elems) else None
+    kern = _cpu.kernels() if not cuda and _cpu.usable(xp, step_elems) else None
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda, factors=kern is None)
     if cuda:  # dy feature-major once: every kernel argument contiguous
         dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
         _backward_loop_cupy(xp, ops, c, bufs, dy_fm, tbptt)
-    elif kern is not None:
+    elif kern is not None and c.reset_after:
         _backward_loop_kernels(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
+    elif kern is not None:
+        _backward_loop_kernels_before(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
     else:
         _backward_loop_numpy(xp, ops, ws, reuse, c, bufs, dy, tbptt)
     _add_recurrent_grads(ops, g, c, bufs)
@@ -442,6 +455,54 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
         _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
         t1 = t0
     ops.add(dhz, dhp, out=b.dh)  # dh_0 = dh z + dhp, as the portable loop ends
+
+
+def _backward_loop_kernels_before(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers,
+                                  dy, tbptt: int, kern):
+    """_backward_loop_numpy (reset_before) with the fused CPU kernels (_cpu.py), bit-identical: per step a kernel,
+    the n rows' GEMM, a kernel, the r, z rows' GEMM (10 calls and a share of the chunk's factor pass before). The carried grad is kept as its three
+    terms dhz + (dhp + drr) (dh z, the r, z rows' GEMM, d(r h) r), summed by the next step's kernel in the
+    portable loop's order."""
+    T, H, B = c.cand.shape
+    chunk, gates, dgates, dgh, da_n, operands, cand = b.chunk, c.gates, b.dgates, b.dgh, b.da_n, c.operands, c.cand
+    dt, dev = c.cand.dtype, device_of(c.cand)
+
+    def build():  # step t's views: gate grads (chunks counted from the end), gates, h_{t-1}, n
+        out = []
+        for t in range(T):
+            j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
+            out.append((dgates[j], dgh[j], da_n[j], gates[t], operands[t, :H, :], cand[t]))
+        return out
+
+    key = (T, chunk, b.dgates_id, id(gates), id(operands), id(cand))
+    step_views = ws.views("bwd_kernels_before", key, build) if reuse else build()  # cached only under reuse
+    one, tiny = dt.type(1.0), dt.type(flush_threshold(xp, dt))
+    dhz, dhp, drh, matmul, w_hh_t, w_n_t = b.dh, b.dhp, b.drh, ops.matmul, b.w_hh_t, b.w_n_t
+    zn_kernel, r_kernel = kern.gru_bwd_before_zn, kern.gru_bwd_before_r
+    dh = ws.get(xp, "dh_step", (H, B), dt, dev)  # (H, B) the step's whole dh
+    drr = ops.fill(ws.get(xp, "drr", (H, B), dt, dev), 0.0)  # (H, B) d(r ⊙ h) ⊙ r of the step after
+    dy_fm = None if dy is None else ws.get(xp, "dy_fm_chunk", (chunk, H, B), dt, dev)  # (chunk, H, B) dy^T
+    unused = ws.get(xp, "kernel_unused", (1, 1), dt, dev)  # (1, 1) for an absent dy
+    ops.fill(dhp, 0.0)
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        if dy_fm is not None:
+            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
+        for t in range(t1 - 1, t0 - 1, -1):
+            dgates_t, dgh_t, da_n_t, gates_t, h_prev, n_t = step_views[t]
+            zn_kernel(dhz, dhp, drr, unused if dy_fm is None else dy_fm[t - t0], dy_fm is not None, gates_t, h_prev,
+                      n_t, dgates_t, dh, tiny, one)
+            matmul(w_n_t, da_n_t, drh)  # (H, H) @ (H, B): d(r ⊙ h)
+            r_kernel(drh, gates_t, h_prev, dh, dgates_t, dhz, drr, one)
+            matmul(w_hh_t, dgh_t, dhp)  # (H, 2H) @ (2H, B)
+            if tbptt and cut(tbptt, T, t):
+                for a in (dhz, dhp, drr):
+                    ops.fill(a, 0.0)
+        _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
+        t1 = t0
+    ops.add(dhp, drr, out=dhp)
+    ops.add(dhz, dhp, out=b.dh)  # dh_0 = dh z + (dhp + d(r ⊙ h) r), as the portable loop ends
 
 
 def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy_fm, tbptt: int):
