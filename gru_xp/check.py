@@ -267,14 +267,14 @@ def _device_fast_rows(device: str, dtype: str, limit: float) -> list[Row]:
 
 
 def _cpu_kernel_rows() -> list[Row]:
-    """With numba installed: the GRU (both conventions) and the LSTM on the fused CPU kernels (at a B·H where they
+    """With numba installed: the GRU (both conventions), the LSTM and the RNN on the fused CPU kernels (at a B·H where they
     run; stacked, bidirectional, variable lengths, upstream gradients on every output) against the reference cells,
     and bit for bit against the portable loops they replace. A row fails when its cell's backward kernel never ran."""
     from contextlib import nullcontext
     from functools import partial
 
     from .nn.fast import counted_cpu_kernels, cpu_kernels, portable_loops
-    from .nn.recurrent import GRU, LSTM
+    from .nn.recurrent import GRU, LSTM, RNN
 
     T, B, H = 6, 32, 32
     who = cpu_kernels(B * H)
@@ -283,7 +283,8 @@ def _cpu_kernel_rows() -> list[Row]:
     rows = []
     cells = (("GRU", partial(GRU, reset_after=True), "gru_bwd_after"),
              ("GRU reset_after=False", partial(GRU, reset_after=False), "gru_bwd_before_zn"),
-             ("LSTM", LSTM, "lstm_bwd"))
+             ("LSTM", LSTM, "lstm_bwd"), ("RNN tanh", RNN, "rnn_bwd"),
+             ("RNN relu", partial(RNN, nonlinearity="relu"), "rnn_bwd"))
     for label, cls, backward_kernel in cells:
         out, calls = {}, {}
         for name, fast, ctx in (("reference", False, nullcontext), ("kernels", True, counted_cpu_kernels),

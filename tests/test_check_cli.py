@@ -53,7 +53,8 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
 
     rows = check._cpu_kernel_rows()
     assert [r.check.split(", ")[1].split(" against")[0] for r in rows] == [
-        "GRU", "GRU", "GRU reset_after=False", "GRU reset_after=False", "LSTM", "LSTM"]
+        "GRU", "GRU", "GRU reset_after=False", "GRU reset_after=False", "LSTM", "LSTM", "RNN tanh", "RNN tanh",
+        "RNN relu", "RNN relu"]
     assert all(r.ok for r in rows), rows
     kern = _cpu.kernels()
     orig = kern.gru_fwd_state
@@ -65,7 +66,7 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
     monkeypatch.setattr(kern, "gru_fwd_state", off_by_a_rounding)
     rows = check._cpu_kernel_rows()
     # within 1e-10 of the reference, but not bit for bit (the state kernel serves both GRU conventions); LSTM fine
-    assert [r.ok for r in rows] == [True, False, True, False, True, True]
+    assert [r.ok for r in rows] == [True, False, True, False] + [True] * 6
     monkeypatch.undo()
     orig_r = kern.gru_bwd_before_r
 
@@ -74,7 +75,17 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
         dgates[: dh.shape[0]] *= 1 + 1e-6
 
     monkeypatch.setattr(kern, "gru_bwd_before_r", r_grad_off)  # only the reset_before backward is wrong
-    assert [r.ok for r in check._cpu_kernel_rows()] == [True, True, False, False, True, True]
+    assert [r.ok for r in check._cpu_kernel_rows()] == [True, True, False, False] + [True] * 6
+    monkeypatch.undo()
+    orig_rnn = kern.rnn_bwd
+
+    def rnn_sign_flipped(dh, dy, has_dy, h, da, relu, tiny, one, zero):
+        orig_rnn(dh, dy, has_dy, h, da, relu, tiny, one, zero)
+        if relu:
+            da *= -1.0
+
+    monkeypatch.setattr(kern, "rnn_bwd", rnn_sign_flipped)  # only the relu RNN's backward is wrong
+    assert [r.ok for r in check._cpu_kernel_rows()] == [True] * 8 + [False, False]
     monkeypatch.undo()
     monkeypatch.setattr(_cpu, "usable", lambda xp, n: False)  # kernels that never run prove nothing: rows fail
     assert not any(r.ok for r in check._cpu_kernel_rows())

@@ -1,4 +1,4 @@
-"""The fused CPU kernels (nn/fast/_cpu.py, numba, optional; GRU in both conventions and LSTM) against the portable NumPy fast path they
+"""The fused CPU kernels (nn/fast/_cpu.py, numba, optional; GRU in both conventions, LSTM, the RNN's backward) against the portable NumPy fast path they
 replace:
 bit for bit (the same +, -, * in the same order, no fused multiply-add), float64 and float32, over chunk
 boundaries, tbptt, dy=None, reused workspaces, through the layer, no_grad and a Forecaster's training steps.
@@ -17,7 +17,8 @@ import gru_xp
 from gru_xp.backend import resolve, to_host
 from gru_xp.model import Forecaster
 from gru_xp.nn._cell import CellParams
-from gru_xp.nn.fast import Workspace, _common, _cpu, counted_cpu_kernels, gru as fgru, lstm as flstm, portable_loops
+from gru_xp.nn.fast import (Workspace, _common, _cpu, counted_cpu_kernels, gru as fgru, lstm as flstm, portable_loops,
+                             rnn as frnn)
 from gru_xp.nn.optim import Adam
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
@@ -199,8 +200,9 @@ def test_lstm_layer_and_forecaster_bit_identical_with_kernels(kernels_on_off):
         np.testing.assert_array_equal(b, a)
 
 
-@pytest.mark.parametrize("cls", [gru_xp.GRU, functools.partial(gru_xp.GRU, reset_after=False), gru_xp.LSTM],
-                         ids=["gru", "gru_reset_before", "lstm"])
+@pytest.mark.parametrize("cls", [gru_xp.GRU, functools.partial(gru_xp.GRU, reset_after=False), gru_xp.LSTM,
+                                 gru_xp.RNN, functools.partial(gru_xp.RNN, nonlinearity="relu")],
+                         ids=["gru", "gru_reset_before", "lstm", "rnn", "rnn_relu"])
 def test_variable_lengths_bit_identical_with_kernels(kernels_on_off, cls):
     """Variable lengths (the LSTM's backward then gets a per-step dc, which its backward kernel takes) through a
     stacked bidirectional layer: the same outputs and grads with the kernels on and off, the kernels counted."""
@@ -215,8 +217,45 @@ def test_variable_lengths_bit_identical_with_kernels(kernels_on_off, cls):
         dx, ds0 = layer.backward(dy, sn)
         parts = list(sn) + list(ds0) if isinstance(sn, tuple) else [sn, ds0]
         out.append([np.array(a) for a in (y, dx, *parts)] + [np.array(v) for v in layer.grads.values()])
-    bwd = "lstm_bwd" if cls is gru_xp.LSTM else "gru_bwd_after" if getattr(cls, "keywords", None) is None \
-        else "gru_bwd_before_zn"
+    base = getattr(cls, "func", cls)
+    bwd = {gru_xp.LSTM: "lstm_bwd", gru_xp.RNN: "rnn_bwd"}.get(
+        base, "gru_bwd_after" if cls is gru_xp.GRU else "gru_bwd_before_zn")
     assert counting.calls[bwd] == 4 * 9  # 2 layers x 2 directions
     for a, b in zip(*out):
         np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("T,B,I,H,tiny_chunks", [(1, 1, 1, 1, False), (7, 4, 3, 5, False), (13, 3, 2, 4, True),
+                                                 (20, 64, 1, 32, False)])
+@pytest.mark.parametrize("tbptt,with_dy", [(0, True), (0, False), (3, True)])
+def test_rnn_kernel_bit_identical_to_the_portable_path(kernels_on_off, monkeypatch, dtype, nonlinearity, T, B, I, H,
+                                                       tiny_chunks, tbptt, with_dy):
+    """The RNN's backward kernel (its forward has none: a step is its GEMM and one activation) against the portable
+    loop: the same outputs, dx, dh0 and grads, over chunk boundaries, tbptt, dy=None and a reused workspace."""
+    if tiny_chunks:
+        monkeypatch.setattr(_common, "CHUNK_ELEMS", 24)
+    be = resolve("cpu", dtype)
+    rng = np.random.default_rng(T + H)
+    p = CellParams(*(be.asarray(rng.uniform(-0.6, 0.6, s)) for s in ((H, I), (H, H), (H,), (H,))))
+    x, h0 = be.asarray(rng.standard_normal((T, B, I))), be.asarray(rng.standard_normal((B, H)))
+    dy = be.asarray(rng.standard_normal((T, B, H))) if with_dy else None
+    dhT = be.asarray(rng.standard_normal((B, H)))
+
+    def run(ws, reuse):
+        g = CellParams(*(be.zeros(a.shape) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
+        y, (hT,), c = frnn.rnn_forward(be.xp, p, x, (h0,), nonlinearity=nonlinearity, ws=ws, reuse=reuse)
+        dx, (dh0,) = frnn.rnn_backward(be.xp, p, c, dy, (dhT,), g, tbptt=tbptt, ws=ws, reuse=reuse)
+        return [np.array(a) for a in (y, hT, dx, dh0, g.w_ih, g.w_hh, g.b_ih, g.b_hh)]
+
+    runs = []
+    for on in (False, True):
+        counting = kernels_on_off(on)
+        ws = Workspace()
+        runs.append(sum((run(ws, reuse) for reuse in (True, True, False)), []))
+    assert counting.calls["rnn_bwd"] == 3 * T
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(b, a)
+    if nonlinearity == "relu":  # some units are off (h = 0): their da must be exactly zero on both paths
+        assert (runs[1][0] == 0).any()

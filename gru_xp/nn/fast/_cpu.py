@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the NumPy fast path of the GRU (both conventions) and the LSTM: optional,
+"""Fused CPU kernels for the NumPy fast path of the GRU (both conventions), the LSTM and the RNN's backward: optional,
 compiled by numba when it is installed (`pip install "gru_xp[cpu-kernels]"`), else the portable ufunc loops run.
 
 Legend: H hidden, B batch, m steps of a chunk; arrays feature-major (H, B) per step, as in fast/gru.py.
@@ -8,7 +8,7 @@ fastmath, so no fused multiply-add): results are bit-identical to the portable p
 tests/nn/test_cpu_kernels.py), float32 and float64. What it saves is the ufunc calls (~0.4-0.7 µs each; GRU: 10 a
 forward step and 8 a backward step become 4 and 1 besides the GEMM, and the backward's per-chunk factor calls are
 computed inside the step kernel; reset_before: 9 and 8 become 5 and 2 besides its two GEMMs; LSTM: 8 and 8 become 4
-and 1) and the passes over memory between them. No kernel
+and 1; the RNN's backward: 2 and the chunk's act' pass become 1) and the passes over memory between them. No kernel
 gets an argument that aliases one it writes: numba does not vectorise such a loop (2.7-4x slower). tanh stays a
 NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
 
@@ -50,7 +50,7 @@ def _build():
     except ImportError:
         return None
     jit = numba.njit(cache=True, nogil=True)
-    return _Kernels(**_gru_kernels(jit), **_lstm_kernels(jit))
+    return _Kernels(**_gru_kernels(jit), **_lstm_kernels(jit), **_rnn_kernels(jit))
 
 
 def _gru_kernels(jit) -> dict:
@@ -218,6 +218,34 @@ def _lstm_kernels(jit) -> dict:
                 dc[j, b] = c * f
 
     return {"lstm_fwd_gates": lstm_fwd_gates, "lstm_bwd": lstm_bwd}
+
+
+def _rnn_kernels(jit) -> dict:
+    """The vanilla RNN's backward kernel (its forward step is already the GEMM and one in-place activation)."""
+
+    @jit
+    def rnn_bwd(dh, dy, has_dy, h, da, relu, tiny, one, zero):
+        """One backward step before its recurrent GEMM (which then overwrites dh): d = dh (+ dy), flushed below tiny
+        like gru_bwd_after; da (H, B) = d act'(a), from h = act(a) (H, B) as the portable loop computes it: tanh
+        1 - h h, relu sign(h) (h >= 0: exactly [h > 0]). dy (H, B)
+        feature-major, read only when has_dy. Replaces add(dh, dy^T) (a strided read), mul(dh, act') and the
+        chunk's act' pass."""
+        H, B = dh.shape
+        for j in range(H):
+            for b in range(B):
+                d = dh[j, b]
+                if has_dy:
+                    d = d + dy[j, b]
+                if -tiny < d < tiny:
+                    d = d - d
+                hv = h[j, b]
+                if relu:  # np.sign: +-1, +0 for either zero, NaN kept
+                    s = one if hv > zero else (-one if hv < zero else (zero if hv == zero else hv))
+                else:
+                    s = one - hv * hv
+                da[j, b] = d * s
+
+    return {"rnn_bwd": rnn_bwd}
 
 
 class _Kernels:

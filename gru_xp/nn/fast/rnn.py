@@ -5,6 +5,7 @@ Legend: T steps, B batch, I inputs, H hidden (one gate block); arrays feature-ma
 Feature-major h_t^T (H, B), x folded into the recurrent GEMM's operands [h; x[t]; 1] (see recurrent_operands):
 the GEMM writes the pre-activation straight into the next state's slot, so a step is GEMM, activation in place.
 CuPy: the same layout and GEMMs, the activation and its backward in fused kernels (_cuda.rnn_fwd, _cuda.rnn_bwd).
+NumPy with numba: the backward step's elementwise work in one fused CPU kernel (_cpu.rnn_bwd), bit-identical.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from array_api_compat import device as device_of
 from ..rnn import NONLINEARITIES, RNNCache
 from ..rnn import backward as reference_backward
 from .._cell import CellParams, cut
-from . import _common
+from . import _common, _cpu
 from ._common import (InputBackward, Workspace, add_chunk_weight_grads, feature_major_copy, feature_major_to_tbh,
-                      flush_subnormals, fold_weights, ops_for, recurrent_operands, state_grad, unfold_grads,
-                      weight_grad_buffers)
+                      flush_subnormals, flush_threshold, fold_weights, ops_for, recurrent_operands, state_grad,
+                      unfold_grads, weight_grad_buffers)
 
 
 @dataclass
@@ -109,13 +110,17 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     dw = ops.fill(ws.get(xp, "dw", (H, n_cols), dt, dev), 0.0)  # (H, n_cols) [W_hh | W_ih | b] columns
     dw_terms, operand_copy, dw_chunk = weight_grad_buffers(xp, ws, (H, n_cols), T, B, dt, dev)
     chunk = max(1, min(dw_chunk, _common.CHUNK_ELEMS // max(1, B * H)))
-    dact = ws.get(xp, "dact", (chunk, H, B), dt, dev)  # (chunk, H, B) act'(a_t), a function of h_t
     da = ws.get(xp, "dgates", (chunk, H, B), dt, dev)  # (chunk, H, B) pre-activation grads (step t at t - t0)
     relu = c.nonlinearity == "relu"
     mul, add, matmul = ops.mul, ops.add, ops.matmul
     input_bwd = InputBackward(xp, ops, ws, reuse, p, all_rows, c.x_ones, H, chunk, dw_rows=slice(0, 0),  # dx only
                               dx=input_grad)
-    t1 = T
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    if kern is not None:  # the fused CPU kernel (_cpu.rnn_bwd): one call and the GEMM a step, bit-identical
+        _backward_chunks_kernels(xp, ops, ws, c, dy, tbptt, kern.rnn_bwd, dh, w_hh_t, da, chunk,
+                                 (dw_terms, dw, operand_copy, input_bwd))
+    dact = None if kern is not None else ws.get(xp, "dact", (chunk, H, B), dt, dev)  # (chunk, H, B) act'(a_t)
+    t1 = 0 if kern is not None else T  # with the kernel: done, the portable loop below runs no chunk
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         m = t1 - t0
@@ -140,6 +145,35 @@ def rnn_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     unfold_grads(ops, g, dw, all_rows, H, n_cols - H - 1)
     dx = input_bwd.finish(g)
     return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True),)
+
+
+def _backward_chunks_kernels(xp, ops, ws: Workspace, c: FastRNNCache, dy, tbptt: int, step, dh, w_hh_t, da,
+                             chunk: int, grads):
+    """rnn_backward's chunk loop with the fused CPU kernel: per chunk dy^T copied feature-major, per step the kernel
+    (da from dh, dy and h) and the recurrent GEMM, then the chunk's weight grads and input backward."""
+    dw_terms, dw, operand_copy, input_bwd = grads
+    T, H, B = c.operands.shape[0] - 1, dh.shape[0], dh.shape[1]
+    dt, dev = dh.dtype, device_of(dh)
+    one, zero, tiny = dt.type(1.0), dt.type(0.0), dt.type(flush_threshold(xp, dt))
+    relu = c.nonlinearity == "relu"
+    dy_fm = None if dy is None else ws.get(xp, "dy_fm", (chunk, H, B), dt, dev)  # (chunk, H, B) a chunk of dy^T
+    unused = ws.get(xp, "kernel_unused", (1, 1), dt, dev)  # (1, 1) for an absent dy (never read)
+    t1 = T
+    while t1 > 0:
+        t0 = max(0, t1 - chunk)
+        m = t1 - t0
+        if dy_fm is not None:
+            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[:m])
+        for t in range(t1 - 1, t0 - 1, -1):
+            j = t - t0
+            step(dh, unused if dy_fm is None else dy_fm[j], dy_fm is not None, c.operands[t + 1, :H], da[j], relu,
+                 tiny, one, zero)
+            ops.matmul(w_hh_t, da[j], out=dh)  # dh_{t-1} (H, H) @ (H, B)
+            if tbptt and cut(tbptt, T, t):
+                ops.fill(dh, 0.0)
+        add_chunk_weight_grads(xp, ops, da[:m], c.operands, t0, t1, dw_terms, dw, operand_copy)
+        input_bwd.add_chunk(t0, t1, da[:m])
+        t1 = t0
 
 
 def _rnn_backward_cupy(xp, p: CellParams, c: FastRNNCache, dy, dstate_T, g: CellParams, *, tbptt: int,
