@@ -267,9 +267,10 @@ def _device_fast_rows(device: str, dtype: str, limit: float) -> list[Row]:
 
 
 def _cpu_kernel_rows() -> list[Row]:
-    """With numba installed: the GRU (both conventions), the LSTM and the RNN on the fused CPU kernels (at a B·H where they
-    run; stacked, bidirectional, variable lengths, upstream gradients on every output) against the reference cells,
-    and bit for bit against the portable loops they replace. A row fails when its cell's backward kernel never ran."""
+    """With numba installed: the GRU (both conventions), the LSTM and the RNN on the fused CPU kernels (at a B·H
+    where they run; stacked, bidirectional, variable lengths, upstream gradients on every output) against the
+    reference cells, and bit for bit against the portable loops they replace. A row fails when its cell's backward
+    kernel never ran."""
     from contextlib import nullcontext
     from functools import partial
 

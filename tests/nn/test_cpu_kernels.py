@@ -1,5 +1,5 @@
-"""The fused CPU kernels (nn/fast/_cpu.py, numba, optional; GRU in both conventions, LSTM, the RNN's backward) against the portable NumPy fast path they
-replace:
+"""The fused CPU kernels (nn/fast/_cpu.py, numba, optional; GRU in both conventions, LSTM, the RNN's backward)
+against the portable NumPy fast path they replace:
 bit for bit (the same +, -, * in the same order, no fused multiply-add), float64 and float32, over chunk
 boundaries, tbptt, dy=None, reused workspaces, through the layer, no_grad and a Forecaster's training steps.
 Skipped where numba is not installed (the portable path then runs everywhere)."""

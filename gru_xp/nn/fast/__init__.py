@@ -102,7 +102,9 @@ def fast_cell_for(cell_module, xp, *, reuse: bool = False):
     return FastCell(cell_module, fwd, bwd, reuse=reuse, fwd_opts=fwd_opts)
 
 
-# (forward, backward, forward options): the GRU keeps its internal cache arrays in the slot's workspace (a layer
-# holds a cache only until its next forward; see gru_forward's private_cache)
+# (forward, backward, forward options): the GRU and the LSTM keep their internal cache arrays in the slot's workspace
+# (a layer holds a cache only until its next forward; see gru_forward's private_cache); the RNN's cache is its
+# operands alone, whose rows are the output
 _IMPLS = {"gru": (gru.gru_forward, gru.gru_backward, {"private_cache": True}),
-          "lstm": (lstm.lstm_forward, lstm.lstm_backward, {}), "rnn": (rnn.rnn_forward, rnn.rnn_backward, {})}
+          "lstm": (lstm.lstm_forward, lstm.lstm_backward, {"private_cache": True}),
+          "rnn": (rnn.rnn_forward, rnn.rnn_backward, {})}

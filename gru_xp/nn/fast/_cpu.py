@@ -227,9 +227,8 @@ def _rnn_kernels(jit) -> dict:
     def rnn_bwd(dh, dy, has_dy, h, da, relu, tiny, one, zero):
         """One backward step before its recurrent GEMM (which then overwrites dh): d = dh (+ dy), flushed below tiny
         like gru_bwd_after; da (H, B) = d act'(a), from h = act(a) (H, B) as the portable loop computes it: tanh
-        1 - h h, relu sign(h) (h >= 0: exactly [h > 0]). dy (H, B)
-        feature-major, read only when has_dy. Replaces add(dh, dy^T) (a strided read), mul(dh, act') and the
-        chunk's act' pass."""
+        1 - h h, relu sign(h) (h >= 0: exactly [h > 0]). dy (H, B) feature-major, read only when has_dy. Replaces
+        add(dh, dy^T) (a strided read), mul(dh, act') and the chunk's act' pass."""
         H, B = dh.shape
         for j in range(H):
             for b in range(B):

@@ -460,9 +460,9 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
 def _backward_loop_kernels_before(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers,
                                   dy, tbptt: int, kern):
     """_backward_loop_numpy (reset_before) with the fused CPU kernels (_cpu.py), bit-identical: per step a kernel,
-    the n rows' GEMM, a kernel, the r, z rows' GEMM (10 calls and a share of the chunk's factor pass before). The carried grad is kept as its three
-    terms dhz + (dhp + drr) (dh z, the r, z rows' GEMM, d(r h) r), summed by the next step's kernel in the
-    portable loop's order."""
+    the n rows' GEMM, a kernel, the r, z rows' GEMM (10 calls and a share of the chunk's factor pass before). The
+    carried grad is kept as its three terms dhz + (dhp + drr) (dh z, the r, z rows' GEMM, d(r h) r), summed by the
+    next step's kernel in the portable loop's order."""
     T, H, B = c.cand.shape
     chunk, gates, dgates, dgh, da_n, operands, cand = b.chunk, c.gates, b.dgates, b.dgh, b.da_n, c.operands, c.cand
     dt, dev = c.cand.dtype, device_of(c.cand)

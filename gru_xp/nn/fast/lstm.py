@@ -41,10 +41,13 @@ class FastLSTMCache(LSTMCache):
 
 
 def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, reuse: bool = False,
-                 keep_cache: bool = True):
+                 keep_cache: bool = True, private_cache: bool = False):
     """Same contract as lstm.forward: x (T, B, I), (h0, c0) -> y (T, B, H), (h_T, c_T), cache (FastLSTMCache).
-    keep_cache=False (a forward without gradients): gates and tanh(c) live in one step's buffers, c in one buffer
-    updated in place, only the states h (y) are stored, and the cache returned is None."""
+    keep_cache=False (a forward without gradients): gates and tanh(c) live in one step's buffers, c in two
+    alternating ones, only the states h (y) are stored, and the cache returned is None. private_cache=True (a
+    layer, which keeps a cache only until its next forward): the cache arrays no output is a view of (gates,
+    tanh(c): 5x the output) live in the workspace even without reuse, as in gru_forward; the operands (y) and the
+    cell states (c_T) stay fresh each call."""
     if _common.is_cupy(xp):
         y, sT, cache = _lstm_forward_cupy(xp, p, x, state0, ws=ws, reuse=reuse)
         return y, sT, cache if keep_cache else None
@@ -66,8 +69,9 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     # vectorised by numba)
     cell_states = step_array(xp, ws, reuse, keep_cache, "cell_states", (T + 1, H, B), dt, dev, output=True,
                              period=2)
-    gates = step_array(xp, ws, reuse, keep_cache, "gates", (T, H4, B), dt, dev)  # (T, 4H, B) or one step's
-    tanh_c = step_array(xp, ws, reuse, keep_cache, "tanh_c", (T, H, B), dt, dev)  # (T, H, B) or one step's
+    internal = reuse or private_cache
+    gates = step_array(xp, ws, internal, keep_cache, "gates", (T, H4, B), dt, dev)  # (T, 4H, B) or one step's
+    tanh_c = step_array(xp, ws, internal, keep_cache, "tanh_c", (T, H, B), dt, dev)  # (T, H, B) or one step's
     ops.copy(xp.matrix_transpose(c0), cell_states[0])
     ig = ws.get(xp, "scratch", (H, B), dt, dev)  # (H, B) i ⊙ g
     mul, add, tanh, matmul = ops.mul, ops.add, ops.tanh, ops.matmul
