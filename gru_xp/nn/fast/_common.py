@@ -288,6 +288,12 @@ def _projected_chunks(ops: Ops, w_x, x_ones, proj, row_blocks, arrays):
 
 
 # ---- backward: gate-grad storage, weight grads, input backward -------------------------------------------------
+def chunk_row(t: int, T: int, chunk: int) -> int:
+    """Row of step t in its backward chunk's block of gate grads: t - (its chunk's t0), chunks of `chunk` steps
+    counted from the end (the backward's first chunk is steps T-chunk..T-1)."""
+    return t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)
+
+
 def state_grad(xp, ops: Ops, ws: Workspace, name: str, dstate_T, k: int, shape, dt, dev):
     """(H, B) workspace holding dstate_T[k]^T (zeros when absent)."""
     d = ws.get(xp, name, shape, dt, dev)  # (H, B)

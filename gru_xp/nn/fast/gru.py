@@ -21,10 +21,10 @@ from ..gru import GRUCache
 from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_copy,
-                      feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights, gate_grad_buffer,
-                      input_proj_buffer, input_with_ones, ops_for, projected_steps, recurrent_operands, state_grad,
-                      step_array, unfold_grads)
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row,
+                      feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
+                      gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
+                      recurrent_operands, state_grad, step_array, unfold_grads)
 
 
 @dataclass
@@ -269,10 +269,8 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     if cuda:  # dy feature-major once: every kernel argument contiguous
         dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
         _backward_loop_cupy(xp, ops, c, bufs, dy_fm, tbptt)
-    elif kern is not None and c.reset_after:
-        _backward_loop_kernels(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
     elif kern is not None:
-        _backward_loop_kernels_before(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
+        _backward_loop_kernels(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
     else:
         _backward_loop_numpy(xp, ops, ws, reuse, c, bufs, dy, tbptt)
     _add_recurrent_grads(ops, g, c, bufs)
@@ -372,7 +370,7 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
     def build():  # step t's views: its factors (chunks counted from the end), gate grads, gates
         out = []
         for t in range(T):
-            j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
+            j = chunk_row(t, T, chunk)
             f = factors[j]
             out.append((f[0], f[1], f[2], da_z[j], da_n[j], da_r[j], gates[t, :H], gates[t, H:H2],
                         dn_h[j] if reset_after else None, dgh[j]))
@@ -417,72 +415,35 @@ def _backward_loop_numpy(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCac
 
 def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers, dy,
                            tbptt: int, kern):
-    """_backward_loop_numpy (reset_after) with the fused CPU kernels (_cpu.py), bit-identical: per step one kernel
-    (the step's factors computed inside it) and the recurrent GEMM; dh is carried as dhz + dhp (b.dh holds dh z)."""
-    T, H = c.cand.shape[0], c.cand.shape[1]
-    chunk, gates, dgates, dgh, operands, cand = b.chunk, c.gates, b.dgates, b.dgh, c.operands, c.cand
-
-    def build():  # step t's views: gate grads (chunks counted from the end), gates, h_{t-1}, n
-        out = []
-        for t in range(T):
-            j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
-            out.append((dgates[j], dgh[j], gates[t], operands[t, :H, :], cand[t]))
-        return out
-
-    key = (T, chunk, b.dgates_id, id(gates), id(operands), id(cand))
-    # cached only when every array they view is the workspace's (reuse): a layer's operands are its own each call,
-    # and cached views would keep the last ones alive
-    step_views = ws.views("bwd_kernels", key, build) if reuse else build()
-    one, tiny = c.cand.dtype.type(1.0), c.cand.dtype.type(flush_threshold(xp, c.cand.dtype))
-    dhz, dhp, matmul, w_hh_t, step = b.dh, b.dhp, ops.matmul, b.w_hh_t, kern.gru_bwd_after
-    dy_fm = None if dy is None else ws.get(xp, "dy_fm_chunk", (chunk, H, c.cand.shape[2]), c.cand.dtype,
-                                           device_of(c.cand))  # (chunk, H, B) a chunk of dy^T
-    unused = ws.get(xp, "kernel_unused", (1, 1), c.cand.dtype, device_of(c.cand))  # (1, 1) for an absent dy
-    ops.fill(dhp, 0.0)
-    t1 = T
-    while t1 > 0:
-        t0 = max(0, t1 - chunk)
-        if dy_fm is not None:
-            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
-        for t in range(t1 - 1, t0 - 1, -1):
-            dgates_t, dgh_t, gates_t, h_prev, n_t = step_views[t]
-            step(dhz, dhp, unused if dy_fm is None else dy_fm[t - t0], dy_fm is not None, gates_t, h_prev, n_t,
-                 dgates_t, tiny, one)
-            matmul(w_hh_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
-            if tbptt and cut(tbptt, T, t):
-                ops.fill(dhz, 0.0)
-                ops.fill(dhp, 0.0)
-        _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
-        t1 = t0
-    ops.add(dhz, dhp, out=b.dh)  # dh_0 = dh z + dhp, as the portable loop ends
-
-
-def _backward_loop_kernels_before(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUCache, b: _BackwardBuffers,
-                                  dy, tbptt: int, kern):
-    """_backward_loop_numpy (reset_before) with the fused CPU kernels (_cpu.py), bit-identical: per step a kernel,
-    the n rows' GEMM, a kernel, the r, z rows' GEMM (10 calls and a share of the chunk's factor pass before). The
-    carried grad is kept as its three terms dhz + (dhp + drr) (dh z, the r, z rows' GEMM, d(r h) r), summed by the
-    next step's kernel in the portable loop's order."""
+    """_backward_loop_numpy with the fused CPU kernels (_cpu.py), bit-identical, each step's factors computed inside
+    its kernel. reset_after: per step one kernel and the recurrent GEMM (8 calls and a share of the chunk's factor
+    pass before); dh is carried as dhz + dhp (b.dh holds dh z). reset_before: per step a kernel, the n rows' GEMM, a
+    kernel, the r, z rows' GEMM (10 calls before); dh is carried as dhz + (dhp + drr) (dh z, the r, z rows' GEMM,
+    d(r h) r), summed by the next step's kernel in the portable loop's order."""
     T, H, B = c.cand.shape
     chunk, gates, dgates, dgh, da_n, operands, cand = b.chunk, c.gates, b.dgates, b.dgh, b.da_n, c.operands, c.cand
-    dt, dev = c.cand.dtype, device_of(c.cand)
+    dt, dev, after = c.cand.dtype, device_of(c.cand), c.reset_after
 
     def build():  # step t's views: gate grads (chunks counted from the end), gates, h_{t-1}, n
         out = []
         for t in range(T):
-            j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
+            j = chunk_row(t, T, chunk)
             out.append((dgates[j], dgh[j], da_n[j], gates[t], operands[t, :H, :], cand[t]))
         return out
 
-    key = (T, chunk, b.dgates_id, id(gates), id(operands), id(cand))
-    step_views = ws.views("bwd_kernels_before", key, build) if reuse else build()  # cached only under reuse
+    key = (T, chunk, after, b.dgates_id, id(gates), id(operands), id(cand))
+    # cached only when every array they view is the workspace's (reuse): a layer's operands are its own each call,
+    # and cached views would keep the last ones alive
+    step_views = ws.views("bwd_kernels", key, build) if reuse else build()
     one, tiny = dt.type(1.0), dt.type(flush_threshold(xp, dt))
     dhz, dhp, drh, matmul, w_hh_t, w_n_t = b.dh, b.dhp, b.drh, ops.matmul, b.w_hh_t, b.w_n_t
-    zn_kernel, r_kernel = kern.gru_bwd_before_zn, kern.gru_bwd_before_r
-    dh = ws.get(xp, "dh_step", (H, B), dt, dev)  # (H, B) the step's whole dh
-    drr = ops.fill(ws.get(xp, "drr", (H, B), dt, dev), 0.0)  # (H, B) d(r ⊙ h) ⊙ r of the step after
     dy_fm = None if dy is None else ws.get(xp, "dy_fm_chunk", (chunk, H, B), dt, dev)  # (chunk, H, B) dy^T
     unused = ws.get(xp, "kernel_unused", (1, 1), dt, dev)  # (1, 1) for an absent dy
+    carried = (dhz, dhp)
+    if not after:
+        dh = ws.get(xp, "dh_step", (H, B), dt, dev)  # (H, B) the step's whole dh
+        drr = ops.fill(ws.get(xp, "drr", (H, B), dt, dev), 0.0)  # (H, B) d(r ⊙ h) ⊙ r of the step after
+        carried = (dhz, dhp, drr)
     ops.fill(dhp, 0.0)
     t1 = T
     while t1 > 0:
@@ -491,18 +452,24 @@ def _backward_loop_kernels_before(xp, ops: Ops, ws: Workspace, reuse: bool, c: F
             ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
         for t in range(t1 - 1, t0 - 1, -1):
             dgates_t, dgh_t, da_n_t, gates_t, h_prev, n_t = step_views[t]
-            zn_kernel(dhz, dhp, drr, unused if dy_fm is None else dy_fm[t - t0], dy_fm is not None, gates_t, h_prev,
-                      n_t, dgates_t, dh, tiny, one)
-            matmul(w_n_t, da_n_t, drh)  # (H, H) @ (H, B): d(r ⊙ h)
-            r_kernel(drh, gates_t, h_prev, dh, dgates_t, dhz, drr, one)
-            matmul(w_hh_t, dgh_t, dhp)  # (H, 2H) @ (2H, B)
+            dy_t = unused if dy_fm is None else dy_fm[t - t0]
+            if after:
+                kern.gru_bwd_after(dhz, dhp, dy_t, dy_fm is not None, gates_t, h_prev, n_t, dgates_t, tiny, one)
+                matmul(w_hh_t, dgh_t, dhp)  # (H, 3H) @ (3H, B)
+            else:
+                kern.gru_bwd_before_zn(dhz, dhp, drr, dy_t, dy_fm is not None, gates_t, h_prev, n_t, dgates_t, dh,
+                                       tiny, one)
+                matmul(w_n_t, da_n_t, drh)  # (H, H) @ (H, B): d(r ⊙ h)
+                kern.gru_bwd_before_r(drh, gates_t, h_prev, dh, dgates_t, dhz, drr, one)
+                matmul(w_hh_t, dgh_t, dhp)  # (H, 2H) @ (2H, B)
             if tbptt and cut(tbptt, T, t):
-                for a in (dhz, dhp, drr):
+                for a in carried:
                     ops.fill(a, 0.0)
         _chunk_weight_grads(xp, ops, c, b, t0, t1, t0)
         t1 = t0
-    ops.add(dhp, drr, out=dhp)
-    ops.add(dhz, dhp, out=b.dh)  # dh_0 = dh z + (dhp + d(r ⊙ h) r), as the portable loop ends
+    if not after:
+        ops.add(dhp, drr, out=dhp)
+    ops.add(dhz, dhp, out=b.dh)  # dh_0 = dh z + dhp (+ d(r ⊙ h) r), as the portable loop ends
 
 
 def _backward_loop_cupy(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, dy_fm, tbptt: int):

@@ -19,9 +19,10 @@ from ..lstm import LSTMCache
 from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, feature_major_copy,
-                      feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights, gate_grad_buffer,
-                      ops_for, recurrent_operands, state_grad, step_array, unfold_grads, weight_grad_buffers)
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row,
+                      feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
+                      gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array, unfold_grads,
+                      weight_grad_buffers)
 
 
 def _lstm_blocks(H: int):
@@ -244,7 +245,7 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     def build():  # step t's views: its factors (chunks counted from the end), gate grads, forget gate
         out = []
         for t in range(T):
-            j = t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)  # t - (its chunk's t0)
+            j = chunk_row(t, T, chunk)
             f = factors[j]
             out.append((f[0], f[1], f[2], f[3], f[4], by_gate[j, 0], by_gate[j, 1], by_gate[j, 2], by_gate[j, 3],
                         forget[t], dgates[j]))
