@@ -227,7 +227,7 @@ def test_flush_subnormals_zeroes_only_what_is_below_the_threshold():
 
 
 @pytest.mark.parametrize("path", ["portable", "kernels"])
-@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh"])
+@pytest.mark.parametrize("cell", ["gru", "gru_reset_before", "lstm", "rnn_tanh"])
 def test_long_sequences_flush_vanishing_grads_and_agree_with_the_reference(cell, path, monkeypatch):
     """T 300 from the last state only: the carried grad vanishes below the flush threshold long before step 0 (the
     reference keeps its tiny and subnormal crumbs, the fast path zeroes them, which keeps the CPU off its slow path:
@@ -239,8 +239,8 @@ def test_long_sequences_flush_vanishing_grads_and_agree_with_the_reference(cell,
     if path == "portable":
         monkeypatch.setattr(_common, "CHUNK_ELEMS", 8 * B * H)
         monkeypatch.setitem(_cpu.STATE, "k", None)
-    elif cell == "rnn_tanh" or _cpu.kernels() is None:
-        pytest.skip("no CPU kernel for this cell" if cell == "rnn_tanh" else "numba not installed")
+    elif _cpu.kernels() is None:
+        pytest.skip("numba not installed")
     else:
         monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
     rng = np.random.default_rng(0)
