@@ -17,8 +17,8 @@ import gru_xp
 from gru_xp.backend import resolve, to_host
 from gru_xp.model import Forecaster
 from gru_xp.nn._cell import CellParams
-from gru_xp.nn.fast import (Workspace, _common, _cpu, counted_cpu_kernels, gru as fgru, lstm as flstm, portable_loops,
-                             rnn as frnn)
+from gru_xp.nn.fast import (Workspace, _common, _cpu, _cpu_blas, counted_cpu_kernels, gru as fgru, lstm as flstm,
+                             per_step_kernels, portable_loops, rnn as frnn, whole_sequence_backward)
 from gru_xp.nn.optim import Adam
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
@@ -26,15 +26,20 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reaso
 
 @pytest.fixture
 def kernels_on_off(monkeypatch):
-    """-> switch(on): the kernels (counted: switch(True) returns an object whose .calls counts each kernel's calls)
-    for every size (MIN_STEP_ELEMS 0), or the portable loops (switch(False) returns None)."""
+    """-> switch(on, whole=False): the kernels (counted: switch(True) returns an object whose .calls counts each
+    kernel's calls) for every size (MIN_STEP_ELEMS 0), step by step (per_step_kernels: the GRU's whole-sequence
+    backward off, so that every result is bit-identical to the portable loops) or, whole=True, with it; or the
+    portable loops (switch(False) returns None)."""
     monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
     assert _cpu.kernels() is not None
     with contextlib.ExitStack() as stack:
-        def switch(on: bool):
+        def switch(on: bool, whole: bool = False):
             stack.close()  # leave the previous mode
             if on:
-                return SimpleNamespace(calls=stack.enter_context(counted_cpu_kernels()))
+                calls = stack.enter_context(counted_cpu_kernels())
+                if not whole:
+                    stack.enter_context(per_step_kernels())
+                return SimpleNamespace(calls=calls)
             stack.enter_context(portable_loops())
             return None
 
@@ -263,6 +268,7 @@ def test_rnn_kernel_bit_identical_to_the_portable_path(kernels_on_off, monkeypat
 
 KERNEL_CELLS = {  # name -> (layer factory, a backward kernel that must run, torch has the cell)
     "gru": (lambda **kw: gru_xp.GRU(3, 4, **kw), "gru_bwd_after", True),
+    "gru_whole_sequence": (lambda **kw: gru_xp.GRU(3, 4, **kw), "gru_bwd_seq_float64", True),
     "gru_reset_before": (lambda **kw: gru_xp.GRU(3, 4, reset_after=False, **kw), "gru_bwd_before_r", False),
     "lstm": (lambda **kw: gru_xp.LSTM(3, 4, **kw), "lstm_bwd", True),
     "rnn_tanh": (lambda **kw: gru_xp.RNN(3, 4, **kw), "rnn_bwd", True),
@@ -278,7 +284,10 @@ def test_kernel_paths_against_finite_differences_and_torch(kernels_on_off, cell)
     from gru_xp.check import finite_difference, random_problem, randomize_params, rel_err, torch_parity
 
     make, kernel, in_torch = KERNEL_CELLS[cell]
-    counting = kernels_on_off(True)
+    whole = kernel.startswith("gru_bwd_seq")
+    if whole and not whole_sequence_backward("float64"):
+        pytest.skip("NumPy's BLAS is not reachable here: no whole-sequence backward")
+    counting = kernels_on_off(True, whole=whole)
     layer = make(num_layers=2, bidirectional=True, dtype="float64", seed=0)
     randomize_params(layer, seed=1)
     problem = random_problem(layer, T=4, B=3, seed=2)
@@ -289,3 +298,138 @@ def test_kernel_paths_against_finite_differences_and_torch(kernels_on_off, cell)
         pytest.importorskip("torch")
         errs = torch_parity(layer, *problem)
         assert max(errs.values()) < 1e-10, errs
+
+
+# ---- the GRU's backward as one call on NumPy's BLAS (_cpu_blas.py) -------------------------------------------------
+needs_blas = pytest.mark.skipif(importlib.util.find_spec("numba") is None or not whole_sequence_backward("float64"),
+                                reason="no whole-sequence backward here (numba, or NumPy's bundled OpenBLAS, missing)")
+
+
+def _close(a, b, dtype):
+    """Agreement to rounding: relative to the larger array's scale, 1e-12 (float64) or 2e-6 (float32)."""
+    scale = max(float(np.max(np.abs(b), initial=0.0)), 1e-30)
+    err = float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b), initial=0.0)) / scale
+    assert err <= (1e-12 if dtype == "float64" else 2e-6), err
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (7, 4, 3, 5), (20, 64, 1, 32), (10, 256, 1, 70)])
+@pytest.mark.parametrize("tbptt,with_dy", [(0, True), (0, False), (3, True)])
+def test_whole_sequence_backward_against_the_portable_path(kernels_on_off, dtype, T, B, I, H, tbptt, with_dy):
+    """The whole-sequence backward against the portable loops: the forward bit for bit (it is the per-step
+    kernels'), dx, dh0 and every grad to rounding (dW sums its terms in another order); with a reused workspace
+    too; the kernel counted: one call a backward, and gru_bwd_after never through Python."""
+    be = resolve("cpu", dtype)
+    p, x, h0, dy, dhT = _problem(be, T, B, I, H, seed=T + H)
+    dy = dy if with_dy else None
+    runs = []
+    for on in (False, True):
+        counting = kernels_on_off(on, whole=True)
+        ws = Workspace()
+        runs.append([_run(be, p, x, h0, dy, dhT, tbptt, ws, True) for _ in range(2)])  # 2nd reuses ws
+    assert counting.calls[f"gru_bwd_seq_{dtype}"] == 2 and "gru_bwd_after" not in counting.calls
+    n_fwd = 4  # y and h_T without, then with a cache
+    for run_off, run_on in zip(runs[0], runs[1]):
+        for k, (a, b) in enumerate(zip(run_on, run_off)):
+            if k < n_fwd:
+                np.testing.assert_array_equal(a, b)
+            else:
+                _close(a, b, dtype)
+
+
+@needs_blas
+def test_whole_sequence_backward_without_dx_and_with_a_reference_cache(kernels_on_off):
+    """input_grad=False: no dx (None), the same grads; a cache from the reference forward still goes to the
+    reference backward (the kernel does not run)."""
+    from gru_xp.nn import gru as rgru
+
+    be = resolve("cpu", "float64")
+    p, x, h0, dy, dhT = _problem(be, 6, 8, 2, 5, seed=3)
+    counting = kernels_on_off(True, whole=True)
+    grads = []
+    for input_grad in (True, False):
+        g = CellParams(*(be.zeros(a.shape) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
+        _, _, c = fgru.gru_forward(be.xp, p, x, (h0,))
+        dx, (dh0,) = fgru.gru_backward(be.xp, p, c, dy, (dhT,), g, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append([np.array(a) for a in (dh0, g.w_ih, g.w_hh, g.b_ih, g.b_hh)])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+    assert counting.calls["gru_bwd_seq_float64"] == 2
+    g = CellParams(*(be.zeros(a.shape) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)))
+    _, _, c = rgru.forward(be.xp, p, x, (h0,))
+    fgru.gru_backward(be.xp, p, c, dy, (dhT,), g)
+    assert counting.calls["gru_bwd_seq_float64"] == 2
+    for a, b in zip(grads[0][1:], (g.w_ih, g.w_hh, g.b_ih, g.b_hh)):
+        _close(a, np.array(b), "float64")
+
+
+@needs_blas
+@pytest.mark.parametrize("L,bi", [(1, False), (2, True)])
+def test_layer_and_forecaster_with_the_whole_sequence_backward(kernels_on_off, L, bi):
+    """Through the public layer (stacked, bidirectional, variable lengths) and a Forecaster's training steps with
+    Adam: the whole-sequence backward agrees with the portable loops to rounding, and it did run."""
+    rng = np.random.default_rng(5)
+    x, dy = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 2 * 6 if bi else 6))
+    lengths = np.array([9, 4, 1, 7, 9])
+    batches = [(rng.standard_normal((7, 5, 2)), rng.standard_normal((5, 3))) for _ in range(3)]
+    out = []
+    for on in (False, True):
+        counting = kernels_on_off(on, whole=True)
+        layer = gru_xp.GRU(3, 6, num_layers=L, bidirectional=bi, dtype="float64", seed=2)
+        layer.zero_grad()
+        y, hn = layer.forward(x, lengths=lengths)
+        dx, dh0 = layer.backward(dy, hn)
+        res = [np.array(to_host(a)) for a in (y, hn, dx, dh0)] + [np.array(v) for v in layer.grads.values()]
+        m = Forecaster("gru", 2, 6, 3, dtype="float64", seed=1, num_layers=L, bidirectional=bi)
+        opt = Adam(1e-2)
+        for xb, yb in batches:
+            res.append(np.array(to_host(m.loss_and_grads(xb, yb))))
+            opt.step(m.backend.xp, m.params, m.grads)
+        out.append(res + [np.array(v) for v in m.params.values()])
+    assert counting.calls["gru_bwd_seq_float64"] == L * (2 if bi else 1) * (1 + 3)
+    for a, b in zip(out[1], out[0]):
+        _close(a, b, "float64")
+
+
+def test_whole_sequence_backward_is_optional(monkeypatch):
+    """No OpenBLAS next to NumPy (a conda or macOS build), or GRU_XP_CPU_SEQ=0: no whole-sequence kernels, and the
+    GRU's backward runs on the per-step kernels (counted) with the same results as the reference."""
+    from gru_xp.check import finite_difference, random_problem, randomize_params, rel_err
+
+    monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
+    for env, paths in (("1", []), ("0", None)):
+        monkeypatch.setenv("GRU_XP_CPU_SEQ", env)
+        monkeypatch.setattr(_cpu_blas, "STATE", {})
+        if paths is not None:
+            monkeypatch.setattr(_cpu_blas, "_library_paths", lambda: paths)
+        assert _cpu_blas.gemm() is None
+        monkeypatch.setattr(_cpu, "STATE", {})
+        if _cpu.kernels() is None:
+            pytest.skip("numba not installed")
+        assert not whole_sequence_backward("float32") and not whole_sequence_backward("float64")
+        with counted_cpu_kernels() as calls:
+            layer = gru_xp.GRU(3, 4, num_layers=2, bidirectional=True, dtype="float64", seed=0)
+            randomize_params(layer, seed=1)
+            res = finite_difference(layer, *random_problem(layer, T=4, B=3, seed=2))
+        assert max(rel_err(a, n) for a, n in res.values()) < 1e-7, res
+        assert calls["gru_bwd_after"] > 0 and not any(k.startswith("gru_bwd_seq") for k in calls)
+    monkeypatch.setattr(_cpu, "STATE", {})
+
+
+@needs_blas
+def test_numpy_blas_found_is_numpys_own():
+    """The gemm found multiplies like NumPy's matmul (same library: results bit for bit on a small product), for
+    both dtypes, with the row-major, transposed-B call the kernel makes."""
+    import ctypes
+
+    for dtype in ("float32", "float64"):
+        rng = np.random.default_rng(0)
+        a, b = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((3, 7)).astype(dtype)
+        c = np.zeros((5, 3), dtype=dtype)
+        one, zero = np.dtype(dtype).type(1), np.dtype(dtype).type(0)
+        _cpu_blas.gemm()[dtype](_cpu_blas.ROW_MAJOR, _cpu_blas.NO_TRANS, _cpu_blas.TRANS, 5, 3, 7, one,
+                                a.ctypes.data_as(ctypes.c_void_p), 7, b.ctypes.data_as(ctypes.c_void_p), 7, zero,
+                                c.ctypes.data_as(ctypes.c_void_p), 3)
+        np.testing.assert_allclose(c, a @ b.T, rtol=1e-5 if dtype == "float32" else 1e-13)

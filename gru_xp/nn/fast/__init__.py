@@ -27,6 +27,28 @@ def portable_loops():
 
 
 @contextmanager
+def per_step_kernels():
+    """Inside: the fused CPU kernels run step by step as before the whole-sequence GRU backward (_cpu_blas.py), which
+    is off: a comparison bit for bit with the portable loops (the whole-sequence backward sums dW in another order)."""
+    kern = _cpu.kernels()
+    if kern is None:
+        yield
+        return
+    proxy = type(kern)(**{n: None if n.startswith(SEQUENCE_KERNELS) else f for n, f in vars(kern).items()})
+    with _kernels_replaced(proxy):
+        yield
+
+
+SEQUENCE_KERNELS = "gru_bwd_seq_"  # name prefix of the whole-sequence kernels among _cpu.kernels()' attributes
+
+
+def whole_sequence_backward(dtype_name: str = "float32") -> bool:
+    """True when the GRU's backward (reset_after) runs as one call on NumPy's BLAS (_cpu_blas.py) for that dtype."""
+    kern = _cpu.kernels()
+    return kern is not None and getattr(kern, SEQUENCE_KERNELS + dtype_name, None) is not None
+
+
+@contextmanager
 def counted_cpu_kernels():
     """Inside: the fused CPU kernels as usual, each call counted; yields {kernel name: calls} (so a comparison knows
     the kernels really ran). Empty when the kernels are off."""
@@ -42,7 +64,7 @@ def counted_cpu_kernels():
             return f(*a)
         return call
 
-    proxy = type(kern)(**{n: counted(n, f) for n, f in vars(kern).items()})
+    proxy = type(kern)(**{n: None if f is None else counted(n, f) for n, f in vars(kern).items()})
     with _kernels_replaced(proxy):
         yield calls
 

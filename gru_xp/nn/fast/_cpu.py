@@ -20,6 +20,8 @@ from __future__ import annotations
 import importlib
 import os
 
+from . import _cpu_blas
+
 STATE: dict = {}
 MIN_STEP_ELEMS = 1024  # B·H of a step from which the kernels run: below, loading numba (~0.4 s a process) buys little
 
@@ -50,7 +52,11 @@ def _build():
     except ImportError:
         return None
     jit = numba.njit(cache=True, nogil=True)
-    return _Kernels(**_gru_kernels(jit), **_lstm_kernels(jit), **_rnn_kernels(jit))
+    gru = _gru_kernels(jit)
+    gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence backward, or None
+    seq = {f"gru_bwd_seq_{dt}": None if gemm is None else
+           _cpu_blas.build_gru_backward(numba, gru["gru_bwd_after"], gemm[dt]) for dt in ("float32", "float64")}
+    return _Kernels(**gru, **seq, **_lstm_kernels(jit), **_rnn_kernels(jit))
 
 
 def _gru_kernels(jit) -> dict:

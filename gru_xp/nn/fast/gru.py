@@ -20,7 +20,7 @@ from array_api_compat import device as device_of
 from ..gru import GRUCache
 from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
-from . import _common, _cpu
+from . import _common, _cpu, _cpu_blas
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row,
                       feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
                       gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
@@ -265,6 +265,10 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     cuda = _common.is_cupy(xp)
     step_elems = c.cand.shape[1] * c.cand.shape[2]  # H·B
     kern = _cpu.kernels() if not cuda and _cpu.usable(xp, step_elems) else None
+    seq = getattr(kern, f"gru_bwd_seq_{c.x.dtype}", None) if kern is not None and c.reset_after and \
+        c.x_in_operands else None
+    if seq is not None:  # the whole time loop in one call (_cpu_blas.py)
+        return _backward_sequence(xp, ops, ws, reuse, p, c, dy, dstate_T, g, tbptt, input_grad, seq)
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda, factors=kern is None)
     if cuda:  # dy feature-major once: every kernel argument contiguous
         dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
@@ -273,10 +277,41 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
         _backward_loop_kernels(xp, ops, ws, reuse, c, bufs, dy, tbptt, kern)
     else:
         _backward_loop_numpy(xp, ops, ws, reuse, c, bufs, dy, tbptt)
-    _add_recurrent_grads(ops, g, c, bufs)
+    _add_recurrent_grads(ops, g, c, bufs.dw, bufs.dw_n)
     # input weights: every row (CuPy layout) or the n rows; reset_before: b_hn is additive, same grad as b_in
     dx = bufs.input_bwd.finish(g, b_hh=not c.reset_after)
     return dx, (xp.asarray(xp.matrix_transpose(bufs.dh), copy=True),)
+
+
+def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dy, dstate_T,
+                       g: CellParams, tbptt: int, input_grad: bool, seq):
+    """gru_backward through _cpu_blas's whole-sequence kernel `seq` (reset_after, x in the operands, NumPy): the
+    buffers, one call, then the grads into g. Same contract and returns as gru_backward."""
+    T, H, B = c.cand.shape
+    I = c.x_ones.shape[1] - 1
+    dev, dt = device_of(c.x), c.x.dtype
+    H2, H3 = 2 * H, 3 * H
+    dhz = state_grad(xp, ops, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dh z, starts as dh_T
+    dhp = ops.fill(ws.get(xp, "dhp", (H, B), dt, dev), 0.0)  # (H, B) the recurrent GEMM's output
+    unused = ws.get(xp, "seq_unused", (T, 1, 1), dt, dev)  # (T, 1, 1) stands in for an absent dy or dx
+    dy_fm = unused if dy is None else feature_major_copy(xp, ops, ws, "dy_fm", dy, dt, dev)  # (T, H, B)
+    dgates = ws.get(xp, "dgates_step", (4 * H, B), dt, dev)  # (4H, B) one step's [n_h | r | z | n_i]
+    w_hh_t = ws.get(xp, "w_hh_nrz_t", (H, H3), dt, dev)  # (H, 3H) (W_hh rows n, r, z)^T
+    ops.copy(xp.matrix_transpose(p.w_hh[H2:, :]), w_hh_t[:, :H])
+    ops.copy(xp.matrix_transpose(p.w_hh[:H2, :]), w_hh_t[:, H:])
+    w_ih_t = ops.copy(xp.matrix_transpose(p.w_ih), ws.get(xp, "w_ih_t", (I, H3), dt, dev))  # (I, 3H) torch's order
+    dw = ops.fill(ws.get(xp, "dw", (H3, H + I + 1), dt, dev), 0.0)  # (3H, n_cols) rows n, r, z x [h | x | 1]
+    dw_in = ops.fill(ws.get(xp, "dw_in", (H, I + 1), dt, dev), 0.0)  # (H, I+1) n rows x [x | 1]
+    dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
+    cut_steps = xp.asarray([bool(tbptt) and cut(tbptt, T, t) for t in range(T)], dtype=xp.bool, device=dev)  # (T,)
+    seq(dhz, dhp, dy_fm, dy is not None, cut_steps, c.gates, c.operands, c.cand, dgates, w_hh_t, w_ih_t, dw, dw_in,
+        dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
+    _add_recurrent_grads(ops, g, c, dw, None)
+    ops.add(g.w_ih[H2:, :], dw_in[:, :I], out=g.w_ih[H2:, :])  # the n rows' input weights and b_in
+    ops.add(g.b_ih[H2:], dw_in[:, I], out=g.b_ih[H2:])
+    dh0 = ops.add(dhz, dhp, out=dhz)  # (H, B) dh_0
+    dx_out = xp.permute_dims(dx, (0, 2, 1)) if input_grad else None  # (T, B, I) view
+    return dx_out, (xp.asarray(xp.matrix_transpose(dh0), copy=True),)
 
 
 def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dstate_T,
@@ -516,14 +551,15 @@ def _chunk_weight_grads(xp, ops: Ops, c: FastGRUCache, b: _BackwardBuffers, t0: 
     b.input_bwd.add_chunk(t0, t1, b.dgi[r0:r1])
 
 
-def _add_recurrent_grads(ops: Ops, g: CellParams, c: FastGRUCache, b: _BackwardBuffers):
-    """Accumulate the recurrent weight grads into g. dw rows [n | r | z] (reset_after) or [r | z] (+ dw_n) x columns
-    [h | x | 1] or [h | 1] or [h]; the ones column is each bias's grad (b_ih = b_hh for r, z)."""
+def _add_recurrent_grads(ops: Ops, g: CellParams, c: FastGRUCache, dw, dw_n_rh):
+    """Accumulate the recurrent weight grads into g. dw rows [n | r | z] (reset_after) or [r | z] (+ dw_n_rh, the n
+    rows x (r ⊙ h)) x columns [h | x | 1] or [h | 1] or [h]; the ones column is each bias's grad (b_ih = b_hh for
+    r, z)."""
     H = c.cand.shape[1]
     I = c.x_ones.shape[1] - 1
-    H2, reset_after, dw, add = 2 * H, c.reset_after, b.dw, ops.add
+    H2, reset_after, add = 2 * H, c.reset_after, ops.add
     ones_col = H + I if c.x_in_operands else (H if reset_after else None)  # the ones column, if any
-    dw_rz, dw_n = (dw[H:], dw[:H, :H]) if reset_after else (dw, b.dw_n)
+    dw_rz, dw_n = (dw[H:], dw[:H, :H]) if reset_after else (dw, dw_n_rh)
     if c.x_in_operands:  # r, z rows: [W_hh | W_ih | b] as folded by the forward
         unfold_grads(ops, g, dw_rz, ((slice(0, H2), slice(0, H2)),), H, I)
     else:
