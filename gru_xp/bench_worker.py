@@ -44,6 +44,7 @@ def _machine(threads: int) -> dict:
     import torch
 
     import gru_xp
+    from gru_xp.nn.fast import cpu_kernels, whole_sequence_backward
 
     cpu = platform.processor() or ""
     try:
@@ -75,6 +76,8 @@ def _machine(threads: int) -> dict:
         "numpy_blas": blas,
         "torch": torch.__version__,
         "gru_xp": gru_xp.__version__,
+        "cpu_kernels": cpu_kernels(),  # 'numba X.Y.Z' when the fused CPU kernels ran, else None
+        "gru_backward_one_call": whole_sequence_backward("float32"),  # the GRU's backward on NumPy's BLAS in one call
         "loadavg_start": list(os.getloadavg()),
     }
 

@@ -34,7 +34,8 @@ def test_every_benchmark_script_loads():
 
 def test_gemm_floor_runs_and_writes_its_rows(tmp_path):
     """The floor script as the README runs it, at its smallest: one row, one kind, one block per side; the JSON
-    has a row per (row, kind) with positive times, and the floor (GEMMs alone) below the whole forward."""
+    has a row per (row, kind) with positive times and its ratio (no claim on which time is smaller: speed is for
+    benchmarks, and one block on a busy machine can put the GEMMs-only loop above the forward)."""
     import json
 
     out = tmp_path / "floor.json"
@@ -44,7 +45,7 @@ def test_gemm_floor_runs_and_writes_its_rows(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(x["row"], x["kind"], x["threads"]) for x in rows] == [("H32", "infer", 1)]
     x = rows[0]
-    assert 0 < x["gemms_ms"] < x["gru_xp_ms"] and x["torch_ms"] > 0
+    assert x["gemms_ms"] > 0 and x["gru_xp_ms"] > 0 and x["torch_ms"] > 0
     assert x["ratio"] == round(x["gru_xp_ms"] / x["torch_ms"], 4)
     bad = subprocess.run([sys.executable, "benchmarks/gemm_floor.py", "--kinds", "nope"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)

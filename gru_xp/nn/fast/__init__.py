@@ -26,6 +26,9 @@ def portable_loops():
         yield
 
 
+SEQUENCE_KERNELS = "gru_bwd_seq_"  # name prefix of the whole-sequence kernels among _cpu.kernels()' attributes
+
+
 @contextmanager
 def per_step_kernels():
     """Inside: the fused CPU kernels run step by step as before the whole-sequence GRU backward (_cpu_blas.py), which
@@ -37,9 +40,6 @@ def per_step_kernels():
     proxy = type(kern)(**{n: None if n.startswith(SEQUENCE_KERNELS) else f for n, f in vars(kern).items()})
     with _kernels_replaced(proxy):
         yield
-
-
-SEQUENCE_KERNELS = "gru_bwd_seq_"  # name prefix of the whole-sequence kernels among _cpu.kernels()' attributes
 
 
 def whole_sequence_backward(dtype_name: str = "float32") -> bool:

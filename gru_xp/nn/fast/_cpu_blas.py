@@ -5,8 +5,8 @@ Legend: T steps, B batch, I inputs, H hidden, n_cols = H+I+1; arrays feature-maj
 Why: with the per-step kernels of _cpu.py the backward still makes ~5 Python-level calls a step, and it gathers the
 weight grads as batched per-step terms added up afterwards (a (3H, n_cols) add per step). Here the whole time loop is
 one compiled call, and each step's weight-grad GEMM accumulates straight into dW (BLAS with beta = 1). Measured
-(benchmarks/NOTES.md, "The GRU backward as one call"): the layer's backward 20-30 % faster at (50, 64, 1, 32) and
-(100, 128, 8, 256), even at the seed shape.
+(benchmarks/NOTES.md, "The GRU backward as one call"): the public layer's forward + backward 3-23 % faster, at every
+benchmark shape and both thread counts.
 
 The BLAS is the OpenBLAS that NumPy ships and has loaded (the same library object: one thread pool, the thread count
 the user set), found next to NumPy's package and called through ctypes (loaded with importlib, as numba is in
