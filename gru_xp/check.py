@@ -294,10 +294,13 @@ def _cpu_kernel_rows() -> list[Row]:
     cells = [("GRU", partial(GRU, reset_after=True), "gru_bwd_after", counted_per_step, True),
              ("GRU reset_after=False", partial(GRU, reset_after=False), "gru_bwd_before_zn", counted_cpu_kernels,
               True),
-             ("LSTM", LSTM, "lstm_bwd", counted_cpu_kernels, True), ("RNN tanh", RNN, "rnn_bwd", counted_cpu_kernels,
-                                                                     True),
+             ("LSTM", LSTM, "lstm_bwd", counted_per_step, True), ("RNN tanh", RNN, "rnn_bwd", counted_cpu_kernels,
+                                                                  True),
              ("RNN relu", partial(RNN, nonlinearity="relu"), "rnn_bwd", counted_cpu_kernels, True)]
-    if whole_sequence_backward("float64"):
+    if whole_sequence_backward("float64", "lstm"):
+        cells.insert(3, ("LSTM, backward as one call on NumPy's BLAS", LSTM, "lstm_bwd_seq_float64",
+                         counted_cpu_kernels, False))
+    if whole_sequence_backward("float64", "gru"):
         cells.insert(1, ("GRU, backward as one call on NumPy's BLAS", partial(GRU, reset_after=True),
                          "gru_bwd_seq_float64", counted_cpu_kernels, False))
     for label, cls, backward_kernel, counting, exact in cells:

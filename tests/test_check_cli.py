@@ -52,8 +52,9 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
     from gru_xp.nn.fast import _cpu, whole_sequence_backward
 
     whole = "GRU, backward as one call on NumPy's BLAS"
-    cells = ["GRU"] + ([whole] if whole_sequence_backward("float64") else []) + [
-        "GRU reset_after=False", "LSTM", "RNN tanh", "RNN relu"]
+    whole_lstm = "LSTM, backward as one call on NumPy's BLAS"
+    cells = ["GRU"] + ([whole] if whole_sequence_backward("float64") else []) + ["GRU reset_after=False", "LSTM"] + (
+        [whole_lstm] if whole_sequence_backward("float64", "lstm") else []) + ["RNN tanh", "RNN relu"]
 
     def failing():  # the cells with a failing row
         rows = check._cpu_kernel_rows()
@@ -102,6 +103,16 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
 
         monkeypatch.setattr(kern, "gru_bwd_seq_float64", dw_off)  # only the whole-sequence backward is wrong
         assert failing() == {whole}
+        monkeypatch.undo()
+    if whole_lstm in cells:
+        orig_lstm = kern.lstm_bwd_seq_float64
+
+        def dc_off(*args):  # args[1]: dc, the carried cell-state grad (dc_0 at the end)
+            orig_lstm(*args)
+            args[1][0, 0] += 1e-9
+
+        monkeypatch.setattr(kern, "lstm_bwd_seq_float64", dc_off)  # only the LSTM's one-call backward is wrong
+        assert failing() == {whole_lstm}
         monkeypatch.undo()
     monkeypatch.setattr(_cpu, "usable", lambda xp, n: False)  # kernels that never run prove nothing: rows fail
     assert not any(r.ok for r in check._cpu_kernel_rows())

@@ -271,6 +271,7 @@ KERNEL_CELLS = {  # name -> (layer factory, a backward kernel that must run, tor
     "gru_whole_sequence": (lambda **kw: gru_xp.GRU(3, 4, **kw), "gru_bwd_seq_float64", True),
     "gru_reset_before": (lambda **kw: gru_xp.GRU(3, 4, reset_after=False, **kw), "gru_bwd_before_r", False),
     "lstm": (lambda **kw: gru_xp.LSTM(3, 4, **kw), "lstm_bwd", True),
+    "lstm_whole_sequence": (lambda **kw: gru_xp.LSTM(3, 4, **kw), "lstm_bwd_seq_float64", True),
     "rnn_tanh": (lambda **kw: gru_xp.RNN(3, 4, **kw), "rnn_bwd", True),
     "rnn_relu": (lambda **kw: gru_xp.RNN(3, 4, nonlinearity="relu", **kw), "rnn_bwd", True),
 }
@@ -284,7 +285,7 @@ def test_kernel_paths_against_finite_differences_and_torch(kernels_on_off, cell)
     from gru_xp.check import finite_difference, random_problem, randomize_params, rel_err, torch_parity
 
     make, kernel, in_torch = KERNEL_CELLS[cell]
-    whole = kernel.startswith("gru_bwd_seq")
+    whole = "_bwd_seq_" in kernel
     if whole and not whole_sequence_backward("float64"):
         pytest.skip("NumPy's BLAS is not reachable here: no whole-sequence backward")
     counting = kernels_on_off(True, whole=whole)
@@ -366,10 +367,12 @@ def test_whole_sequence_backward_without_dx_and_with_a_reference_cache(kernels_o
 
 
 @needs_blas
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("L,bi", [(1, False), (2, True)])
-def test_layer_and_forecaster_with_the_whole_sequence_backward(kernels_on_off, L, bi):
-    """Through the public layer (stacked, bidirectional, variable lengths) and a Forecaster's training steps with
-    Adam: the whole-sequence backward agrees with the portable loops to rounding, and it did run."""
+def test_layer_and_forecaster_with_the_whole_sequence_backward(kernels_on_off, cell, L, bi):
+    """Through the public layer (stacked, bidirectional, variable lengths: the LSTM then gets a per-step dc) and a
+    Forecaster's training steps with Adam: the whole-sequence backward agrees with the portable loops to rounding,
+    and it did run."""
     rng = np.random.default_rng(5)
     x, dy = rng.standard_normal((9, 5, 3)), rng.standard_normal((9, 5, 2 * 6 if bi else 6))
     lengths = np.array([9, 4, 1, 7, 9])
@@ -377,18 +380,20 @@ def test_layer_and_forecaster_with_the_whole_sequence_backward(kernels_on_off, L
     out = []
     for on in (False, True):
         counting = kernels_on_off(on, whole=True)
-        layer = gru_xp.GRU(3, 6, num_layers=L, bidirectional=bi, dtype="float64", seed=2)
+        layer = {"gru": gru_xp.GRU, "lstm": gru_xp.LSTM}[cell](3, 6, num_layers=L, bidirectional=bi, dtype="float64",
+                                                        seed=2)
         layer.zero_grad()
-        y, hn = layer.forward(x, lengths=lengths)
-        dx, dh0 = layer.backward(dy, hn)
-        res = [np.array(to_host(a)) for a in (y, hn, dx, dh0)] + [np.array(v) for v in layer.grads.values()]
-        m = Forecaster("gru", 2, 6, 3, dtype="float64", seed=1, num_layers=L, bidirectional=bi)
+        y, sn = layer.forward(x, lengths=lengths)
+        dx, ds0 = layer.backward(dy, sn)
+        states = list(sn) + list(ds0) if isinstance(sn, tuple) else [sn, ds0]
+        res = [np.array(to_host(a)) for a in (y, dx, *states)] + [np.array(v) for v in layer.grads.values()]
+        m = Forecaster(cell, 2, 6, 3, dtype="float64", seed=1, num_layers=L, bidirectional=bi)
         opt = Adam(1e-2)
         for xb, yb in batches:
             res.append(np.array(to_host(m.loss_and_grads(xb, yb))))
             opt.step(m.backend.xp, m.params, m.grads)
         out.append(res + [np.array(v) for v in m.params.values()])
-    assert counting.calls["gru_bwd_seq_float64"] == L * (2 if bi else 1) * (1 + 3)
+    assert counting.calls[f"{cell}_bwd_seq_float64"] == L * (2 if bi else 1) * (1 + 3)
     for a, b in zip(out[1], out[0]):
         _close(a, b, "float64")
 
@@ -408,14 +413,46 @@ def test_whole_sequence_backward_is_optional(monkeypatch):
         monkeypatch.setattr(_cpu, "STATE", {})
         if _cpu.kernels() is None:
             pytest.skip("numba not installed")
-        assert not whole_sequence_backward("float32") and not whole_sequence_backward("float64")
+        assert not any(whole_sequence_backward(dt, cell) for dt in ("float32", "float64") for cell in ("gru", "lstm"))
         with counted_cpu_kernels() as calls:
             layer = gru_xp.GRU(3, 4, num_layers=2, bidirectional=True, dtype="float64", seed=0)
             randomize_params(layer, seed=1)
             res = finite_difference(layer, *random_problem(layer, T=4, B=3, seed=2))
         assert max(rel_err(a, n) for a, n in res.values()) < 1e-7, res
-        assert calls["gru_bwd_after"] > 0 and not any(k.startswith("gru_bwd_seq") for k in calls)
+        assert calls["gru_bwd_after"] > 0 and not any("_bwd_seq_" in k for k in calls)
     monkeypatch.setattr(_cpu, "STATE", {})
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (7, 4, 3, 5), (20, 64, 1, 32)])
+@pytest.mark.parametrize("tbptt,with_dy,with_dc", [(0, True, False), (0, False, False), (3, True, False),
+                                                   (0, True, True), (0, False, True)])
+def test_lstm_whole_sequence_backward_against_the_portable_path(kernels_on_off, dtype, T, B, I, H, tbptt, with_dy,
+                                                                with_dc):
+    """The LSTM's whole-sequence backward against the portable loops: the forwards bit for bit, dx, dh0, dc0 and
+    every grad to rounding, with a per-step dc (variable lengths) half zeros, reused and fresh workspaces; one call
+    a backward, lstm_bwd never through Python."""
+    be = resolve("cpu", dtype)
+    rng = np.random.default_rng(T + H)
+    p = CellParams(*(be.asarray(rng.uniform(-0.6, 0.6, s)) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))))
+    x = be.asarray(rng.standard_normal((T, B, I)))
+    s0 = tuple(be.asarray(rng.standard_normal((B, H))) for _ in range(2))
+    dy = be.asarray(rng.standard_normal((T, B, H))) if with_dy else None
+    dsT = tuple(be.asarray(rng.standard_normal((B, H))) for _ in range(2))
+    dc_steps = be.asarray(rng.standard_normal((T, B, H)) * (rng.random((T, B, 1)) < 0.5)) if with_dc else None
+    runs = []
+    for on in (False, True):
+        counting = kernels_on_off(on, whole=True)
+        ws = Workspace()
+        runs.append([_lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, dc_steps) for reuse in (True, True, False)])
+    assert counting.calls[f"lstm_bwd_seq_{dtype}"] == 3 and "lstm_bwd" not in counting.calls
+    for run_off, run_on in zip(runs[0], runs[1]):
+        for k, (a, b) in enumerate(zip(run_on, run_off)):
+            if k < 6:  # y, h_T, c_T with a cache and without
+                np.testing.assert_array_equal(a, b)
+            else:
+                _close(a, b, dtype)
 
 
 @needs_blas

@@ -26,13 +26,13 @@ def portable_loops():
         yield
 
 
-SEQUENCE_KERNELS = "gru_bwd_seq_"  # name prefix of the whole-sequence kernels among _cpu.kernels()' attributes
+SEQUENCE_KERNELS = ("gru_bwd_seq_", "lstm_bwd_seq_")  # name prefixes of the whole-sequence kernels (_cpu_blas.py)
 
 
 @contextmanager
 def per_step_kernels():
-    """Inside: the fused CPU kernels run step by step as before the whole-sequence GRU backward (_cpu_blas.py), which
-    is off: a comparison bit for bit with the portable loops (the whole-sequence backward sums dW in another order)."""
+    """Inside: the fused CPU kernels run step by step, the whole-sequence GRU and LSTM backwards (_cpu_blas.py) off: a
+    comparison bit for bit with the portable loops (the whole-sequence backwards sum dW in another order)."""
     kern = _cpu.kernels()
     if kern is None:
         yield
@@ -42,10 +42,11 @@ def per_step_kernels():
         yield
 
 
-def whole_sequence_backward(dtype_name: str = "float32") -> bool:
-    """True when the GRU's backward (reset_after) runs as one call on NumPy's BLAS (_cpu_blas.py) for that dtype."""
+def whole_sequence_backward(dtype_name: str = "float32", cell: str = "gru") -> bool:
+    """True when the backward of `cell` ('gru': reset_after; 'lstm') runs as one call on NumPy's BLAS (_cpu_blas.py)
+    for that dtype."""
     kern = _cpu.kernels()
-    return kern is not None and getattr(kern, SEQUENCE_KERNELS + dtype_name, None) is not None
+    return kern is not None and getattr(kern, f"{cell}_bwd_seq_{dtype_name}", None) is not None
 
 
 @contextmanager

@@ -52,11 +52,15 @@ def _build():
     except ImportError:
         return None
     jit = numba.njit(cache=True, nogil=True)
-    gru = _gru_kernels(jit)
-    gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence backward, or None
-    seq = {f"gru_bwd_seq_{dt}": None if gemm is None else
-           _cpu_blas.build_gru_backward(numba, gru["gru_bwd_after"], gemm[dt]) for dt in ("float32", "float64")}
-    return _Kernels(**gru, **seq, **_lstm_kernels(jit), **_rnn_kernels(jit))
+    gru, lstm = _gru_kernels(jit), _lstm_kernels(jit)
+    gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence backwards, or None
+    seq = {}
+    for dt in ("float32", "float64"):
+        seq[f"gru_bwd_seq_{dt}"] = None if gemm is None else \
+            _cpu_blas.build_gru_backward(numba, gru["gru_bwd_after"], gemm[dt])
+        seq[f"lstm_bwd_seq_{dt}"] = None if gemm is None else \
+            _cpu_blas.build_lstm_backward(numba, lstm["lstm_bwd"], gemm[dt])
+    return _Kernels(**gru, **lstm, **seq, **_rnn_kernels(jit))
 
 
 def _gru_kernels(jit) -> dict:

@@ -1,4 +1,5 @@
-"""NumPy's own BLAS, callable from numba code without the GIL, and the GRU's backward time loop as one call on it.
+"""NumPy's own BLAS, callable from numba code without the GIL, and the GRU's and LSTM's backward time loops as one
+call on it.
 
 Legend: T steps, B batch, I inputs, H hidden, n_cols = H+I+1; arrays feature-major as in fast/gru.py.
 
@@ -112,3 +113,41 @@ def build_gru_backward(numba, step_kernel, gemm_fn):
                 dhp[:, :] = zero
 
     return gru_bwd_sequence
+
+
+def build_lstm_backward(numba, step_kernel, gemm_fn):
+    """The whole-sequence LSTM backward on `gemm_fn`, as build_gru_backward (compiled on first call, not cached)."""
+
+    @numba.njit(nogil=True)
+    def lstm_bwd_sequence(dh, dc, dy_fm, has_dy, dcs_fm, has_dcs, cut, gates, tanh_c, cell_states, operands,
+                          dgates, w_hh_t, w_ih_t, dw, dx, has_dx, tiny, one):
+        """The LSTM backward over all T steps, from step T-1 down to 0; per step:
+          lstm_bwd: dgates (4H, B) rows [o | i | f | g] and dc = dc_{t-1}, from dh (+ dy_t) and dc (+ dcs_t);
+          dh (H, B) = w_hh_t (H, 4H) @ dgates                            (dh_{t-1})
+          dw (4H, n_cols) += dgates (4H, B) @ operands[t]^T (B, n_cols)  (rows [o | i f g] x [h | x | 1])
+          dx[t] (I, B) = w_ih_t (I, 4H) @ dgates                         (w_ih_t in the internal row order)
+          cut[t]: truncated BPTT, the carried dh, dc zeroed after the step.
+        dy_fm, dcs_fm (T, H, B) feature-major dy and per-step dc (variable lengths), read when has_dy / has_dcs
+        (else a stand-in that aliases neither dh nor dc: numba does not vectorise a kernel whose arguments alias);
+        cell_states (T+1, H, B): c_{t-1} at t; dx (T, I, B) written when has_dx; dw accumulates."""
+        T, G, B = gates.shape
+        H = G // 4
+        n_cols = operands.shape[1]
+        I = n_cols - H - 1
+        zero = one - one
+        dg = dgates.ctypes.data
+        for t in range(T - 1, -1, -1):
+            step_kernel(dh, dy_fm[t], has_dy, dcs_fm[t], has_dcs, dc, gates[t], tanh_c[t], cell_states[t], dgates,
+                        tiny, one)
+            gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, H, B, G, one, w_hh_t.ctypes.data, G, dg, B, zero, dh.ctypes.data,
+                    B)
+            gemm_fn(ROW_MAJOR, NO_TRANS, TRANS, G, n_cols, B, one, dg, B, operands[t].ctypes.data, B, one,
+                    dw.ctypes.data, n_cols)
+            if has_dx:
+                gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, I, B, G, one, w_ih_t.ctypes.data, G, dg, B, zero,
+                        dx[t].ctypes.data, B)
+            if cut[t]:
+                dh[:, :] = zero
+                dc[:, :] = zero
+
+    return lstm_bwd_sequence

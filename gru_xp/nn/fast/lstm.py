@@ -228,11 +228,15 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     w_hh_t = ws.get(xp, "w_hh_t", (H, H4), dt, dev)  # (H, 4H) W_hh^T, internal gate order
     for dst, src in blocks:
         ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    seq = getattr(kern, f"lstm_bwd_seq_{dt}", None) if kern is not None else None
+    if seq is not None:  # the whole time loop in one call (_cpu_blas.py)
+        return _backward_sequence(xp, ops, ws, reuse, p, c, (dy, dc_steps), (dh, dc, w_hh_t), g, tbptt, input_grad,
+                                  seq)
     n_cols = c.operands.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
     dw = ops.fill(ws.get(xp, "dw", (H4, n_cols), dt, dev), 0.0)  # (4H, n_cols)
     dw_terms, operand_copy, dw_chunk = weight_grad_buffers(xp, ws, (H4, n_cols), T, B, dt, dev)
     chunk = max(1, min(dw_chunk, _common.CHUNK_ELEMS // max(1, B * H)))
-    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     # the portable loop's factors (the CPU kernels compute each step's in registers)
     factors = None if kern is not None else ws.get(xp, "factors", (chunk, 5, H, B), dt, dev)  # (chunk, 5, H, B)
     # one chunk's gate grads (step t at t - t0)
@@ -287,6 +291,36 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     unfold_grads(ops, g, dw, blocks, H, c.x_ones.shape[1] - 1)
     dx = input_bwd.finish(g)
     return dx, (xp.asarray(xp.matrix_transpose(dh), copy=True), xp.asarray(xp.matrix_transpose(dc), copy=True))
+
+
+def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastLSTMCache, upstream, carried,
+                       g: CellParams, tbptt: int, input_grad: bool, seq):
+    """lstm_backward through _cpu_blas's whole-sequence kernel `seq` (NumPy): the buffers, one call, then the grads
+    into g. upstream: (dy, dc_steps), each (T, B, H) or None; carried: (dh, dc, w_hh_t) as lstm_backward set them
+    up. Same returns as lstm_backward."""
+    T, H, B = c.tanh_c.shape
+    I = c.x_ones.shape[1] - 1
+    dev, dt = device_of(c.x), c.x.dtype
+    H4 = 4 * H
+    blocks = _lstm_blocks(H)
+    dh, dc, w_hh_t = carried
+    dy, dc_steps = upstream
+    w_ih_t = ws.get(xp, "w_ih_t", (I, H4), dt, dev)  # (I, 4H) W_ih^T, internal gate order
+    for dst, src in blocks:
+        ops.copy(xp.matrix_transpose(p.w_ih[src, :]), w_ih_t[:, dst])
+    dw = ops.fill(ws.get(xp, "dw", (H4, c.operands.shape[1]), dt, dev), 0.0)  # (4H, n_cols)
+    # stands in for an absent dy, dc_steps or dx: not dh or dc (an aliasing argument keeps numba from vectorising)
+    unused = ws.get(xp, "seq_unused", (T, 1, 1), dt, dev)  # (T, 1, 1)
+    dy_fm = unused if dy is None else feature_major_copy(xp, ops, ws, "dy_fm_all", dy, dt, dev)  # (T, H, B)
+    dcs_fm = unused if dc_steps is None else feature_major_copy(xp, ops, ws, "dcs_fm_all", dc_steps, dt, dev)
+    dgates = ws.get(xp, "dgates_step", (H4, B), dt, dev)  # (4H, B) one step's [o | i | f | g]
+    dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
+    cut_steps = xp.asarray([bool(tbptt) and cut(tbptt, T, t) for t in range(T)], dtype=xp.bool, device=dev)  # (T,)
+    seq(dh, dc, dy_fm, dy is not None, dcs_fm, dc_steps is not None, cut_steps, c.gates, c.tanh_c, c.cell_states,
+        c.operands, dgates, w_hh_t, w_ih_t, dw, dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
+    unfold_grads(ops, g, dw, blocks, H, I)
+    dx_out = xp.permute_dims(dx, (0, 2, 1)) if input_grad else None  # (T, B, I) view
+    return dx_out, (xp.asarray(xp.matrix_transpose(dh), copy=True), xp.asarray(xp.matrix_transpose(dc), copy=True))
 
 
 def _lstm_backward_cupy(xp, p: CellParams, c: FastLSTMCache, dy, dstate_T, g: CellParams, *, tbptt: int,
