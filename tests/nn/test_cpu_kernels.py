@@ -155,16 +155,10 @@ def _lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, dc_steps=None):
     return out + [np.array(a) for a in (dx, dh0, dc0, g.w_ih, g.w_hh, g.b_ih, g.b_hh)]
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("T,B,I,H,tiny_chunks", [(1, 1, 1, 1, False), (7, 4, 3, 5, False), (13, 3, 2, 4, True),
-                                                 (20, 64, 1, 32, False)])
-@pytest.mark.parametrize("tbptt,with_dy,with_dc", [(0, True, False), (0, False, False), (3, True, False),
-                                                   (0, True, True), (0, False, True)])
-def test_lstm_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeypatch, dtype, T, B, I, H,
-                                                         tiny_chunks, tbptt, with_dy, with_dc):
-    """with_dc: a per-step upstream dc (dc_steps, as variable lengths give), half of it zeros."""
-    if tiny_chunks:
-        monkeypatch.setattr(_common, "CHUNK_ELEMS", 24)
+def _lstm_runs(kernels_on_off, whole: bool, dtype, T, B, I, H, tbptt, with_dy, with_dc):
+    """([portable runs, kernel runs], the kernels' counter): one random LSTM problem (dc_steps, when with_dc, half
+    zeros) through _lstm_run with reused, reused and fresh workspaces, the portable loops, then the kernels (whole:
+    with the whole-sequence backward)."""
     be = resolve("cpu", dtype)
     rng = np.random.default_rng(T + H)
     p = CellParams(*(be.asarray(rng.uniform(-0.6, 0.6, s)) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))))
@@ -175,9 +169,23 @@ def test_lstm_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeyp
     dc_steps = be.asarray(rng.standard_normal((T, B, H)) * (rng.random((T, B, 1)) < 0.5)) if with_dc else None
     runs = []
     for on in (False, True):
-        counting = kernels_on_off(on)
+        counting = kernels_on_off(on, whole=whole)
         ws = Workspace()
         runs.append([_lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, dc_steps) for reuse in (True, True, False)])
+    return runs, counting
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("T,B,I,H,tiny_chunks", [(1, 1, 1, 1, False), (7, 4, 3, 5, False), (13, 3, 2, 4, True),
+                                                 (20, 64, 1, 32, False)])
+@pytest.mark.parametrize("tbptt,with_dy,with_dc", [(0, True, False), (0, False, False), (3, True, False),
+                                                   (0, True, True), (0, False, True)])
+def test_lstm_kernels_bit_identical_to_the_portable_path(kernels_on_off, monkeypatch, dtype, T, B, I, H,
+                                                         tiny_chunks, tbptt, with_dy, with_dc):
+    """with_dc: a per-step upstream dc (dc_steps, as variable lengths give), half of it zeros."""
+    if tiny_chunks:
+        monkeypatch.setattr(_common, "CHUNK_ELEMS", 24)
+    runs, counting = _lstm_runs(kernels_on_off, False, dtype, T, B, I, H, tbptt, with_dy, with_dc)
     assert counting.calls["lstm_fwd_gates"] == 3 * 3 * T and counting.calls["lstm_bwd"] == 3 * T
     for a, b in zip(sum(runs[0], []), sum(runs[1], [])):
         np.testing.assert_array_equal(b, a)
@@ -433,19 +441,7 @@ def test_lstm_whole_sequence_backward_against_the_portable_path(kernels_on_off, 
     """The LSTM's whole-sequence backward against the portable loops: the forwards bit for bit, dx, dh0, dc0 and
     every grad to rounding, with a per-step dc (variable lengths) half zeros, reused and fresh workspaces; one call
     a backward, lstm_bwd never through Python."""
-    be = resolve("cpu", dtype)
-    rng = np.random.default_rng(T + H)
-    p = CellParams(*(be.asarray(rng.uniform(-0.6, 0.6, s)) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))))
-    x = be.asarray(rng.standard_normal((T, B, I)))
-    s0 = tuple(be.asarray(rng.standard_normal((B, H))) for _ in range(2))
-    dy = be.asarray(rng.standard_normal((T, B, H))) if with_dy else None
-    dsT = tuple(be.asarray(rng.standard_normal((B, H))) for _ in range(2))
-    dc_steps = be.asarray(rng.standard_normal((T, B, H)) * (rng.random((T, B, 1)) < 0.5)) if with_dc else None
-    runs = []
-    for on in (False, True):
-        counting = kernels_on_off(on, whole=True)
-        ws = Workspace()
-        runs.append([_lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, dc_steps) for reuse in (True, True, False)])
+    runs, counting = _lstm_runs(kernels_on_off, True, dtype, T, B, I, H, tbptt, with_dy, with_dc)
     assert counting.calls[f"lstm_bwd_seq_{dtype}"] == 3 and "lstm_bwd" not in counting.calls
     for run_off, run_on in zip(runs[0], runs[1]):
         for k, (a, b) in enumerate(zip(run_on, run_off)):

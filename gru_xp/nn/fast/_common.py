@@ -28,7 +28,7 @@ import itertools
 
 from array_api_compat import device as device_of
 
-from .._cell import CellParams
+from .._cell import CellParams, cut
 
 _OUT_NAMESPACES = ("array_api_compat.numpy", "array_api_compat.cupy", "numpy", "cupy")
 CHUNK_ELEMS = 1 << 16  # elements per chunk of the backward's factors and gate grads (~256 KiB per float32 array)
@@ -292,6 +292,12 @@ def chunk_row(t: int, T: int, chunk: int) -> int:
     """Row of step t in its backward chunk's block of gate grads: t - (its chunk's t0), chunks of `chunk` steps
     counted from the end (the backward's first chunk is steps T-chunk..T-1)."""
     return t - max(0, T - ((T - 1 - t) // chunk + 1) * chunk)
+
+
+def cut_steps(xp, tbptt: int, T: int, dev):
+    """(T,) bool: True after the steps where truncated BPTT zeroes the carried grads (_cell.cut), for the
+    whole-sequence kernels (_cpu_blas.py)."""
+    return xp.asarray([bool(tbptt) and cut(tbptt, T, t) for t in range(T)], dtype=xp.bool, device=dev)
 
 
 def state_grad(xp, ops: Ops, ws: Workspace, name: str, dstate_T, k: int, shape, dt, dev):

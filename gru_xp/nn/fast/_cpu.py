@@ -12,6 +12,10 @@ and 1; the RNN's backward: 2 and the chunk's act' pass become 1) and the passes 
 gets an argument that aliases one it writes: numba does not vectorise such a loop (2.7-4x slower). tanh stays a
 NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
 
+Where NumPy's own OpenBLAS is reachable, the kernels object also holds the GRU's and the LSTM's whole-sequence
+backwards (`gru_bwd_seq_<dtype>`, `lstm_bwd_seq_<dtype>`; _cpu_blas.py), which call the step kernels here from
+compiled code; else those attributes are None.
+
 numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
 _cuda.py; this module is the CPU counterpart, see the README's layout notes). GRU_XP_CPU_KERNELS=0 turns it off.
 """
@@ -258,7 +262,7 @@ def _rnn_kernels(jit) -> dict:
 
 
 class _Kernels:
-    """The compiled kernels as attributes (gru_*, lstm_*)."""
+    """The compiled kernels as attributes (gru_*, lstm_*, rnn_*; the whole-sequence ones may be None)."""
 
     def __init__(self, **kernels):
         self.__dict__.update(kernels)

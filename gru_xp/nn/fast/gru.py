@@ -20,8 +20,8 @@ from array_api_compat import device as device_of
 from ..gru import GRUCache
 from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
-from . import _common, _cpu, _cpu_blas
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row,
+from . import _common, _cpu
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
                       feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
                       gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
                       recurrent_operands, state_grad, step_array, unfold_grads)
@@ -303,8 +303,8 @@ def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, 
     dw = ops.fill(ws.get(xp, "dw", (H3, H + I + 1), dt, dev), 0.0)  # (3H, n_cols) rows n, r, z x [h | x | 1]
     dw_in = ops.fill(ws.get(xp, "dw_in", (H, I + 1), dt, dev), 0.0)  # (H, I+1) n rows x [x | 1]
     dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
-    cut_steps = xp.asarray([bool(tbptt) and cut(tbptt, T, t) for t in range(T)], dtype=xp.bool, device=dev)  # (T,)
-    seq(dhz, dhp, dy_fm, dy is not None, cut_steps, c.gates, c.operands, c.cand, dgates, w_hh_t, w_ih_t, dw, dw_in,
+    cuts = cut_steps(xp, tbptt, T, dev)  # (T,) bool
+    seq(dhz, dhp, dy_fm, dy is not None, cuts, c.gates, c.operands, c.cand, dgates, w_hh_t, w_ih_t, dw, dw_in,
         dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
     _add_recurrent_grads(ops, g, c, dw, None)
     ops.add(g.w_ih[H2:, :], dw_in[:, :I], out=g.w_ih[H2:, :])  # the n rows' input weights and b_in

@@ -19,7 +19,7 @@ from ..lstm import LSTMCache
 from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row,
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
                       feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
                       gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array, unfold_grads,
                       weight_grad_buffers)
@@ -315,8 +315,8 @@ def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, 
     dcs_fm = unused if dc_steps is None else feature_major_copy(xp, ops, ws, "dcs_fm_all", dc_steps, dt, dev)
     dgates = ws.get(xp, "dgates_step", (H4, B), dt, dev)  # (4H, B) one step's [o | i | f | g]
     dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
-    cut_steps = xp.asarray([bool(tbptt) and cut(tbptt, T, t) for t in range(T)], dtype=xp.bool, device=dev)  # (T,)
-    seq(dh, dc, dy_fm, dy is not None, dcs_fm, dc_steps is not None, cut_steps, c.gates, c.tanh_c, c.cell_states,
+    cuts = cut_steps(xp, tbptt, T, dev)  # (T,) bool
+    seq(dh, dc, dy_fm, dy is not None, dcs_fm, dc_steps is not None, cuts, c.gates, c.tanh_c, c.cell_states,
         c.operands, dgates, w_hh_t, w_ih_t, dw, dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
     unfold_grads(ops, g, dw, blocks, H, I)
     dx_out = xp.permute_dims(dx, (0, 2, 1)) if input_grad else None  # (T, B, I) view
