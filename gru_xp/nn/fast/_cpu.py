@@ -21,6 +21,7 @@ _cuda.py; this module is the CPU counterpart, see the README's layout notes). GR
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -58,12 +59,15 @@ def _build():
     jit = numba.njit(cache=True, nogil=True)
     gru, lstm = _gru_kernels(jit), _lstm_kernels(jit)
     gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence backwards, or None
-    seq = {}
+    # not cached on disk: numba's cache misses on a function that closes over another compiled one, and would write
+    # a new entry every process
+    seq_jit = numba.njit(nogil=True)
+    gru_seq = None if gemm is None else _cpu_blas.build_gru_backward(seq_jit, gru["gru_bwd_after"])
+    lstm_seq = None if gemm is None else _cpu_blas.build_lstm_backward(seq_jit, lstm["lstm_bwd"])
+    seq = {}  # per dtype, with that dtype's gemm bound as the first argument
     for dt in ("float32", "float64"):
-        seq[f"gru_bwd_seq_{dt}"] = None if gemm is None else \
-            _cpu_blas.build_gru_backward(numba, gru["gru_bwd_after"], gemm[dt])
-        seq[f"lstm_bwd_seq_{dt}"] = None if gemm is None else \
-            _cpu_blas.build_lstm_backward(numba, lstm["lstm_bwd"], gemm[dt])
+        seq[f"gru_bwd_seq_{dt}"] = None if gemm is None else functools.partial(gru_seq, gemm[dt])
+        seq[f"lstm_bwd_seq_{dt}"] = None if gemm is None else functools.partial(lstm_seq, gemm[dt])
     return _Kernels(**gru, **lstm, **seq, **_rnn_kernels(jit))
 
 

@@ -74,13 +74,13 @@ def _find_gemm() -> dict | None:
     return None
 
 
-def build_gru_backward(numba, step_kernel, gemm_fn):
-    """The whole-sequence GRU backward (reset_after, x in the operands) on `gemm_fn` (cblas ?gemm of one dtype),
-    compiled by numba on first call (~1 s a process; not cached on disk: it holds the BLAS function's address)."""
+def build_gru_backward(jit, step_kernel):
+    """The whole-sequence GRU backward (reset_after, x in the operands), compiled by `jit` on first call (~1 s a
+    process and dtype). Its first argument is the BLAS gemm (gemm()[dtype]: float32 and float64 share the code)."""
 
-    @numba.njit(nogil=True)
-    def gru_bwd_sequence(dhz, dhp, dy_fm, has_dy, cut, gates, operands, cand, dgates, w_hh_t, w_ih_t, dw, dw_in,
-                         dx, has_dx, tiny, one):
+    @jit
+    def gru_bwd_sequence(gemm_fn, dhz, dhp, dy_fm, has_dy, cut, gates, operands, cand, dgates, w_hh_t, w_ih_t, dw,
+                         dw_in, dx, has_dx, tiny, one):
         """The GRU backward (reset_after) over all T steps, from step T-1 down to 0; per step:
           gru_bwd_after: dgates (4H, B) rows [n_h | r | z | n_i] and dhz = dh z, from dh = dhz + dhp (+ dy_t);
           dhp (H, B) = w_hh_t (H, 3H) @ dgates[:3H]                      (the carried grad's GEMM: rows n_h, r, z)
@@ -115,12 +115,13 @@ def build_gru_backward(numba, step_kernel, gemm_fn):
     return gru_bwd_sequence
 
 
-def build_lstm_backward(numba, step_kernel, gemm_fn):
-    """The whole-sequence LSTM backward on `gemm_fn`, as build_gru_backward (compiled on first call, not cached)."""
+def build_lstm_backward(jit, step_kernel):
+    """The whole-sequence LSTM backward, compiled by `jit` on first call; the BLAS gemm its first argument, as in
+    build_gru_backward."""
 
-    @numba.njit(nogil=True)
-    def lstm_bwd_sequence(dh, dc, dy_fm, has_dy, dcs_fm, has_dcs, cut, gates, tanh_c, cell_states, operands,
-                          dgates, w_hh_t, w_ih_t, dw, dx, has_dx, tiny, one):
+    @jit
+    def lstm_bwd_sequence(gemm_fn, dh, dc, dy_fm, has_dy, dcs_fm, has_dcs, cut, gates, tanh_c, cell_states,
+                          operands, dgates, w_hh_t, w_ih_t, dw, dx, has_dx, tiny, one):
         """The LSTM backward over all T steps, from step T-1 down to 0; per step:
           lstm_bwd: dgates (4H, B) rows [o | i | f | g] and dc = dc_{t-1}, from dh (+ dy_t) and dc (+ dcs_t);
           dh (H, B) = w_hh_t (H, 4H) @ dgates                            (dh_{t-1})
