@@ -14,7 +14,7 @@ NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10
 
 Where NumPy's own OpenBLAS is reachable, the kernels object also holds the GRU's and the LSTM's whole-sequence
 backwards (`gru_bwd_seq_<dtype>`, `lstm_bwd_seq_<dtype>`; _cpu_blas.py), which call the step kernels here from
-compiled code; else those attributes are None.
+compiled code; else those attributes are absent (read them with getattr(kern, name, None)).
 
 numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
 _cuda.py; this module is the CPU counterpart, see the README's layout notes). GRU_XP_CPU_KERNELS=0 turns it off.
@@ -59,15 +59,16 @@ def _build():
     jit = numba.njit(cache=True, nogil=True)
     gru, lstm = _gru_kernels(jit), _lstm_kernels(jit)
     gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence backwards, or None
-    # not cached on disk: numba's cache misses on a function that closes over another compiled one, and would write
-    # a new entry every process
-    seq_jit = numba.njit(nogil=True)
-    gru_seq = None if gemm is None else _cpu_blas.build_gru_backward(seq_jit, gru["gru_bwd_after"])
-    lstm_seq = None if gemm is None else _cpu_blas.build_lstm_backward(seq_jit, lstm["lstm_bwd"])
     seq = {}  # per dtype, with that dtype's gemm bound as the first argument
-    for dt in ("float32", "float64"):
-        seq[f"gru_bwd_seq_{dt}"] = None if gemm is None else functools.partial(gru_seq, gemm[dt])
-        seq[f"lstm_bwd_seq_{dt}"] = None if gemm is None else functools.partial(lstm_seq, gemm[dt])
+    if gemm is not None:
+        # not cached on disk: numba's cache misses on a function that closes over another compiled one, and would
+        # write a new entry every process
+        seq_jit = numba.njit(nogil=True)
+        gru_seq = _cpu_blas.build_gru_backward(seq_jit, gru["gru_bwd_after"])
+        lstm_seq = _cpu_blas.build_lstm_backward(seq_jit, lstm["lstm_bwd"])
+        for dt in ("float32", "float64"):
+            seq[f"gru_bwd_seq_{dt}"] = functools.partial(gru_seq, gemm[dt])
+            seq[f"lstm_bwd_seq_{dt}"] = functools.partial(lstm_seq, gemm[dt])
     return _Kernels(**gru, **lstm, **seq, **_rnn_kernels(jit))
 
 
@@ -266,7 +267,7 @@ def _rnn_kernels(jit) -> dict:
 
 
 class _Kernels:
-    """The compiled kernels as attributes (gru_*, lstm_*, rnn_*; the whole-sequence ones may be None)."""
+    """The compiled kernels as attributes (gru_*, lstm_*, rnn_*; the whole-sequence ones only with NumPy's BLAS)."""
 
     def __init__(self, **kernels):
         self.__dict__.update(kernels)
