@@ -270,8 +270,8 @@ def _cpu_kernel_rows() -> list[Row]:
     """With numba installed: the GRU (both conventions), the LSTM and the RNN on the fused CPU kernels (at a B·H
     where they run; stacked, bidirectional, variable lengths, upstream gradients on every output) against the
     reference cells, and bit for bit against the portable loops they replace; where NumPy's BLAS is reachable, the
-    GRU's whole-sequence backward (_cpu_blas.py) too, against the reference and against the portable loops (to
-    rounding: it sums dW in another order). A row fails when its cell's backward kernel never ran."""
+    GRU's whole-sequence backward (_cpu.py, on _cpu_blas's GEMM) too, against the reference and against the portable
+    loops (to rounding: it sums dW in another order). A row fails when its cell's backward kernel never ran."""
     from contextlib import contextmanager, nullcontext
     from functools import partial
 

@@ -309,7 +309,7 @@ def test_kernel_paths_against_finite_differences_and_torch(kernels_on_off, cell)
         assert max(errs.values()) < 1e-10, errs
 
 
-# ---- the GRU's backward as one call on NumPy's BLAS (_cpu_blas.py) -------------------------------------------------
+# ---- the GRU's backward as one call on NumPy's BLAS (_cpu.py, _cpu_blas.py) -----------------------------------------
 needs_blas = pytest.mark.skipif(importlib.util.find_spec("numba") is None or not whole_sequence_backward("float64"),
                                 reason="no whole-sequence backward here (numba, or NumPy's bundled OpenBLAS, missing)")
 
@@ -466,3 +466,34 @@ def test_numpy_blas_found_is_numpys_own():
                                 a.ctypes.data_as(ctypes.c_void_p), 7, b.ctypes.data_as(ctypes.c_void_p), 7, zero,
                                 c.ctypes.data_as(ctypes.c_void_p), 3)
         np.testing.assert_allclose(c, a @ b.T, rtol=1e-5 if dtype == "float32" else 1e-13)
+
+
+_CACHE_PROBE = """
+import json, numpy as np, gru_xp
+from gru_xp.nn.fast import _cpu
+for cell in (gru_xp.GRU, gru_xp.LSTM):
+    layer = cell(2, 40, dtype="float32", seed=0)
+    y, _ = layer.forward(np.ones((3, 30, 2), dtype=np.float32))
+    layer.backward(np.ones(y.shape, dtype=np.float32))
+k = _cpu.kernels()
+stats = {n: getattr(k, n).func.stats for n in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32")}
+print(json.dumps({n: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] for n, s in stats.items()}))
+"""
+
+
+@needs_blas
+def test_whole_sequence_backwards_are_cached_on_disk(tmp_path):
+    """The one-call backwards compile once (~1 s) and later processes load them from numba's disk cache: a fresh
+    cache directory, two processes, the second one hits for both the GRU's and the LSTM's loop and misses nothing.
+    (They closed over the step kernels once, which gave them a new cache key every process.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "GRU_XP_CPU_SEQ": "1", "GRU_XP_CPU_KERNELS": "1"}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, check=True, capture_output=True,
+                                      text=True).stdout) for _ in range(2)]
+    for name in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32"):
+        assert runs[0][name] == [0, 1], runs  # compiled (and saved) in the first process
+        assert runs[1][name] == [1, 0], runs  # loaded in the second

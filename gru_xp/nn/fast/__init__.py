@@ -26,12 +26,12 @@ def portable_loops():
         yield
 
 
-SEQUENCE_KERNELS = ("gru_bwd_seq_", "lstm_bwd_seq_")  # name prefixes of the whole-sequence kernels (_cpu_blas.py)
+SEQUENCE_KERNELS = ("gru_bwd_seq_", "lstm_bwd_seq_")  # name prefixes of the whole-sequence kernels (_cpu.py)
 
 
 @contextmanager
 def per_step_kernels():
-    """Inside: the fused CPU kernels run step by step, the whole-sequence GRU and LSTM backwards (_cpu_blas.py) off: a
+    """Inside: the fused CPU kernels run step by step, the whole-sequence GRU and LSTM backwards (_cpu.py) off: a
     comparison bit for bit with the portable loops (the whole-sequence backwards sum dW in another order)."""
     kern = _cpu.kernels()
     if kern is None:
@@ -43,8 +43,8 @@ def per_step_kernels():
 
 
 def whole_sequence_backward(dtype_name: str = "float32", cell: str = "gru") -> bool:
-    """True when the backward of `cell` ('gru': reset_after; 'lstm') runs as one call on NumPy's BLAS (_cpu_blas.py)
-    for that dtype."""
+    """True when the backward of `cell` ('gru': reset_after; 'lstm') runs as one call on NumPy's BLAS (_cpu.py,
+    _cpu_blas.py) for that dtype."""
     kern = _cpu.kernels()
     return kern is not None and getattr(kern, f"{cell}_bwd_seq_{dtype_name}", None) is not None
 

@@ -296,7 +296,7 @@ def chunk_row(t: int, T: int, chunk: int) -> int:
 
 def cut_steps(xp, tbptt: int, T: int, dev):
     """(T,) bool: True after the steps where truncated BPTT zeroes the carried grads (_cell.cut), for the
-    whole-sequence kernels (_cpu_blas.py)."""
+    whole-sequence kernels (_cpu.py)."""
     return xp.asarray([bool(tbptt) and cut(tbptt, T, t) for t in range(T)], dtype=xp.bool, device=dev)
 
 

@@ -12,9 +12,19 @@ and 1; the RNN's backward: 2 and the chunk's act' pass become 1) and the passes 
 gets an argument that aliases one it writes: numba does not vectorise such a loop (2.7-4x slower). tanh stays a
 NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
 
-Where NumPy's own OpenBLAS is reachable, the kernels object also holds the GRU's and the LSTM's whole-sequence
-backwards (`gru_bwd_seq_<dtype>`, `lstm_bwd_seq_<dtype>`; _cpu_blas.py), which call the step kernels here from
-compiled code; else those attributes are absent (read them with getattr(kern, name, None)).
+Where NumPy's own OpenBLAS is reachable (_cpu_blas.py), the kernels object also holds the GRU's and the LSTM's
+whole-sequence backwards (`gru_bwd_seq_<dtype>`, `lstm_bwd_seq_<dtype>`: gru_bwd_sequence, lstm_bwd_sequence below,
+that dtype's gemm bound as the first argument); else those attributes are absent (read them with getattr(kern, name,
+None)). Why: with the per-step kernels the backward still makes ~5 Python-level calls a step and sums the weight
+grads' per-step terms after a batched GEMM; there the whole time loop is one GIL-free call, the step kernel called
+from compiled code (bit-identical gate grads and carried grads) and each step's weight-grad GEMM accumulating
+straight into dW (BLAS with beta = 1: dW and dx agree with the per-step path to rounding, not bit for bit).
+Measured (benchmarks/NOTES.md, "The GRU backward as one call"): the public layer's forward + backward 3-23 % faster,
+at every benchmark shape and both thread counts. They are module-level functions that reach the step kernels
+through module globals (GRU_BWD_STEP, LSTM_BWD_STEP), not closures, so that numba's disk cache finds them again in
+the next process (a closure over a compiled function got a new cache key every process: ~1 s of compiling on each
+process's first backward), and they live in this file, so that editing a step kernel invalidates their cache too
+(numba stamps a cache with its function's source file only).
 
 numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
 _cuda.py; this module is the CPU counterpart, see the README's layout notes). GRU_XP_CPU_KERNELS=0 turns it off.
@@ -26,8 +36,12 @@ import importlib
 import os
 
 from . import _cpu_blas
+from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS
 
 STATE: dict = {}
+# the compiled step kernels the whole-sequence backwards call, set by _build before their first compile (numba reads
+# them as globals)
+GRU_BWD_STEP = LSTM_BWD_STEP = None
 MIN_STEP_ELEMS = 1024  # B·H of a step from which the kernels run: below, loading numba (~0.4 s a process) buys little
 
 
@@ -61,11 +75,9 @@ def _build():
     gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence backwards, or None
     seq = {}  # per dtype, with that dtype's gemm bound as the first argument
     if gemm is not None:
-        # not cached on disk: numba's cache misses on a function that closes over another compiled one, and would
-        # write a new entry every process
-        seq_jit = numba.njit(nogil=True)
-        gru_seq = _cpu_blas.build_gru_backward(seq_jit, gru["gru_bwd_after"])
-        lstm_seq = _cpu_blas.build_lstm_backward(seq_jit, lstm["lstm_bwd"])
+        global GRU_BWD_STEP, LSTM_BWD_STEP
+        GRU_BWD_STEP, LSTM_BWD_STEP = gru["gru_bwd_after"], lstm["lstm_bwd"]  # before the compile that reads them
+        gru_seq, lstm_seq = jit(gru_bwd_sequence), jit(lstm_bwd_sequence)
         for dt in ("float32", "float64"):
             seq[f"gru_bwd_seq_{dt}"] = functools.partial(gru_seq, gemm[dt])
             seq[f"lstm_bwd_seq_{dt}"] = functools.partial(lstm_seq, gemm[dt])
@@ -264,6 +276,73 @@ def _rnn_kernels(jit) -> dict:
                 da[j, b] = d * s
 
     return {"rnn_bwd": rnn_bwd}
+
+
+# ---- the whole-sequence backwards (compiled by _build with the per-step kernels' jit: cached on disk) -----------
+def gru_bwd_sequence(gemm_fn, dhz, dhp, dy_fm, has_dy, cut, gates, operands, cand, dgates, w_hh_t, w_ih_t, dw,
+                     dw_in, dx, has_dx, tiny, one):
+    """The GRU backward (reset_after) over all T steps, from step T-1 down to 0; per step:
+      gru_bwd_after: dgates (4H, B) rows [n_h | r | z | n_i] and dhz = dh z, from dh = dhz + dhp (+ dy_t);
+      dhp (H, B) = w_hh_t (H, 3H) @ dgates[:3H]                      (the carried grad's GEMM: rows n_h, r, z)
+      dw (3H, n_cols) += dgates[:3H] (3H, B) @ operands[t]^T (B, n_cols)   (rows n, r, z x [h | x | 1])
+      dw_in (H, I+1) += dgates[3H:] (H, B) @ operands[t, H:]^T (B, I+1)    (the n rows' input weights, b_in)
+      dx[t] (I, B) = w_ih_t (I, 3H) @ dgates[H:] (3H, B)                     (rows r, z, n_i: torch's order)
+      cut[t]: truncated BPTT, the carried dhz, dhp zeroed after the step.
+    dy_fm (T, H, B) feature-major dy, read when has_dy; dx (T, I, B) written when has_dx; dw, dw_in accumulate.
+    Every array is C-contiguous (the GEMMs get their leading dimensions from the shapes)."""
+    T, G, B = gates.shape
+    H = G // 3
+    n_cols = operands.shape[1]
+    I = n_cols - H - 1
+    isz = dgates.itemsize
+    zero = one - one
+    dg = dgates.ctypes.data
+    for t in range(T - 1, -1, -1):
+        GRU_BWD_STEP(dhz, dhp, dy_fm[t], has_dy, gates[t], operands[t, :H], cand[t], dgates, tiny, one)
+        op = operands[t].ctypes.data
+        gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, H, B, G, one, w_hh_t.ctypes.data, G, dg, B, zero,
+                dhp.ctypes.data, B)
+        gemm_fn(ROW_MAJOR, NO_TRANS, TRANS, G, n_cols, B, one, dg, B, op, B, one, dw.ctypes.data, n_cols)
+        gemm_fn(ROW_MAJOR, NO_TRANS, TRANS, H, I + 1, B, one, dg + 3 * H * B * isz, B, op + H * B * isz, B, one,
+                dw_in.ctypes.data, I + 1)
+        if has_dx:
+            gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, I, B, G, one, w_ih_t.ctypes.data, G, dg + H * B * isz, B,
+                    zero, dx[t].ctypes.data, B)
+        if cut[t]:
+            dhz[:, :] = zero
+            dhp[:, :] = zero
+
+
+def lstm_bwd_sequence(gemm_fn, dh, dc, dy_fm, has_dy, dcs_fm, has_dcs, cut, gates, tanh_c, cell_states,
+                      operands, dgates, w_hh_t, w_ih_t, dw, dx, has_dx, tiny, one):
+    """The LSTM backward over all T steps, from step T-1 down to 0; per step:
+      lstm_bwd: dgates (4H, B) rows [o | i | f | g] and dc = dc_{t-1}, from dh (+ dy_t) and dc (+ dcs_t);
+      dh (H, B) = w_hh_t (H, 4H) @ dgates                            (dh_{t-1})
+      dw (4H, n_cols) += dgates (4H, B) @ operands[t]^T (B, n_cols)  (rows [o | i f g] x [h | x | 1])
+      dx[t] (I, B) = w_ih_t (I, 4H) @ dgates                         (w_ih_t in the internal row order)
+      cut[t]: truncated BPTT, the carried dh, dc zeroed after the step.
+    dy_fm, dcs_fm (T, H, B) feature-major dy and per-step dc (variable lengths), read when has_dy / has_dcs
+    (else a stand-in that aliases neither dh nor dc: numba does not vectorise a kernel whose arguments alias);
+    cell_states (T+1, H, B): c_{t-1} at t; dx (T, I, B) written when has_dx; dw accumulates."""
+    T, G, B = gates.shape
+    H = G // 4
+    n_cols = operands.shape[1]
+    I = n_cols - H - 1
+    zero = one - one
+    dg = dgates.ctypes.data
+    for t in range(T - 1, -1, -1):
+        LSTM_BWD_STEP(dh, dy_fm[t], has_dy, dcs_fm[t], has_dcs, dc, gates[t], tanh_c[t], cell_states[t], dgates,
+                    tiny, one)
+        gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, H, B, G, one, w_hh_t.ctypes.data, G, dg, B, zero, dh.ctypes.data,
+                B)
+        gemm_fn(ROW_MAJOR, NO_TRANS, TRANS, G, n_cols, B, one, dg, B, operands[t].ctypes.data, B, one,
+                dw.ctypes.data, n_cols)
+        if has_dx:
+            gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, I, B, G, one, w_ih_t.ctypes.data, G, dg, B, zero,
+                    dx[t].ctypes.data, B)
+        if cut[t]:
+            dh[:, :] = zero
+            dc[:, :] = zero
 
 
 class _Kernels:

@@ -267,7 +267,7 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     kern = _cpu.kernels() if not cuda and _cpu.usable(xp, step_elems) else None
     seq = getattr(kern, f"gru_bwd_seq_{c.x.dtype}", None) if kern is not None and c.reset_after and \
         c.x_in_operands else None
-    if seq is not None:  # the whole time loop in one call (_cpu_blas.py)
+    if seq is not None:  # the whole time loop in one call (_cpu.gru_bwd_sequence)
         return _backward_sequence(xp, ops, ws, reuse, p, c, dy, dstate_T, g, tbptt, input_grad, seq)
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda, factors=kern is None)
     if cuda:  # dy feature-major once: every kernel argument contiguous
@@ -285,8 +285,8 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
 
 def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dy, dstate_T,
                        g: CellParams, tbptt: int, input_grad: bool, seq):
-    """gru_backward through _cpu_blas's whole-sequence kernel `seq` (reset_after, x in the operands, NumPy): the
-    buffers, one call, then the grads into g. Same contract and returns as gru_backward."""
+    """gru_backward through the whole-sequence kernel `seq` (_cpu.gru_bwd_sequence; reset_after, x in the operands,
+    NumPy): the buffers, one call, then the grads into g. Same contract and returns as gru_backward."""
     T, H, B = c.cand.shape
     I = c.x_ones.shape[1] - 1
     dev, dt = device_of(c.x), c.x.dtype

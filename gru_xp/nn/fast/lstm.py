@@ -230,7 +230,7 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
         ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     seq = getattr(kern, f"lstm_bwd_seq_{dt}", None) if kern is not None else None
-    if seq is not None:  # the whole time loop in one call (_cpu_blas.py)
+    if seq is not None:  # the whole time loop in one call (_cpu.lstm_bwd_sequence)
         return _backward_sequence(xp, ops, ws, reuse, p, c, (dy, dc_steps), (dh, dc, w_hh_t), g, tbptt, input_grad,
                                   seq)
     n_cols = c.operands.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
@@ -295,9 +295,9 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
 
 def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastLSTMCache, upstream, carried,
                        g: CellParams, tbptt: int, input_grad: bool, seq):
-    """lstm_backward through _cpu_blas's whole-sequence kernel `seq` (NumPy): the buffers, one call, then the grads
-    into g. upstream: (dy, dc_steps), each (T, B, H) or None; carried: (dh, dc, w_hh_t) as lstm_backward set them
-    up. Same returns as lstm_backward."""
+    """lstm_backward through the whole-sequence kernel `seq` (_cpu.lstm_bwd_sequence; NumPy): the buffers, one call,
+    then the grads into g. upstream: (dy, dc_steps), each (T, B, H) or None; carried: (dh, dc, w_hh_t) as
+    lstm_backward set them up. Same returns as lstm_backward."""
     T, H, B = c.tanh_c.shape
     I = c.x_ones.shape[1] - 1
     dev, dt = device_of(c.x), c.x.dtype
