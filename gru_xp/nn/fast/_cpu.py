@@ -1,7 +1,8 @@
 """Fused CPU kernels for the NumPy fast path of the GRU (both conventions), the LSTM and the RNN's backward: optional,
 compiled by numba when it is installed (`pip install "gru_xp[cpu-kernels]"`), else the portable ufunc loops run.
 
-Legend: H hidden, B batch, m steps of a chunk; arrays feature-major (H, B) per step, as in fast/gru.py.
+Legend: T steps, B batch, I inputs, H hidden, G gate rows (3H GRU, 4H LSTM), n_cols = H+I+1, m steps of a chunk;
+arrays feature-major (H, B) per step, as in fast/gru.py.
 
 Each kernel does, element by element, exactly the ufunc calls it replaces, in the same order (+, -, * only; no
 fastmath, so no fused multiply-add): results are bit-identical to the portable path (tested in
