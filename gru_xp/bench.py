@@ -169,7 +169,8 @@ def format_table(res: dict) -> str:
     lines = [f"gru_xp {m['gru_xp']} vs torch {m['torch']} | numpy {m['numpy']} ({m['numpy_blas']}) | "
              f"{res['device']} {m.get('gpu', m['cpu'])} | threads {m['threads']} of {m.get('cores', '?')} cores "
              f"(os.cpu_count {m['os_cpu_count']}) | CPU kernels: {m.get('cpu_kernels') or 'off'}"
-             f"{', GRU backward in one call' if m.get('gru_backward_one_call') else ''} | "
+             f"{', GRU backward in one call' if m.get('gru_backward_one_call') else ''}"
+             f"{', GRU float32 forward in one call' if m.get('gru_forward_one_call') else ''} | "
              f"load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f} | "
              f"medians of {res['repeats']} interleaved blocks" + (f", then over {res['processes']} processes (ratio: "
                                                                  f"median, min-max)" if res.get("processes", 1) > 1

@@ -44,7 +44,7 @@ def _machine(threads: int) -> dict:
     import torch
 
     import gru_xp
-    from gru_xp.nn.fast import cpu_kernels, whole_sequence_backward
+    from gru_xp.nn.fast import cpu_kernels, whole_sequence_backward, whole_sequence_forward
 
     cpu = platform.processor() or ""
     try:
@@ -78,6 +78,7 @@ def _machine(threads: int) -> dict:
         "gru_xp": gru_xp.__version__,
         "cpu_kernels": cpu_kernels(),  # 'numba X.Y.Z' when the fused CPU kernels ran, else None
         "gru_backward_one_call": whole_sequence_backward("float32"),  # the GRU's backward on NumPy's BLAS in one call
+        "gru_forward_one_call": whole_sequence_forward("float32"),  # its float32 forward too (tanh32)
         "loadavg_start": list(os.getloadavg()),
     }
 

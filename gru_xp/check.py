@@ -276,7 +276,7 @@ def _cpu_kernel_rows() -> list[Row]:
     from functools import partial
 
     from .nn.fast import (counted_cpu_kernels, cpu_kernels, per_step_kernels, portable_loops,
-                          whole_sequence_backward)
+                          whole_sequence_backward, whole_sequence_forward)
     from .nn.recurrent import GRU, LSTM, RNN
 
     T, B, H = 6, 32, 32
@@ -328,7 +328,38 @@ def _cpu_kernel_rows() -> list[Row]:
         else:
             err = max(rel_err(a, b) for a, b in zip(out["kernels"], out["portable"])) if ran else math.inf
             rows.append(Row(f"fused CPU kernels ({who}), {label} against the portable loops", err, 1e-12))
+    if whole_sequence_forward("float32"):
+        rows.append(_float32_forward_row(who, T, B, H))
     return rows
+
+
+def _float32_forward_row(who: str, T: int, B: int, H: int) -> Row:
+    """The GRU's float32 forward as one call (its own tanh, tanh32), outputs and grads through the backward on its
+    cache, against the float64 reference cells on the same (float32-representable) weights and data: float32's
+    rounding, not the reference's bits."""
+    from .nn.fast import counted_cpu_kernels
+    from .nn.recurrent import GRU
+
+    out, ran = {}, False
+    for dtype in ("float64", "float32"):
+        layer = GRU(3, H, num_layers=2, bidirectional=True, device="cpu", dtype=dtype, seed=0)
+        layer.fast = dtype == "float32"
+        randomize_params(layer, seed=8)
+        if dtype == "float32":  # the float64 run gets the float32 weights and data, exactly
+            layer.load_state_dict({k: np.asarray(v, np.float64) for k, v in out["params"].items()})
+        else:
+            out["params"] = {k: np.asarray(to_host(v), np.float32) for k, v in layer.params.items()}
+            layer.load_state_dict({k: v.astype(np.float64) for k, v in out["params"].items()})
+        x, s0, dy, ds = (np.asarray(a, np.float32).astype(dtype) for a in random_problem(layer, T=T, B=B, seed=9))
+        with counted_cpu_kernels() as calls:
+            layer.zero_grad()
+            y, sn = layer.forward(x, s0)
+            dx, ds0 = layer.backward(dy, ds)
+        ran = calls.get("gru_fwd_seq_float32", 0) > 0
+        out[dtype] = [to_host(a) for a in (y, sn, dx, ds0, *layer.grads.values())]
+    err = max(rel_err(a, b) for a, b in zip(out["float32"], out["float64"])) if ran else math.inf
+    return Row(f"fused CPU kernels ({who}), GRU float32 forward as one call (tanh32) against the reference (cpu, "
+               "float64)", err, 1e-5)
 
 
 def run_checks(device: str = "cpu") -> list[Row]:

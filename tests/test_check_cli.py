@@ -49,16 +49,19 @@ def test_device_rows_cover_every_cell_on_the_fast_path():
 @pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
 def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monkeypatch):
     from gru_xp import check
-    from gru_xp.nn.fast import _cpu, whole_sequence_backward
+    from gru_xp.nn.fast import _cpu, whole_sequence_backward, whole_sequence_forward
 
     whole = "GRU, backward as one call on NumPy's BLAS"
     whole_lstm = "LSTM, backward as one call on NumPy's BLAS"
+    fwd32 = "GRU float32 forward as one call (tanh32)"  # one row: against the float64 reference only
     cells = ["GRU"] + ([whole] if whole_sequence_backward("float64") else []) + ["GRU reset_after=False", "LSTM"] + (
         [whole_lstm] if whole_sequence_backward("float64", "lstm") else []) + ["RNN tanh", "RNN relu"]
+    extra = [fwd32] if whole_sequence_forward("float32") else []
 
     def failing():  # the cells with a failing row
         rows = check._cpu_kernel_rows()
-        assert [r.check.split(" against")[0].split("), ", 1)[1] for r in rows] == [c for c in cells for _ in (0, 1)]
+        assert [r.check.split(" against")[0].split("), ", 1)[1] for r in rows] == \
+            [c for c in cells for _ in (0, 1)] + extra
         return {r.check.split(" against")[0].split("), ", 1)[1] for r in rows if not r.ok}
 
     assert failing() == set()
@@ -113,6 +116,16 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
 
         monkeypatch.setattr(kern, "lstm_bwd_seq_float64", dc_off)  # only the LSTM's one-call backward is wrong
         assert failing() == {whole_lstm}
+        monkeypatch.undo()
+    if extra:
+        orig_fwd = kern.gru_fwd_seq_float32
+
+        def h_off(*args):  # args[2]: operands, rows :H of step t+1 the state after step t
+            orig_fwd(*args)
+            args[2][1:, 0, 0] += 1e-4
+
+        monkeypatch.setattr(kern, "gru_fwd_seq_float32", h_off)  # only the float32 one-call forward is wrong
+        assert failing() == {fwd32}
         monkeypatch.undo()
     monkeypatch.setattr(_cpu, "usable", lambda xp, n: False)  # kernels that never run prove nothing: rows fail
     assert not any(r.ok for r in check._cpu_kernel_rows())

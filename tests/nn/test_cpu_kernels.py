@@ -18,7 +18,8 @@ from gru_xp.backend import resolve, to_host
 from gru_xp.model import Forecaster
 from gru_xp.nn._cell import CellParams
 from gru_xp.nn.fast import (Workspace, _common, _cpu, _cpu_blas, counted_cpu_kernels, gru as fgru, lstm as flstm,
-                             per_step_kernels, portable_loops, rnn as frnn, whole_sequence_backward)
+                             per_step_kernels, portable_loops, rnn as frnn, whole_sequence_backward,
+                             whole_sequence_forward)
 from gru_xp.nn.optim import Adam
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
@@ -26,19 +27,20 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reaso
 
 @pytest.fixture
 def kernels_on_off(monkeypatch):
-    """-> switch(on, whole=False): the kernels (counted: switch(True) returns an object whose .calls counts each
-    kernel's calls) for every size (MIN_STEP_ELEMS 0), step by step (per_step_kernels: the GRU's whole-sequence
-    backward off, so that every result is bit-identical to the portable loops) or, whole=True, with it; or the
-    portable loops (switch(False) returns None)."""
+    """-> switch(on, whole=False, whole_forward=False): the kernels (counted: switch(True) returns an object whose
+    .calls counts each kernel's calls) for every size (MIN_STEP_ELEMS 0), step by step (per_step_kernels: the
+    whole-sequence loops off, so that every result is bit-identical to the portable loops) or, whole=True, with the
+    whole-sequence backwards, and whole_forward=True the GRU's float32 whole-sequence forward too; or the portable
+    loops (switch(False) returns None)."""
     monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
     assert _cpu.kernels() is not None
     with contextlib.ExitStack() as stack:
-        def switch(on: bool, whole: bool = False):
+        def switch(on: bool, whole: bool = False, whole_forward: bool = False):
             stack.close()  # leave the previous mode
             if on:
                 calls = stack.enter_context(counted_cpu_kernels())
-                if not whole:
-                    stack.enter_context(per_step_kernels())
+                if not (whole and whole_forward):
+                    stack.enter_context(per_step_kernels(forward_only=whole))
                 return SimpleNamespace(calls=calls)
             stack.enter_context(portable_loops())
             return None
@@ -100,7 +102,7 @@ def test_kernels_run_only_where_they_should(monkeypatch):
     assert _cpu.usable(xp, 1024) and not _cpu.usable(xp, 1023)
     strict = pytest.importorskip("array_api_strict")
     assert not _cpu.usable(strict, 1 << 20)
-    with counted_cpu_kernels() as calls:
+    with counted_cpu_kernels() as calls, per_step_kernels():
         for reset_after in (False, True):
             layer = gru_xp.GRU(1, 32, reset_after=reset_after)
             layer.forward(np.zeros((3, 32, 1), dtype=np.float32))
@@ -109,6 +111,11 @@ def test_kernels_run_only_where_they_should(monkeypatch):
         layer = gru_xp.GRU(1, 31, reset_after=False)  # B·H = 992 < 1024: the portable loops
         layer.forward(np.zeros((3, 32, 1), dtype=np.float32))
         assert calls.get("gru_fwd_state", 0) == 6
+    with counted_cpu_kernels() as calls:  # the float32 forward as one call where NumPy's BLAS is reachable
+        gru_xp.GRU(1, 32).forward(np.zeros((3, 32, 1), dtype=np.float32))
+        gru_xp.GRU(1, 31).forward(np.zeros((3, 32, 1), dtype=np.float32))  # too small: the portable loops
+        assert calls.get("gru_fwd_seq_float32", 0) == (1 if whole_sequence_forward() else 0)
+        assert calls.get("gru_fwd_after_gates", 0) == (0 if whole_sequence_forward() else 3)
     monkeypatch.delitem(_cpu.STATE, "k")
     monkeypatch.setenv("GRU_XP_CPU_KERNELS", "0")
     assert _cpu.kernels() is None and not _cpu.usable(xp, 1 << 20)
@@ -476,15 +483,16 @@ for cell in (gru_xp.GRU, gru_xp.LSTM):
     y, _ = layer.forward(np.ones((3, 30, 2), dtype=np.float32))
     layer.backward(np.ones(y.shape, dtype=np.float32))
 k = _cpu.kernels()
-stats = {n: getattr(k, n).func.stats for n in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32")}
+stats = {n: getattr(k, n).func.stats for n in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32", "gru_fwd_seq_float32")}
 print(json.dumps({n: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] for n, s in stats.items()}))
 """
 
 
 @needs_blas
 def test_whole_sequence_backwards_are_cached_on_disk(tmp_path):
-    """The one-call backwards compile once (~1 s) and later processes load them from numba's disk cache: a fresh
-    cache directory, two processes, the second one hits for both the GRU's and the LSTM's loop and misses nothing.
+    """The one-call loops compile once (~1 s) and later processes load them from numba's disk cache: a fresh
+    cache directory, two processes, the second one hits for the GRU's and the LSTM's backward loops and the GRU's
+    float32 forward loop and misses nothing.
     (They closed over the step kernels once, which gave them a new cache key every process.)"""
     import json
     import os
@@ -494,6 +502,118 @@ def test_whole_sequence_backwards_are_cached_on_disk(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "GRU_XP_CPU_SEQ": "1", "GRU_XP_CPU_KERNELS": "1"}
     runs = [json.loads(subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, check=True, capture_output=True,
                                       text=True).stdout) for _ in range(2)]
-    for name in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32"):
+    for name in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32", "gru_fwd_seq_float32"):
         assert runs[0][name] == [0, 1], runs  # compiled (and saved) in the first process
         assert runs[1][name] == [1, 0], runs  # loaded in the second
+
+
+# ---- the GRU's float32 forward as one call (_cpu.gru_fwd_sequence, tanh32) -------------------------------------------
+needs_seq_fwd = pytest.mark.skipif(importlib.util.find_spec("numba") is None or not whole_sequence_forward(),
+                                   reason="no whole-sequence forward here (numba, or NumPy's bundled OpenBLAS, missing)")
+
+
+def _ulps(a, ref):
+    """|a - ref| in units in the last place of float32 at ref (ref float64)."""
+    spacing = np.spacing(np.maximum(np.abs(ref), np.finfo(np.float32).smallest_subnormal).astype(np.float32))
+    return np.abs(a.astype(np.float64) - ref) / spacing.astype(np.float64)
+
+
+@needs_seq_fwd
+def test_tanh32_accuracy_and_edges():
+    """tanh32, through the fused step kernel (hn = 0, so n = tanh32(the candidate's input) exactly): within 8 ulp of
+    tanh over [-12, 12] and on tiny and subnormal inputs (measured ~6), odd bit for bit, |tanh| <= 1, tanh(0) = 0,
+    NaN stays NaN, +-inf saturates; r and z are sigmoids (tanh32(a/2)/2 + 1/2) in [0, 1]. Every value also lands
+    in a SIMD lane and in the scalar tail (B = 1027 is not a multiple of the vector width)."""
+    k = _cpu.kernels()
+    grid = np.linspace(-12, 12, 3 * 1027 * 337, dtype=np.float32)
+    tiny = np.float32(2.0) ** -np.arange(1, 149, dtype=np.float32)
+    xs = np.concatenate([grid, tiny, -tiny, np.float32([0.0, -0.0, 9.0, -9.0, 1e30, -1e30])])
+    B = 1027
+    xs = np.concatenate([xs, np.zeros((-xs.size) % B, np.float32)]).reshape(-1, B)  # (H, B)
+    H = xs.shape[0]
+    a = np.linspace(-20, 20, H * B, dtype=np.float32).reshape(H, B)  # sigmoid pre-activations
+    gates = np.concatenate([a / 2, -a / 2, np.zeros((H, B), np.float32)])  # (3H, B) [a_r/2 | a_z/2 | hn = 0]
+    cand, h_prev, h_next = xs.copy(), np.zeros((H, B), np.float32), np.empty((H, B), np.float32)
+    k.gru_fwd_step32(gates, cand, h_prev, h_next, np.float32(0.5))
+    ref = np.tanh(xs.astype(np.float64))
+    assert float(_ulps(cand, ref).max()) <= 8.0
+    assert float(np.abs(cand).max()) <= 1.0
+    neg = np.concatenate([-grid, -tiny, tiny, np.float32([-0.0, 0.0])])
+    c2 = np.concatenate([neg, np.zeros((-neg.size) % B, np.float32)]).reshape(-1, B)
+    g2 = np.zeros((3 * c2.shape[0], B), np.float32)
+    k.gru_fwd_step32(g2, c2, np.zeros_like(c2), np.empty_like(c2), np.float32(0.5))
+    n_pos = cand.ravel()[: grid.size + 2 * tiny.size + 2]
+    np.testing.assert_array_equal(c2.ravel()[: n_pos.size], -n_pos)  # odd, bit for bit
+    assert not cand.ravel()[grid.size + 2 * tiny.size: grid.size + 2 * tiny.size + 2].any()  # tanh(+-0) = 0
+    assert float(cand.ravel()[grid.size + 2 * tiny.size + 4]) > 1 - 1e-6  # 1e30: saturated
+    sig = 1 / (1 + np.exp(-a.astype(np.float64)))
+    assert float(np.abs(gates[:H] - sig).max()) < 1e-6 and float(np.abs(gates[H:2 * H] - (1 - sig)).max()) < 1e-6
+    assert float(gates[:2 * H].min()) >= 0.0 and float(gates[:2 * H].max()) <= 1.0
+    nan = np.full((1, 16), np.nan, np.float32)
+    g3 = np.concatenate([nan, nan, np.zeros((1, 16), np.float32)])
+    c3, h3 = np.full((1, 16), np.nan, np.float32), np.empty((1, 16), np.float32)
+    k.gru_fwd_step32(g3, c3, np.zeros((1, 16), np.float32), h3, np.float32(0.5))
+    assert np.isnan(c3).all() and np.isnan(g3[:2]).all() and np.isnan(h3).all()
+    inf = np.float32([[np.inf, -np.inf]])
+    c4 = inf.copy()
+    k.gru_fwd_step32(np.zeros((3, 2), np.float32), c4, np.zeros((1, 2), np.float32), np.empty((1, 2), np.float32),
+                     np.float32(0.5))
+    assert c4[0, 0] > 1 - 1e-6 and c4[0, 1] < -1 + 1e-6 and np.abs(c4).max() <= 1.0
+
+
+@needs_seq_fwd
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (7, 4, 3, 5), (20, 64, 1, 32), (10, 256, 1, 70)])
+@pytest.mark.parametrize("tbptt,with_dy", [(0, True), (0, False), (3, True)])
+def test_whole_sequence_forward_against_the_portable_path(kernels_on_off, T, B, I, H, tbptt, with_dy):
+    """The float32 forward as one call against the portable loops: y and h_T with and without a cache, dx, dh0 and
+    every grad (the backward runs on each forward's own cache), to float32 rounding (tanh32 is not NumPy's tanh);
+    with a reused workspace too; one call a forward, the per-step forward kernels never through Python."""
+    be = resolve("cpu", "float32")
+    p, x, h0, dy, dhT = _problem(be, T, B, I, H, seed=T + H)
+    dy = dy if with_dy else None
+    runs = []
+    for on in (False, True):
+        counting = kernels_on_off(on, whole=True, whole_forward=True)
+        ws = Workspace()
+        runs.append([_run(be, p, x, h0, dy, dhT, tbptt, ws, True) for _ in range(2)])  # 2nd reuses ws
+    assert counting.calls["gru_fwd_seq_float32"] == 4 and "gru_fwd_after_gates" not in counting.calls
+    assert counting.calls["gru_bwd_seq_float32"] == 2
+    for run_off, run_on in zip(runs[0], runs[1]):
+        for a, b in zip(run_on, run_off):
+            scale = max(float(np.max(np.abs(b), initial=0.0)), 1e-30)
+            assert float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0)) / scale <= 2e-5
+
+
+@needs_seq_fwd
+def test_whole_sequence_forward_float32_only_and_torch_float64(kernels_on_off):
+    """float64 keeps the per-step kernels (its tanh is NumPy's: bit for bit with the portable path); the float32 layer
+    on the one-call forward agrees with torch's GRU run in float64 on the same weights (stacked, bidirectional,
+    variable lengths, random upstream grads on every output) as closely as the float32 per-step path does."""
+    torch = pytest.importorskip("torch")
+    from gru_xp.check import random_lengths, random_problem, randomize_params, rel_err
+    from gru_xp.interop import to_torch_module
+
+    assert not whole_sequence_forward("float64")
+    errs = {}
+    for whole in (False, True):
+        counting = kernels_on_off(True, whole=True, whole_forward=whole)
+        layer = gru_xp.GRU(3, 40, num_layers=2, bidirectional=True, dtype="float32", seed=0)
+        randomize_params(layer, seed=1)
+        x, s0, dy, ds = random_problem(layer, T=9, B=30, seed=2)
+        lengths = random_lengths(9, 30, seed=3)
+        layer.zero_grad()
+        y, sn = layer.forward(x, s0, lengths=lengths)
+        dx, ds0 = layer.backward(dy, ds)
+        assert (counting.calls.get("gru_fwd_seq_float32", 0) > 0) == whole
+        tm = to_torch_module(layer).double()
+        xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+        h0t = torch.tensor(np.asarray(s0, np.float64), requires_grad=True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.as_tensor(lengths), enforce_sorted=False)
+        yp, hnt = tm(packed, h0t)
+        yt, _ = torch.nn.utils.rnn.pad_packed_sequence(yp, total_length=9)
+        ((yt * torch.tensor(np.asarray(dy, np.float64))).sum() + (hnt * torch.tensor(np.asarray(ds, np.float64))).sum()
+         ).backward()
+        pairs = [(y, yt), (sn, hnt), (dx, xt.grad), (ds0, h0t.grad)] + \
+            [(layer.grads[k], q.grad) for k, q in tm.named_parameters()]
+        errs[whole] = max(rel_err(np.asarray(a), b.detach().numpy()) for a, b in pairs)
+    assert errs[False] < 1e-5 and errs[True] < max(2 * errs[False], 1e-5), errs

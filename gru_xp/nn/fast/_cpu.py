@@ -11,12 +11,22 @@ forward step and 8 a backward step become 4 and 1 besides the GEMM, and the back
 computed inside the step kernel; reset_before: 9 and 8 become 5 and 2 besides its two GEMMs; LSTM: 8 and 8 become 4
 and 1; the RNN's backward: 2 and the chunk's act' pass become 1) and the passes over memory between them. No kernel
 gets an argument that aliases one it writes: numba does not vectorise such a loop (2.7-4x slower). tanh stays a
-NumPy call: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower; benchmarks/NOTES.md).
+NumPy call in these kernels: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower;
+benchmarks/NOTES.md).
+
+One exception to bit-identity: the GRU's float32 forward (reset_after) where NumPy's OpenBLAS is reachable runs as
+one call too (`gru_fwd_seq_float32`: gru_fwd_sequence below), its gate math one pass a step (gru_fwd_step32) with a
+tanh of its own, tanh32: a rational function that compiles to SIMD code (at most ~5 ulp from tanh, NumPy's ~1.4),
+fused multiply-adds allowed. Tested against the portable loops and against torch in float64 to float32 rounding,
+tanh32 against tanh to 8 ulp (tests/nn/test_cpu_kernels.py, `gru-xp check`). Why: the forward made 5 Python-level
+calls a step (~0.5 µs each, the GIL taken and released each time) and 4 passes over the gates; one call a forward is
+13-38 % faster (forward alone, by shape) and the layer's forward + backward 3-21 % (benchmarks/NOTES.md, "Sixth
+session"). float64 keeps the per-step kernels and NumPy's tanh (tanh32 is float32-accurate only).
 
 Where NumPy's own OpenBLAS is reachable (_cpu_blas.py), the kernels object also holds the GRU's and the LSTM's
 whole-sequence backwards (`gru_bwd_seq_<dtype>`, `lstm_bwd_seq_<dtype>`: gru_bwd_sequence, lstm_bwd_sequence below,
-that dtype's gemm bound as the first argument); else those attributes are absent (read them with getattr(kern, name,
-None)). Why: with the per-step kernels the backward still makes ~5 Python-level calls a step and sums the weight
+that dtype's gemm bound as the first argument) and the GRU's float32 forward (`gru_fwd_seq_float32`, with its step
+`gru_fwd_step32`); else those attributes are absent (read them with getattr(kern, name, None)). Why: with the per-step kernels the backward still makes ~5 Python-level calls a step and sums the weight
 grads' per-step terms after a batched GEMM; there the whole time loop is one GIL-free call, the step kernel called
 from compiled code (bit-identical gate grads and carried grads) and each step's weight-grad GEMM accumulating
 straight into dW (BLAS with beta = 1: dW and dx agree with the per-step path to rounding, not bit for bit).
@@ -40,9 +50,16 @@ from . import _cpu_blas
 from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS
 
 STATE: dict = {}
-# the compiled step kernels the whole-sequence backwards call, set by _build before their first compile (numba reads
-# them as globals)
-GRU_BWD_STEP = LSTM_BWD_STEP = None
+# the compiled step kernels the whole-sequence loops call, numba's float32 type (F32) and the compiled tanh32 (TANH32),
+# set by _build before their first compile (numba reads them as globals)
+GRU_BWD_STEP = LSTM_BWD_STEP = GRU_FWD_STEP = F32 = TANH32 = None
+# tanh32(x) = x P(x^2) / Q(x^2) on x clamped to +-TANH32_CLAMP (1 - tanh(9) = 3e-8: tanh is 1 to float32 precision
+# beyond): coefficients of P (degree 6) and Q (degree 3), lowest first, fitted to tanh(x)/x on (0, 9] for the least
+# largest relative error (6.6e-9 in float64; benchmarks/tanh32_fit.py derives them)
+TANH32_P = (0.9999999933837618, 0.13084009102332433, 0.003103955121127131, 1.1154297312522617e-05,
+            -2.0225183458990292e-08, 5.2779287560839564e-11, -8.488660529729578e-14)
+TANH32_Q = (1.0, 0.4641733620284665, 0.02449517398524323, 0.00025461436586752504)
+TANH32_CLAMP = 9.0
 MIN_STEP_ELEMS = 1024  # B·H of a step from which the kernels run: below, loading numba (~0.4 s a process) buys little
 
 
@@ -73,15 +90,24 @@ def _build():
         return None
     jit = numba.njit(cache=True, nogil=True)
     gru, lstm = _gru_kernels(jit), _lstm_kernels(jit)
-    gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence backwards, or None
+    gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence loops, or None
     seq = {}  # per dtype, with that dtype's gemm bound as the first argument
     if gemm is not None:
-        global GRU_BWD_STEP, LSTM_BWD_STEP
+        global GRU_BWD_STEP, LSTM_BWD_STEP, GRU_FWD_STEP, F32, TANH32
         GRU_BWD_STEP, LSTM_BWD_STEP = gru["gru_bwd_after"], lstm["lstm_bwd"]  # before the compile that reads them
         gru_seq, lstm_seq = jit(gru_bwd_sequence), jit(lstm_bwd_sequence)
         for dt in ("float32", "float64"):
             seq[f"gru_bwd_seq_{dt}"] = functools.partial(gru_seq, gemm[dt])
             seq[f"lstm_bwd_seq_{dt}"] = functools.partial(lstm_seq, gemm[dt])
+        # the float32 forward: error_model="numpy" (no zero-division check, which keeps a loop with a division from
+        # being vectorised), fused multiply-adds allowed ("contract": 23 against 36 us a seed-shape step)
+        jit32 = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+        F32 = numba.float32
+        TANH32 = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"},
+                            inline="always")(tanh32)
+        GRU_FWD_STEP = jit32(gru_fwd_step32)
+        seq["gru_fwd_seq_float32"] = functools.partial(jit32(gru_fwd_sequence), gemm["float32"])
+        seq["gru_fwd_step32"] = GRU_FWD_STEP
     return _Kernels(**gru, **lstm, **seq, **_rnn_kernels(jit))
 
 
@@ -344,6 +370,70 @@ def lstm_bwd_sequence(gemm_fn, dh, dc, dy_fm, has_dy, dcs_fm, has_dcs, cut, gate
         if cut[t]:
             dh[:, :] = zero
             dc[:, :] = zero
+
+
+# ---- the GRU's float32 forward as one call (tanh32 inside: compiled by _build, cached on disk) --------------------
+def tanh32(v):
+    """tanh of a float32, vectorisable: numba's tanh calls the C library per element (10-20x slower than NumPy's),
+    this one compiles to SIMD code at about NumPy's speed. x P(x^2) / Q(x^2) (TANH32_P, TANH32_Q) on x clamped to
+    +-TANH32_CLAMP, the result clamped to [-1, 1]: odd, at most ~6 ulp from tanh (NumPy's: ~1), NaN stays NaN (both
+    clamps compare false), +-inf -> +-(1 - 6e-8). Tested in tests/nn/test_cpu_kernels.py."""
+    c, one = F32(TANH32_CLAMP), F32(1.0)
+    x = c if v > c else v
+    x = -c if x < -c else x
+    s = x * x
+    p = s * F32(TANH32_P[6]) + F32(TANH32_P[5])
+    p = s * p + F32(TANH32_P[4])
+    p = s * p + F32(TANH32_P[3])
+    p = s * p + F32(TANH32_P[2])
+    p = s * p + F32(TANH32_P[1])
+    p = s * p + F32(TANH32_P[0])
+    q = s * F32(TANH32_Q[3]) + F32(TANH32_Q[2])
+    q = s * q + F32(TANH32_Q[1])
+    q = s * q + F32(TANH32_Q[0])
+    y = (x * p) / q
+    y = one if y > one else y
+    return -one if y < -one else y
+
+
+def gru_fwd_step32(gates, cand, h_prev, h_next, half):
+    """One GRU (reset_after) forward step after its two GEMMs, float32, every tanh tanh32: gates (3H, B)
+    [a_r/2 | a_z/2 | W_hn h + b_hn] -> [r | z | hn] in place; cand (H, B) holds W_in x + b_in and becomes
+    n = tanh(r hn + W_in x + b_in); h_next (H, B) = (h_prev - n) z + n. The per-step kernels' work (two NumPy tanh
+    calls, gru_fwd_after_gates, gru_fwd_state) in one pass; not bit-identical to them (tanh32, fused multiply-adds)."""
+    H, B = cand.shape
+    for j in range(H):
+        for b in range(B):
+            r = TANH32(gates[j, b]) * half + half
+            z = TANH32(gates[H + j, b]) * half + half
+            n = TANH32(r * gates[2 * H + j, b] + cand[j, b])
+            gates[j, b] = r
+            gates[H + j, b] = z
+            cand[j, b] = n
+            h_next[j, b] = (h_prev[j, b] - n) * z + n
+
+
+def gru_fwd_sequence(gemm_fn, w_rec, w_x, operands, gates, cand, keep, half):
+    """The GRU forward (reset_after, float32) over all T steps, the operands' layout of fast/gru.py; per step t:
+      gates[s] (3H, B) = w_rec (3H, n_cols) @ operands[t] (n_cols, B)      ([a_r/2, a_z/2, W_hn h + b_hn])
+      cand[s] (H, B) = w_x (H, I+1) @ operands[t, H:] (I+1, B)             (W_in x_t + b_in)
+      gru_fwd_step32: r, z, n in gates[s], cand[s]; the new state into operands[t+1, :H].
+    s = t when keep (gates (T, 3H, B), cand (T, H, B): the backward's cache), else 0 (one step's buffers: a forward
+    without gradients). Every array C-contiguous."""
+    T = operands.shape[0] - 1
+    n_cols, B = operands.shape[1], operands.shape[2]
+    G = w_rec.shape[0]
+    H = G // 3
+    isz = operands.itemsize
+    one, zero = half + half, half - half
+    for t in range(T):
+        s = t if keep else 0
+        op = operands[t].ctypes.data
+        gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, G, B, n_cols, one, w_rec.ctypes.data, n_cols, op, B, zero,
+                gates[s].ctypes.data, B)
+        gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, H, B, n_cols - H, one, w_x.ctypes.data, n_cols - H,
+                op + H * B * isz, B, zero, cand[s].ctypes.data, B)
+        GRU_FWD_STEP(gates[s], cand[s], operands[t, :H], operands[t + 1, :H], half)
 
 
 class _Kernels:

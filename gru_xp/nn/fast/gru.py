@@ -69,13 +69,23 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     gates = step_array(xp, ws, internal, keep_cache, "gates", (T, H3, B), dt, dev)  # (T, 3H, B) or one step's
     cand = step_array(xp, ws, internal, keep_cache, "cand", (T, H, B), dt, dev)  # (T, H, B) or one step's
 
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    seq = getattr(kern, f"gru_fwd_seq_{dt}", None) if kern is not None and reset_after else None
+    if seq is not None:  # float32 on NumPy's BLAS: the whole time loop in one call (_cpu.gru_fwd_sequence)
+        if not keep_cache:  # one step's buffers
+            gates, cand = ws.get(xp, "gates_steps", (1, H3, B), dt, dev), ws.get(xp, "cand_steps", (1, H, B), dt, dev)
+        seq(w_rec, w_x, operands, gates, cand, keep_cache, dt.type(0.5))
+        if not keep_cache:
+            h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+            return h_v[1:, ...], (h_v[T, ...],), None
+        return _outputs(xp, x, operands, gates, cand, x_ones, reset_after, x_in_operands=True)
+
     mul, add, sub, tanh, matmul = ops.mul, ops.add, ops.sub, ops.tanh, ops.matmul
     proj_buf = input_proj_buffer(xp, ws, T, H, 4 * H, B, dt, dev, full=keep_cache)  # n rows' input projection
     key = (T, reset_after, id(operands), id(gates), id(cand)) if reuse and keep_cache else None
     steps = projected_steps(ops, w_x, x_ones, proj_buf, ((0, H),), operands[:T], operands[:T, :H, :],
                             operands[1:, :H, :], gates, gates[:, :H2, :], gates[:, :H, :], gates[:, H:H2, :],
                             gates[:, H2:, :], cand, views_in=None if key is None else (ws, key))
-    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     if kern is not None and reset_after:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical
         gate_kernel, state_kernel, half_s = kern.gru_fwd_after_gates, kern.gru_fwd_state, dt.type(0.5)
         for proj_n, op_t, h_prev, h_next, gates_t, rz_t, r_t, z_t, hn_t, n_t in steps:
