@@ -53,10 +53,12 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
 
     whole = "GRU, backward as one call on NumPy's BLAS"
     whole_lstm = "LSTM, backward as one call on NumPy's BLAS"
-    fwd32 = "GRU float32 forward as one call (tanh32)"  # one row: against the float64 reference only
+    fwd32, fwd32_lstm = "GRU float32 forward as one call (tanh32)", "LSTM float32 forward as one call (tanh32)"
     cells = ["GRU"] + ([whole] if whole_sequence_backward("float64") else []) + ["GRU reset_after=False", "LSTM"] + (
         [whole_lstm] if whole_sequence_backward("float64", "lstm") else []) + ["RNN tanh", "RNN relu"]
-    extra = [fwd32] if whole_sequence_forward("float32") else []
+    # one row each: against the float64 reference only
+    extra = ([fwd32] if whole_sequence_forward("float32") else []) + (
+        [fwd32_lstm] if whole_sequence_forward("float32", "lstm") else [])
 
     def failing():  # the cells with a failing row
         rows = check._cpu_kernel_rows()
@@ -117,15 +119,17 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
         monkeypatch.setattr(kern, "lstm_bwd_seq_float64", dc_off)  # only the LSTM's one-call backward is wrong
         assert failing() == {whole_lstm}
         monkeypatch.undo()
-    if extra:
-        orig_fwd = kern.gru_fwd_seq_float32
+    for label, name, at in ((fwd32, "gru_fwd_seq_float32", 2), (fwd32_lstm, "lstm_fwd_seq_float32", 1)):
+        if label not in extra:
+            continue
+        orig_fwd = getattr(kern, name)
 
-        def h_off(*args):  # args[2]: operands, rows :H of step t+1 the state after step t
+        def h_off(*args, orig_fwd=orig_fwd, at=at):  # args[at]: the operands, rows :H of step t+1 the new state
             orig_fwd(*args)
-            args[2][1:, 0, 0] += 1e-4
+            args[at][1:, 0, 0] += 1e-4
 
-        monkeypatch.setattr(kern, "gru_fwd_seq_float32", h_off)  # only the float32 one-call forward is wrong
-        assert failing() == {fwd32}
+        monkeypatch.setattr(kern, name, h_off)  # only this cell's float32 one-call forward is wrong
+        assert failing() == {label}
         monkeypatch.undo()
     monkeypatch.setattr(_cpu, "usable", lambda xp, n: False)  # kernels that never run prove nothing: rows fail
     assert not any(r.ok for r in check._cpu_kernel_rows())

@@ -162,10 +162,10 @@ def _lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, dc_steps=None):
     return out + [np.array(a) for a in (dx, dh0, dc0, g.w_ih, g.w_hh, g.b_ih, g.b_hh)]
 
 
-def _lstm_runs(kernels_on_off, whole: bool, dtype, T, B, I, H, tbptt, with_dy, with_dc):
+def _lstm_runs(kernels_on_off, whole: bool, dtype, T, B, I, H, tbptt, with_dy, with_dc, whole_forward=False):
     """([portable runs, kernel runs], the kernels' counter): one random LSTM problem (dc_steps, when with_dc, half
     zeros) through _lstm_run with reused, reused and fresh workspaces, the portable loops, then the kernels (whole:
-    with the whole-sequence backward)."""
+    with the whole-sequence backward; whole_forward: the float32 forward as one call too)."""
     be = resolve("cpu", dtype)
     rng = np.random.default_rng(T + H)
     p = CellParams(*(be.asarray(rng.uniform(-0.6, 0.6, s)) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))))
@@ -176,7 +176,7 @@ def _lstm_runs(kernels_on_off, whole: bool, dtype, T, B, I, H, tbptt, with_dy, w
     dc_steps = be.asarray(rng.standard_normal((T, B, H)) * (rng.random((T, B, 1)) < 0.5)) if with_dc else None
     runs = []
     for on in (False, True):
-        counting = kernels_on_off(on, whole=whole)
+        counting = kernels_on_off(on, whole=whole, whole_forward=whole_forward)
         ws = Workspace()
         runs.append([_lstm_run(be, p, x, s0, dy, dsT, tbptt, ws, reuse, dc_steps) for reuse in (True, True, False)])
     return runs, counting
@@ -483,7 +483,8 @@ for cell in (gru_xp.GRU, gru_xp.LSTM):
     y, _ = layer.forward(np.ones((3, 30, 2), dtype=np.float32))
     layer.backward(np.ones(y.shape, dtype=np.float32))
 k = _cpu.kernels()
-stats = {n: getattr(k, n).func.stats for n in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32", "gru_fwd_seq_float32")}
+names = ("gru_bwd_seq_float32", "lstm_bwd_seq_float32", "gru_fwd_seq_float32", "lstm_fwd_seq_float32")
+stats = {n: getattr(k, n).func.stats for n in names}
 print(json.dumps({n: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] for n, s in stats.items()}))
 """
 
@@ -491,8 +492,8 @@ print(json.dumps({n: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] 
 @needs_blas
 def test_whole_sequence_backwards_are_cached_on_disk(tmp_path):
     """The one-call loops compile once (~1 s) and later processes load them from numba's disk cache: a fresh
-    cache directory, two processes, the second one hits for the GRU's and the LSTM's backward loops and the GRU's
-    float32 forward loop and misses nothing.
+    cache directory, two processes, the second one hits for the GRU's and the LSTM's backward and float32 forward
+    loops and misses nothing.
     (They closed over the step kernels once, which gave them a new cache key every process.)"""
     import json
     import os
@@ -502,7 +503,7 @@ def test_whole_sequence_backwards_are_cached_on_disk(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "GRU_XP_CPU_SEQ": "1", "GRU_XP_CPU_KERNELS": "1"}
     runs = [json.loads(subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, check=True, capture_output=True,
                                       text=True).stdout) for _ in range(2)]
-    for name in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32", "gru_fwd_seq_float32"):
+    for name in ("gru_bwd_seq_float32", "lstm_bwd_seq_float32", "gru_fwd_seq_float32", "lstm_fwd_seq_float32"):
         assert runs[0][name] == [0, 1], runs  # compiled (and saved) in the first process
         assert runs[1][name] == [1, 0], runs  # loaded in the second
 
@@ -585,35 +586,58 @@ def test_whole_sequence_forward_against_the_portable_path(kernels_on_off, T, B, 
 
 
 @needs_seq_fwd
-def test_whole_sequence_forward_float32_only_and_torch_float64(kernels_on_off):
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (7, 4, 3, 5), (20, 64, 1, 32)])
+@pytest.mark.parametrize("tbptt,with_dy,with_dc", [(0, True, False), (3, True, False), (0, False, True)])
+def test_lstm_whole_sequence_forward_against_the_portable_path(kernels_on_off, T, B, I, H, tbptt, with_dy, with_dc):
+    """The LSTM's float32 forward as one call against the portable loops: y, h_T, c_T with and without a cache (the
+    cacheless one alternates two cell-state buffers), dx, dh0, dc0 and every grad, to float32 rounding; reused and
+    fresh workspaces; one call a forward, the per-step forward kernel never through Python."""
+    runs, counting = _lstm_runs(kernels_on_off, True, "float32", T, B, I, H, tbptt, with_dy, with_dc,
+                                whole_forward=True)
+    assert counting.calls["lstm_fwd_seq_float32"] == 3 * 3 and "lstm_fwd_gates" not in counting.calls
+    for run_off, run_on in zip(runs[0], runs[1]):
+        for a, b in zip(run_on, run_off):
+            scale = max(float(np.max(np.abs(b), initial=0.0)), 1e-30)
+            assert float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0)) / scale <= 2e-5
+
+
+@needs_seq_fwd
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_whole_sequence_forward_float32_only_and_torch_float64(kernels_on_off, cell):
     """float64 keeps the per-step kernels (its tanh is NumPy's: bit for bit with the portable path); the float32 layer
-    on the one-call forward agrees with torch's GRU run in float64 on the same weights (stacked, bidirectional,
-    variable lengths, random upstream grads on every output) as closely as the float32 per-step path does."""
+    (GRU, LSTM) on the one-call forward agrees with torch's run in float64 on the same weights (stacked,
+    bidirectional, variable lengths, random upstream grads on every output) as closely as the float32 per-step path
+    does."""
     torch = pytest.importorskip("torch")
     from gru_xp.check import random_lengths, random_problem, randomize_params, rel_err
     from gru_xp.interop import to_torch_module
 
-    assert not whole_sequence_forward("float64")
+    assert not whole_sequence_forward("float64", cell)
     errs = {}
     for whole in (False, True):
         counting = kernels_on_off(True, whole=True, whole_forward=whole)
-        layer = gru_xp.GRU(3, 40, num_layers=2, bidirectional=True, dtype="float32", seed=0)
+        layer = {"gru": gru_xp.GRU, "lstm": gru_xp.LSTM}[cell](3, 40, num_layers=2, bidirectional=True,
+                                                              dtype="float32", seed=0)
         randomize_params(layer, seed=1)
         x, s0, dy, ds = random_problem(layer, T=9, B=30, seed=2)
         lengths = random_lengths(9, 30, seed=3)
         layer.zero_grad()
         y, sn = layer.forward(x, s0, lengths=lengths)
         dx, ds0 = layer.backward(dy, ds)
-        assert (counting.calls.get("gru_fwd_seq_float32", 0) > 0) == whole
+        assert (counting.calls.get(f"{cell}_fwd_seq_float32", 0) > 0) == whole
         tm = to_torch_module(layer).double()
         xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
-        h0t = torch.tensor(np.asarray(s0, np.float64), requires_grad=True)
+        states = list(s0) if cell == "lstm" else [s0]
+        st = [torch.tensor(np.asarray(a, np.float64), requires_grad=True) for a in states]
         packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.as_tensor(lengths), enforce_sorted=False)
-        yp, hnt = tm(packed, h0t)
+        yp, snt = tm(packed, tuple(st) if cell == "lstm" else st[0])
         yt, _ = torch.nn.utils.rnn.pad_packed_sequence(yp, total_length=9)
-        ((yt * torch.tensor(np.asarray(dy, np.float64))).sum() + (hnt * torch.tensor(np.asarray(ds, np.float64))).sum()
-         ).backward()
-        pairs = [(y, yt), (sn, hnt), (dx, xt.grad), (ds0, h0t.grad)] + \
+        snt, sn, ds, ds0 = ([*a] if cell == "lstm" else [a] for a in (snt, sn, ds, ds0))
+        obj = (yt * torch.tensor(np.asarray(dy, np.float64))).sum()
+        for a, d in zip(snt, ds):
+            obj = obj + (a * torch.tensor(np.asarray(d, np.float64))).sum()
+        obj.backward()
+        pairs = [(y, yt), (dx, xt.grad)] + list(zip(sn, snt)) + [(a, b.grad) for a, b in zip(ds0, st)] + \
             [(layer.grads[k], q.grad) for k, q in tm.named_parameters()]
         errs[whole] = max(rel_err(np.asarray(a), b.detach().numpy()) for a, b in pairs)
     assert errs[False] < 1e-5 and errs[True] < max(2 * errs[False], 1e-5), errs

@@ -26,19 +26,19 @@ def portable_loops():
         yield
 
 
-SEQUENCE_KERNELS = ("gru_bwd_seq_", "lstm_bwd_seq_", "gru_fwd_seq_")  # name prefixes of the whole-sequence kernels
+SEQUENCE_KERNELS = ("gru_bwd_seq_", "lstm_bwd_seq_", "gru_fwd_seq_", "lstm_fwd_seq_")  # whole-sequence kernels
 
 
 @contextmanager
 def per_step_kernels(forward_only: bool = False):
     """Inside: the fused CPU kernels run step by step, the whole-sequence loops (_cpu.py) off: a comparison bit for
-    bit with the portable loops (the whole-sequence backwards sum dW in another order, the GRU's float32 forward
-    computes tanh its own way). forward_only: only the whole-sequence forward off (the backwards as usual)."""
+    bit with the portable loops (the whole-sequence backwards sum dW in another order, the float32 forwards compute
+    tanh their own way). forward_only: only the whole-sequence forward off (the backwards as usual)."""
     kern = _cpu.kernels()
     if kern is None:
         yield
         return
-    off = ("gru_fwd_seq_",) if forward_only else SEQUENCE_KERNELS
+    off = ("gru_fwd_seq_", "lstm_fwd_seq_") if forward_only else SEQUENCE_KERNELS
     proxy = type(kern)(**{n: None if n.startswith(off) else f for n, f in vars(kern).items()})
     with _kernels_replaced(proxy):
         yield
@@ -51,11 +51,11 @@ def whole_sequence_backward(dtype_name: str = "float32", cell: str = "gru") -> b
     return kern is not None and getattr(kern, f"{cell}_bwd_seq_{dtype_name}", None) is not None
 
 
-def whole_sequence_forward(dtype_name: str = "float32") -> bool:
-    """True when the GRU's forward (reset_after) runs as one call on NumPy's BLAS (_cpu.gru_fwd_sequence): float32
-    only (its tanh is float32's, tanh32)."""
+def whole_sequence_forward(dtype_name: str = "float32", cell: str = "gru") -> bool:
+    """True when the forward of `cell` ('gru': reset_after; 'lstm') runs as one call on NumPy's BLAS
+    (_cpu.gru_fwd_sequence, _cpu.lstm_fwd_sequence): float32 only (their tanh is float32's, tanh32)."""
     kern = _cpu.kernels()
-    return kern is not None and getattr(kern, f"gru_fwd_seq_{dtype_name}", None) is not None
+    return kern is not None and getattr(kern, f"{cell}_fwd_seq_{dtype_name}", None) is not None
 
 
 @contextmanager

@@ -14,9 +14,9 @@ gets an argument that aliases one it writes: numba does not vectorise such a loo
 NumPy call in these kernels: NumPy's is vectorised, numba's calls the C library's per element (10-20x slower;
 benchmarks/NOTES.md).
 
-One exception to bit-identity: the GRU's float32 forward (reset_after) where NumPy's OpenBLAS is reachable runs as
-one call too (`gru_fwd_seq_float32`: gru_fwd_sequence below), its gate math one pass a step (gru_fwd_step32) with a
-tanh of its own, tanh32: a rational function that compiles to SIMD code (at most ~5 ulp from tanh, NumPy's ~1.4),
+One exception to bit-identity: the GRU's (reset_after) and the LSTM's float32 forward where NumPy's OpenBLAS is
+reachable run as one call too (`gru_fwd_seq_float32`, `lstm_fwd_seq_float32`: gru_fwd_sequence, lstm_fwd_sequence
+below), their gate math one pass a step (gru_fwd_step32, lstm_fwd_step32) with a tanh of its own, tanh32: a rational function that compiles to SIMD code (at most ~5 ulp from tanh, NumPy's ~1.4),
 fused multiply-adds allowed. Tested against the portable loops and against torch in float64 to float32 rounding,
 tanh32 against tanh to 8 ulp (tests/nn/test_cpu_kernels.py, `gru-xp check`). Why: the forward made 5 Python-level
 calls a step (~0.5 µs each, the GIL taken and released each time) and 4 passes over the gates; one call a forward is
@@ -25,8 +25,8 @@ session"). float64 keeps the per-step kernels and NumPy's tanh (tanh32 is float3
 
 Where NumPy's own OpenBLAS is reachable (_cpu_blas.py), the kernels object also holds the GRU's and the LSTM's
 whole-sequence backwards (`gru_bwd_seq_<dtype>`, `lstm_bwd_seq_<dtype>`: gru_bwd_sequence, lstm_bwd_sequence below,
-that dtype's gemm bound as the first argument) and the GRU's float32 forward (`gru_fwd_seq_float32`, with its step
-`gru_fwd_step32`); else those attributes are absent (read them with getattr(kern, name, None)). Why: with the per-step kernels the backward still makes ~5 Python-level calls a step and sums the weight
+that dtype's gemm bound as the first argument) and the GRU's and the LSTM's float32 forwards (`gru_fwd_seq_float32`,
+`lstm_fwd_seq_float32`, with their steps `gru_fwd_step32`, `lstm_fwd_step32`); else those attributes are absent (read them with getattr(kern, name, None)). Why: with the per-step kernels the backward still makes ~5 Python-level calls a step and sums the weight
 grads' per-step terms after a batched GEMM; there the whole time loop is one GIL-free call, the step kernel called
 from compiled code (bit-identical gate grads and carried grads) and each step's weight-grad GEMM accumulating
 straight into dW (BLAS with beta = 1: dW and dx agree with the per-step path to rounding, not bit for bit).
@@ -52,7 +52,7 @@ from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS
 STATE: dict = {}
 # the compiled step kernels the whole-sequence loops call, numba's float32 type (F32) and the compiled tanh32 (TANH32),
 # set by _build before their first compile (numba reads them as globals)
-GRU_BWD_STEP = LSTM_BWD_STEP = GRU_FWD_STEP = F32 = TANH32 = None
+GRU_BWD_STEP = LSTM_BWD_STEP = GRU_FWD_STEP = LSTM_FWD_STEP = F32 = TANH32 = None
 # tanh32(x) = x P(x^2) / Q(x^2) on x clamped to +-TANH32_CLAMP (1 - tanh(9) = 3e-8: tanh is 1 to float32 precision
 # beyond): coefficients of P (degree 6) and Q (degree 3), lowest first, fitted to tanh(x)/x on (0, 9] for the least
 # largest relative error (6.6e-9 in float64; benchmarks/tanh32_fit.py derives them)
@@ -93,7 +93,7 @@ def _build():
     gemm = _cpu_blas.gemm()  # NumPy's OpenBLAS for the whole-sequence loops, or None
     seq = {}  # per dtype, with that dtype's gemm bound as the first argument
     if gemm is not None:
-        global GRU_BWD_STEP, LSTM_BWD_STEP, GRU_FWD_STEP, F32, TANH32
+        global GRU_BWD_STEP, LSTM_BWD_STEP, GRU_FWD_STEP, LSTM_FWD_STEP, F32, TANH32
         GRU_BWD_STEP, LSTM_BWD_STEP = gru["gru_bwd_after"], lstm["lstm_bwd"]  # before the compile that reads them
         gru_seq, lstm_seq = jit(gru_bwd_sequence), jit(lstm_bwd_sequence)
         for dt in ("float32", "float64"):
@@ -105,9 +105,10 @@ def _build():
         F32 = numba.float32
         TANH32 = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"},
                             inline="always")(tanh32)
-        GRU_FWD_STEP = jit32(gru_fwd_step32)
+        GRU_FWD_STEP, LSTM_FWD_STEP = jit32(gru_fwd_step32), jit32(lstm_fwd_step32)
         seq["gru_fwd_seq_float32"] = functools.partial(jit32(gru_fwd_sequence), gemm["float32"])
-        seq["gru_fwd_step32"] = GRU_FWD_STEP
+        seq["lstm_fwd_seq_float32"] = functools.partial(jit32(lstm_fwd_sequence), gemm["float32"])
+        seq["gru_fwd_step32"], seq["lstm_fwd_step32"] = GRU_FWD_STEP, LSTM_FWD_STEP
     return _Kernels(**gru, **lstm, **seq, **_rnn_kernels(jit))
 
 
@@ -434,6 +435,45 @@ def gru_fwd_sequence(gemm_fn, w_rec, w_x, operands, gates, cand, keep, half):
         gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, H, B, n_cols - H, one, w_x.ctypes.data, n_cols - H,
                 op + H * B * isz, B, zero, cand[s].ctypes.data, B)
         GRU_FWD_STEP(gates[s], cand[s], operands[t, :H], operands[t + 1, :H], half)
+
+
+def lstm_fwd_step32(gates, c_prev, c_next, tanh_c, h_next, half):
+    """One LSTM forward step after its GEMM, float32, every tanh tanh32: gates (4H, B) [a_o/2 | a_i/2 | a_f/2 | a_g]
+    -> [o | i | f | g] in place; c_next (H, B) = f c_prev + i g, tanh_c (H, B) = tanh(c_next), h_next (H, B) =
+    o tanh_c. The per-step kernels' work (two NumPy tanh calls, lstm_fwd_gates, o tanh(c)) in one pass; not
+    bit-identical to them (tanh32, fused multiply-adds)."""
+    H, B = c_next.shape
+    for j in range(H):
+        for b in range(B):
+            o = TANH32(gates[j, b]) * half + half
+            i = TANH32(gates[H + j, b]) * half + half
+            f = TANH32(gates[2 * H + j, b]) * half + half
+            g = TANH32(gates[3 * H + j, b])
+            c = f * c_prev[j, b] + i * g
+            tc = TANH32(c)
+            gates[j, b], gates[H + j, b], gates[2 * H + j, b], gates[3 * H + j, b] = o, i, f, g
+            c_next[j, b] = c
+            tanh_c[j, b] = tc
+            h_next[j, b] = o * tc
+
+
+def lstm_fwd_sequence(gemm_fn, w_rec, operands, cell_states, gates, tanh_c, keep, half):
+    """The LSTM forward (float32) over all T steps, the operands' layout of fast/lstm.py; per step t:
+      gates[s] (4H, B) = w_rec (4H, n_cols) @ operands[t] (n_cols, B)   ([a_o/2, a_i/2, a_f/2, a_g])
+      lstm_fwd_step32: o, i, f, g in gates[s], tanh(c) in tanh_c[s], c into cell_states, h into operands[t+1, :H].
+    keep: s = t, cell_states (T+1, H, B) c_t at t (the backward's cache); else s = 0 and cell_states (2, H, B),
+    c_t at t % 2 (two buffers, so that no kernel reads and writes one array). Every array C-contiguous."""
+    T = operands.shape[0] - 1
+    n_cols, B = operands.shape[1], operands.shape[2]
+    G = w_rec.shape[0]
+    H = G // 4
+    one, zero = half + half, half - half
+    for t in range(T):
+        s = t if keep else 0
+        c0, c1 = (t, t + 1) if keep else (t % 2, (t + 1) % 2)
+        gemm_fn(ROW_MAJOR, NO_TRANS, NO_TRANS, G, B, n_cols, one, w_rec.ctypes.data, n_cols,
+                operands[t].ctypes.data, B, zero, gates[s].ctypes.data, B)
+        LSTM_FWD_STEP(gates[s], cell_states[c0], cell_states[c1], tanh_c[s], operands[t + 1, :H], half)
 
 
 class _Kernels:

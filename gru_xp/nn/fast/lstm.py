@@ -66,6 +66,10 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     ops.mul(w_rec[:H3, :], half, out=w_rec[:H3, :])
 
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    seq = getattr(kern, f"lstm_fwd_seq_{dt}", None) if kern is not None else None
+    if seq is not None:  # float32 on NumPy's BLAS: the whole time loop in one call (_cpu.lstm_fwd_sequence)
+        return _forward_sequence(xp, ops, ws, reuse, private_cache, keep_cache, x, c0, w_rec, operands, seq)
     # without a cache: c_{t-1} and c_t in two buffers, alternating (a kernel that reads and writes one array is not
     # vectorised by numba)
     cell_states = step_array(xp, ws, reuse, keep_cache, "cell_states", (T + 1, H, B), dt, dev, output=True,
@@ -80,7 +84,6 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
                    gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:H3], gates[:, H3:], tanh_c)
     key = (T, id(operands), id(cell_states), id(gates), id(tanh_c))
     steps = ws.views("fwd", key, lambda: list(zip(*step_arrays))) if reuse and keep_cache else zip(*step_arrays)
-    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     if kern is not None:  # the fused CPU kernels (_cpu.py): the same operations, bit-identical, 5 calls a step
         gate_kernel, half_s = kern.lstm_fwd_gates, dt.type(0.5)
         for op_t, h_next, c_prev, c_next, gates_t, sig_t, o_t, i_t, f_t, g_t, tanh_c_t in steps:
@@ -103,6 +106,31 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     if not keep_cache:
         h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
         return h_v[1:], (h_v[T], xp.matrix_transpose(cell_states[T])), None
+    return _outputs(xp, x, operands, cell_states, gates, tanh_c)
+
+
+def _forward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, private_cache: bool, keep_cache: bool, x, c0, w_rec,
+                      operands, seq):
+    """lstm_forward through the whole-sequence kernel `seq` (_cpu.lstm_fwd_sequence; float32, NumPy): the cell
+    states (T+1 with a cache, else two alternating, c_T a view of either: fresh unless reused), gates and tanh(c)
+    (T steps or one), one call. Same returns as lstm_forward."""
+    T, B, _ = x.shape
+    H = w_rec.shape[0] // 4
+    dev, dt = device_of(x), x.dtype
+    internal = reuse or private_cache
+    if keep_cache:
+        cell_states = cache_array(xp, ws, reuse, "cell_states", (T + 1, H, B), dt, dev)  # (T+1, H, B)
+        gates = cache_array(xp, ws, internal, "gates", (T, 4 * H, B), dt, dev)  # (T, 4H, B)
+        tanh_c = cache_array(xp, ws, internal, "tanh_c", (T, H, B), dt, dev)  # (T, H, B)
+    else:
+        cell_states = cache_array(xp, ws, reuse, "cell_states_steps", (2, H, B), dt, dev)  # (2, H, B): c at t % 2
+        gates = ws.get(xp, "gates_steps", (1, 4 * H, B), dt, dev)  # (1, 4H, B)
+        tanh_c = ws.get(xp, "tanh_c_steps", (1, H, B), dt, dev)  # (1, H, B)
+    ops.copy(xp.matrix_transpose(c0), cell_states[0])
+    seq(w_rec, operands, cell_states, gates, tanh_c, keep_cache, dt.type(0.5))
+    if not keep_cache:
+        h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
+        return h_v[1:], (h_v[T], xp.matrix_transpose(cell_states[T % 2])), None
     return _outputs(xp, x, operands, cell_states, gates, tanh_c)
 
 
