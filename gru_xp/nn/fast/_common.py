@@ -170,16 +170,24 @@ class PerStep:
         return views[(self.offset + key[0]) % len(views)]
 
 
-def step_array(xp, ws: Workspace, reuse: bool, keep_cache: bool, name, shape, dt, dev, *, output: bool = False,
-               period: int = 1):
-    """A (T, ...) cache array (cache_array) when the forward keeps its cache, else a PerStep over `period` (...)
-    buffers: from the workspace, or fresh (output=True and not reuse) when the caller returns one (a final state)."""
+def step_storage(xp, ws: Workspace, reuse: bool, keep_cache: bool, name, shape, dt, dev, *, output: bool = False,
+                 period: int = 1):
+    """The array behind step_array: the (T, ...) cache array (cache_array) when the forward keeps its cache, else
+    (period, ...) buffers, step t's at t % period: from the workspace, or fresh (output=True and not reuse) when the
+    caller returns one (a final state). The whole-sequence kernels (_cpu.py) take it as it is."""
     if keep_cache:
         return cache_array(xp, ws, reuse, name, shape, dt, dev)
     step = (period,) + tuple(shape[1:])
-    bufs = cache_array(xp, ws, reuse, name + "_steps", step, dt, dev) if output else \
+    return cache_array(xp, ws, reuse, name + "_steps", step, dt, dev) if output else \
         ws.get(xp, name + "_steps", step, dt, dev)
-    return PerStep([bufs[k] for k in range(period)], shape[0])
+
+
+def step_array(xp, ws: Workspace, reuse: bool, keep_cache: bool, name, shape, dt, dev, *, output: bool = False,
+               period: int = 1):
+    """A (T, ...) cache array (cache_array) when the forward keeps its cache, else a PerStep over `period` (...)
+    buffers (step_storage's)."""
+    a = step_storage(xp, ws, reuse, keep_cache, name, shape, dt, dev, output=output, period=period)
+    return a if keep_cache else PerStep([a[k] for k in range(period)], shape[0])
 
 
 def flush_threshold(xp, dt) -> float:

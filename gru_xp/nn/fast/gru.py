@@ -24,7 +24,7 @@ from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
                       feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
                       gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
-                      recurrent_operands, state_grad, step_array, unfold_grads)
+                      recurrent_operands, state_grad, step_array, step_storage, unfold_grads)
 
 
 @dataclass
@@ -66,19 +66,18 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
     x_ones = operands[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
     internal = reuse or private_cache
-    gates = step_array(xp, ws, internal, keep_cache, "gates", (T, H3, B), dt, dev)  # (T, 3H, B) or one step's
-    cand = step_array(xp, ws, internal, keep_cache, "cand", (T, H, B), dt, dev)  # (T, H, B) or one step's
-
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     seq = getattr(kern, f"gru_fwd_seq_{dt}", None) if kern is not None and reset_after else None
     if seq is not None:  # float32 on NumPy's BLAS: the whole time loop in one call (_cpu.gru_fwd_sequence)
-        if not keep_cache:  # one step's buffers
-            gates, cand = ws.get(xp, "gates_steps", (1, H3, B), dt, dev), ws.get(xp, "cand_steps", (1, H, B), dt, dev)
+        gates = step_storage(xp, ws, internal, keep_cache, "gates", (T, H3, B), dt, dev)  # (T or 1, 3H, B)
+        cand = step_storage(xp, ws, internal, keep_cache, "cand", (T, H, B), dt, dev)  # (T or 1, H, B)
         seq(w_rec, w_x, operands, gates, cand, keep_cache, dt.type(0.5))
         if not keep_cache:
             h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
             return h_v[1:, ...], (h_v[T, ...],), None
         return _outputs(xp, x, operands, gates, cand, x_ones, reset_after, x_in_operands=True)
+    gates = step_array(xp, ws, internal, keep_cache, "gates", (T, H3, B), dt, dev)  # (T, 3H, B) or one step's
+    cand = step_array(xp, ws, internal, keep_cache, "cand", (T, H, B), dt, dev)  # (T, H, B) or one step's
 
     mul, add, sub, tanh, matmul = ops.mul, ops.add, ops.sub, ops.tanh, ops.matmul
     proj_buf = input_proj_buffer(xp, ws, T, H, 4 * H, B, dt, dev, full=keep_cache)  # n rows' input projection

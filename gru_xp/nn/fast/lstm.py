@@ -21,8 +21,8 @@ from .._cell import CellParams, cut
 from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
                       feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
-                      gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array, unfold_grads,
-                      weight_grad_buffers)
+                      gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array, step_storage,
+                      unfold_grads, weight_grad_buffers)
 
 
 def _lstm_blocks(H: int):
@@ -118,14 +118,10 @@ def _forward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, private_cache: b
     H = w_rec.shape[0] // 4
     dev, dt = device_of(x), x.dtype
     internal = reuse or private_cache
-    if keep_cache:
-        cell_states = cache_array(xp, ws, reuse, "cell_states", (T + 1, H, B), dt, dev)  # (T+1, H, B)
-        gates = cache_array(xp, ws, internal, "gates", (T, 4 * H, B), dt, dev)  # (T, 4H, B)
-        tanh_c = cache_array(xp, ws, internal, "tanh_c", (T, H, B), dt, dev)  # (T, H, B)
-    else:
-        cell_states = cache_array(xp, ws, reuse, "cell_states_steps", (2, H, B), dt, dev)  # (2, H, B): c at t % 2
-        gates = ws.get(xp, "gates_steps", (1, 4 * H, B), dt, dev)  # (1, 4H, B)
-        tanh_c = ws.get(xp, "tanh_c_steps", (1, H, B), dt, dev)  # (1, H, B)
+    cell_states = step_storage(xp, ws, reuse, keep_cache, "cell_states", (T + 1, H, B), dt, dev, output=True,
+                               period=2)  # (T+1, H, B), or (2, H, B): c_t at t % 2
+    gates = step_storage(xp, ws, internal, keep_cache, "gates", (T, 4 * H, B), dt, dev)  # (T or 1, 4H, B)
+    tanh_c = step_storage(xp, ws, internal, keep_cache, "tanh_c", (T, H, B), dt, dev)  # (T or 1, H, B)
     ops.copy(xp.matrix_transpose(c0), cell_states[0])
     seq(w_rec, operands, cell_states, gates, tanh_c, keep_cache, dt.type(0.5))
     if not keep_cache:
