@@ -7,7 +7,20 @@
 
 
 class UserError(ValueError):
-    """Bad input from a user (flag, config, file, state dict). `cli.py` prints it as one line and exits 2."""
+    """Bad input from a user (flag, config, file, state dict). `cli.py` prints it as one line and exits 2.
+
+    One line whatever the input put into the message (a CSV column named "a\nb", a path with a line break): every
+    character that does not print (line breaks, tabs, NUL) is written as its escape sequence."""
+
+    def __init__(self, message="", *args):
+        super().__init__(one_line(str(message)), *args)
+
+
+def one_line(text: str) -> str:
+    """text with every non-printing character (\n, \r, \t, \x00, \u2028, ...) escaped as Python would write it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class TrainingDiverged(UserError):

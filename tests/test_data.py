@@ -157,6 +157,15 @@ def test_missing_file_and_column():
         load_series(cfg(data="GOOG.csv", date="Nope"))
 
 
+def test_a_column_name_with_a_line_break_still_gives_one_line(tmp_path):
+    """The message lists the file's columns; one named "0<newline>4" (a quoted CSV header, found by the fuzz test)
+    must not break it over two lines: UserError escapes what does not print."""
+    p = write(tmp_path, '"0\n4",v\n1,2\n3,4\n')
+    with pytest.raises(UserError) as e:
+        load_series(cfg(data=p, target="Close"))
+    assert "\n" not in str(e.value) and "0\\n4" in str(e.value) and "target column 'Close'" in str(e.value)
+
+
 def test_explicit_options_for_missing_and_unsorted(tmp_path):
     p = write(tmp_path, "Date,Close\n2020-01-01,1\n2020-01-02,\n2020-01-03,3\n")
     np.testing.assert_array_equal(load_series(cfg(data=p, missing="ffill")).y, [1, 1, 3])
