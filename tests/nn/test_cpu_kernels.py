@@ -641,3 +641,25 @@ def test_whole_sequence_forward_float32_only_and_torch_float64(kernels_on_off, c
             [(layer.grads[k], q.grad) for k, q in tm.named_parameters()]
         errs[whole] = max(rel_err(np.asarray(a), b.detach().numpy()) for a, b in pairs)
     assert errs[False] < 1e-5 and errs[True] < max(2 * errs[False], 1e-5), errs
+
+
+def test_tiled_transpose_copies_exactly_and_serves_feature_major_copy(kernels_on_off):
+    """transpose_tbh equals NumPy's transpose bit for bit over tile edges (B, F below, at and beyond multiples of 16);
+    feature_major_copy takes it for a C-contiguous array of its dtype (counted), NumPy's strided copy otherwise (a
+    non-contiguous view, another dtype) with the same result."""
+    k = _cpu.kernels()
+    rng = np.random.default_rng(0)
+    for T, B, F in [(1, 1, 1), (2, 16, 16), (3, 33, 17), (2, 15, 40), (1, 256, 70)]:
+        a = rng.standard_normal((T, B, F)).astype(np.float32)
+        out = np.full((T, F, B), np.nan, np.float32)
+        k.transpose_tbh(a, out)
+        np.testing.assert_array_equal(out, a.transpose(0, 2, 1))
+    counting = kernels_on_off(True)
+    xp = resolve("cpu", "float64").xp
+    ops = _common.ops_for(xp)
+    a = rng.standard_normal((4, 40, 30))
+    for src, used in ((a, 1), (a[:, ::2], 0), (a.astype(np.float32), 0)):
+        before = counting.calls.get("transpose_tbh", 0)
+        got = _common.feature_major_copy(xp, ops, Workspace(), "t", src, np.float64, "cpu")
+        np.testing.assert_array_equal(got, np.asarray(src, np.float64).transpose(0, 2, 1))
+        assert counting.calls.get("transpose_tbh", 0) - before == used

