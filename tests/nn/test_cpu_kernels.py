@@ -508,9 +508,9 @@ def test_whole_sequence_backwards_are_cached_on_disk(tmp_path):
         assert runs[1][name] == [1, 0], runs  # loaded in the second
 
 
-# ---- the GRU's float32 forward as one call (_cpu.gru_fwd_sequence, tanh32) -------------------------------------------
+# ---- the float32 forwards as one call (_cpu.gru_fwd_sequence, _cpu.lstm_fwd_sequence, tanh32) --------------------
 needs_seq_fwd = pytest.mark.skipif(importlib.util.find_spec("numba") is None or not whole_sequence_forward(),
-                                   reason="no whole-sequence forward here (numba, or NumPy's bundled OpenBLAS, missing)")
+                                   reason="no one-call forward here (numba, or NumPy's bundled OpenBLAS, missing)")
 
 
 def _ulps(a, ref):

@@ -16,26 +16,28 @@ benchmarks/NOTES.md).
 
 One exception to bit-identity: the GRU's (reset_after) and the LSTM's float32 forward where NumPy's OpenBLAS is
 reachable run as one call too (`gru_fwd_seq_float32`, `lstm_fwd_seq_float32`: gru_fwd_sequence, lstm_fwd_sequence
-below), their gate math one pass a step (gru_fwd_step32, lstm_fwd_step32) with a tanh of its own, tanh32: a rational function that compiles to SIMD code (at most ~5 ulp from tanh, NumPy's ~1.4),
-fused multiply-adds allowed. Tested against the portable loops and against torch in float64 to float32 rounding,
-tanh32 against tanh to 8 ulp (tests/nn/test_cpu_kernels.py, `gru-xp check`). Why: the forward made 5 Python-level
-calls a step (~0.5 µs each, the GIL taken and released each time) and 4 passes over the gates; one call a forward is
-13-38 % faster (forward alone, by shape) and the layer's forward + backward 3-21 % (benchmarks/NOTES.md, "Sixth
-session"). float64 keeps the per-step kernels and NumPy's tanh (tanh32 is float32-accurate only).
+below), their gate math one pass a step (gru_fwd_step32, lstm_fwd_step32) with a tanh of its own, tanh32: a rational
+function that compiles to SIMD code (at most ~5 ulp from tanh, NumPy's ~1.4), fused multiply-adds allowed. Tested
+against the portable loops and against torch in float64 to float32 rounding, tanh32 against tanh to 8 ulp
+(tests/nn/test_cpu_kernels.py, `gru-xp check`). Why: the forward made 5 Python-level calls a step (~0.5 µs each, the
+GIL taken and released each time) and 4 passes over the gates; one call a GRU forward is 13-38 % faster (forward alone,
+by shape; the LSTM's 12-29 %) and the layer's forward + backward 3-21 % (benchmarks/NOTES.md, "Sixth session").
+float64 keeps the per-step kernels and NumPy's tanh (tanh32 is float32-accurate only).
 
 Where NumPy's own OpenBLAS is reachable (_cpu_blas.py), the kernels object also holds the GRU's and the LSTM's
 whole-sequence backwards (`gru_bwd_seq_<dtype>`, `lstm_bwd_seq_<dtype>`: gru_bwd_sequence, lstm_bwd_sequence below,
 that dtype's gemm bound as the first argument) and the GRU's and the LSTM's float32 forwards (`gru_fwd_seq_float32`,
-`lstm_fwd_seq_float32`, with their steps `gru_fwd_step32`, `lstm_fwd_step32`); else those attributes are absent (read them with getattr(kern, name, None)). Why: with the per-step kernels the backward still makes ~5 Python-level calls a step and sums the weight
-grads' per-step terms after a batched GEMM; there the whole time loop is one GIL-free call, the step kernel called
-from compiled code (bit-identical gate grads and carried grads) and each step's weight-grad GEMM accumulating
-straight into dW (BLAS with beta = 1: dW and dx agree with the per-step path to rounding, not bit for bit).
-Measured (benchmarks/NOTES.md, "The GRU backward as one call"): the public layer's forward + backward 3-23 % faster,
-at every benchmark shape and both thread counts. They are module-level functions that reach the step kernels
-through module globals (GRU_BWD_STEP, LSTM_BWD_STEP), not closures, so that numba's disk cache finds them again in
-the next process (a closure over a compiled function got a new cache key every process: ~1 s of compiling on each
-process's first backward), and they live in this file, so that editing a step kernel invalidates their cache too
-(numba stamps a cache with its function's source file only).
+`lstm_fwd_seq_float32`, with their steps `gru_fwd_step32`, `lstm_fwd_step32`); else those attributes are absent
+(read them with getattr(kern, name, None)). Why the backwards: with the per-step kernels the backward still makes ~5
+Python-level calls a step and sums the weight grads' per-step terms after a batched GEMM; there the whole time loop
+is one GIL-free call, the step kernel called from compiled code (bit-identical gate grads and carried grads) and
+each step's weight-grad GEMM accumulating straight into dW (BLAS with beta = 1: dW and dx agree with the per-step
+path to rounding, not bit for bit). Measured (benchmarks/NOTES.md, "The GRU backward as one call"): the public
+layer's forward + backward 3-23 % faster, at every benchmark shape and both thread counts. They are module-level
+functions that reach the step kernels through module globals (GRU_BWD_STEP, LSTM_BWD_STEP), not closures, so that
+numba's disk cache finds them again in the next process (a closure over a compiled function got a new cache key
+every process: ~1 s of compiling on each process's first backward), and they live in this file, so that editing a
+step kernel invalidates their cache too (numba stamps a cache with its function's source file only).
 
 numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
 _cuda.py; this module is the CPU counterpart, see the README's layout notes). GRU_XP_CPU_KERNELS=0 turns it off.
@@ -400,11 +402,11 @@ def lstm_bwd_sequence(gemm_fn, dh, dc, dy_fm, has_dy, dcs_fm, has_dcs, cut, gate
             dc[:, :] = zero
 
 
-# ---- the GRU's float32 forward as one call (tanh32 inside: compiled by _build, cached on disk) --------------------
+# ---- the GRU's and the LSTM's float32 forwards as one call (tanh32 inside: compiled by _build, cached on disk) -----
 def tanh32(v):
     """tanh of a float32, vectorisable: numba's tanh calls the C library per element (10-20x slower than NumPy's),
     this one compiles to SIMD code at about NumPy's speed. x P(x^2) / Q(x^2) (TANH32_P, TANH32_Q) on x clamped to
-    +-TANH32_CLAMP, the result clamped to [-1, 1]: odd, at most ~6 ulp from tanh (NumPy's: ~1), NaN stays NaN (both
+    +-TANH32_CLAMP, the result clamped to [-1, 1]: odd, at most ~5 ulp from tanh (NumPy's: ~1.4), NaN stays NaN (both
     clamps compare false), +-inf -> +-(1 - 6e-8). Tested in tests/nn/test_cpu_kernels.py."""
     c, one = F32(TANH32_CLAMP), F32(1.0)
     x = c if v > c else v
@@ -504,7 +506,8 @@ def lstm_fwd_sequence(gemm_fn, w_rec, operands, cell_states, gates, tanh_c, keep
 
 
 class _Kernels:
-    """The compiled kernels as attributes (gru_*, lstm_*, rnn_*; the whole-sequence ones only with NumPy's BLAS)."""
+    """The compiled kernels as attributes (gru_*, lstm_*, rnn_*, transpose_tbh; the whole-sequence ones only with
+    NumPy's BLAS)."""
 
     def __init__(self, **kernels):
         self.__dict__.update(kernels)
