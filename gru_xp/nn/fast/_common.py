@@ -226,7 +226,13 @@ def feature_major_copy(xp, ops: Ops, ws: Workspace, name: str, a, dt, dev):
     if a is None:
         return None
     T, B, F = a.shape
-    out = ws.get(xp, name, (T, F, B), dt, dev)  # (T, F, B)
+    return feature_major_into(xp, ops, a, ws.get(xp, name, (T, F, B), dt, dev))  # (T, F, B)
+
+
+def feature_major_into(xp, ops: Ops, a, out):
+    """out (m, F, B) = a (m, B, F) transposed per step; returns out. The backwards' dy (and dc) copies, whole or a
+    chunk of steps at a time: through _cpu.transpose_tbh where the CPU kernels run and a is C-contiguous."""
+    m, B, F = a.shape
     kern = _cpu.kernels() if _cpu.usable(xp, B * F) else None
     if kern is not None and a.dtype == out.dtype and a.flags.c_contiguous:  # NumPy arrays (usable: NumPy only)
         kern.transpose_tbh(a, out)

@@ -22,8 +22,8 @@ from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
-                      feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
-                      gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
+                      feature_major_copy, feature_major_into, feature_major_to_tbh, flush_subnormals, flush_threshold,
+                      fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
                       recurrent_operands, state_grad, step_array, step_storage, unfold_grads)
 
 
@@ -493,7 +493,7 @@ def _backward_loop_kernels(xp, ops: Ops, ws: Workspace, reuse: bool, c: FastGRUC
     while t1 > 0:
         t0 = max(0, t1 - chunk)
         if dy_fm is not None:
-            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[: t1 - t0])
+            feature_major_into(xp, ops, dy[t0:t1], dy_fm[: t1 - t0])
         for t in range(t1 - 1, t0 - 1, -1):
             dgates_t, dgh_t, da_n_t, gates_t, h_prev, n_t = step_views[t]
             dy_t = unused if dy_fm is None else dy_fm[t - t0]

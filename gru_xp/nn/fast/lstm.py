@@ -20,9 +20,9 @@ from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
-                      feature_major_copy, feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights,
-                      gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array, step_storage,
-                      unfold_grads, weight_grad_buffers)
+                      feature_major_copy, feature_major_into, feature_major_to_tbh, flush_subnormals, flush_threshold,
+                      fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array,
+                      step_storage, unfold_grads, weight_grad_buffers)
 
 
 def _lstm_blocks(H: int):
@@ -216,7 +216,7 @@ def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, upst
         m = t1 - t0
         for a, fm in ((dy, dy_fm), (dc_steps, dcs_fm)):
             if fm is not None:
-                ops.copy(xp.permute_dims(a[t0:t1], (0, 2, 1)), fm[:m])
+                feature_major_into(xp, ops, a[t0:t1], fm[:m])
         for t in range(t1 - 1, t0 - 1, -1):
             j = t - t0
             step(dh, unused if dy_fm is None else dy_fm[j], dy_fm is not None,

@@ -18,9 +18,9 @@ from ..rnn import NONLINEARITIES, RNNCache
 from ..rnn import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
-from ._common import (InputBackward, Workspace, add_chunk_weight_grads, feature_major_copy, feature_major_to_tbh,
-                      flush_subnormals, flush_threshold, fold_weights, ops_for, recurrent_operands, state_grad,
-                      unfold_grads, weight_grad_buffers)
+from ._common import (InputBackward, Workspace, add_chunk_weight_grads, feature_major_copy, feature_major_into,
+                      feature_major_to_tbh, flush_subnormals, flush_threshold, fold_weights, ops_for,
+                      recurrent_operands, state_grad, unfold_grads, weight_grad_buffers)
 
 
 @dataclass
@@ -163,7 +163,7 @@ def _backward_chunks_kernels(xp, ops, ws: Workspace, c: FastRNNCache, dy, tbptt:
         t0 = max(0, t1 - chunk)
         m = t1 - t0
         if dy_fm is not None:
-            ops.copy(xp.permute_dims(dy[t0:t1], (0, 2, 1)), dy_fm[:m])
+            feature_major_into(xp, ops, dy[t0:t1], dy_fm[:m])
         for t in range(t1 - 1, t0 - 1, -1):
             j = t - t0
             step(dh, unused if dy_fm is None else dy_fm[j], dy_fm is not None, c.operands[t + 1, :H], da[j], relu,
