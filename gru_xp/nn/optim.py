@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from ..errors import UserError
+from .fast import adam_fused
 
 
 class Optimizer:
@@ -98,13 +99,17 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t
         step = self.lr / c1
+        # NumPy with the CPU kernels: one call a parameter, the same values
+        fused = adam_fused(xp, params, b1, b2, self.eps, step, math.sqrt(c2), self.weight_decay)
         for k, p in params.items():
             g = grads[k]
-            if self.weight_decay:
-                g = g + self.weight_decay * p
             if k not in self.state:
                 self.state[k] = (xp.zeros_like(p), xp.zeros_like(p))
             m, v = self.state[k]
+            if fused is not None and fused(p, g, m, v):
+                continue
+            if self.weight_decay:
+                g = g + self.weight_decay * p
             # the same operations in the same order as m = b1 m + (1-b1) g, v = b2 v + (1-b2) g², then
             # p -= step m / (sqrt(v)/sqrt(c2) + eps) (same values), with in-place updates of the temporaries:
             # 4 arrays allocated per parameter instead of 8

@@ -140,3 +140,28 @@ def fast_cell_for(cell_module, xp, *, reuse: bool = False):
 _IMPLS = {"gru": (gru.gru_forward, gru.gru_backward, {"private_cache": True}),
           "lstm": (lstm.lstm_forward, lstm.lstm_backward, {"private_cache": True}),
           "rnn": (rnn.rnn_forward, rnn.rnn_backward, {})}
+
+
+def adam_fused(xp, params: dict, b1: float, b2: float, eps: float, step_size: float, sqrt_c2: float,
+               weight_decay: float):
+    """For one Adam step (nn/optim.Adam.step, whose scalars these are): a function (p, g, m, v) -> bool that updates
+    one parameter with _cpu_glue.adam_update (one call, bit for bit Adam.step's NumPy operations) and returns True,
+    or returns False where it does not apply (an array not C-contiguous or of another dtype); None when the CPU
+    kernels do not run for these parameters (not NumPy, numba off, or fewer than _cpu.MIN_STEP_ELEMS of them)."""
+    if not _cpu.usable(xp, _cpu.MIN_STEP_ELEMS) or sum(int(p.size) for p in params.values()) < _cpu.MIN_STEP_ELEMS:
+        return None  # the namespace first: a torch tensor's size is a method
+    update, scalars = _cpu.kernels().adam_update, {}
+
+    def step(p, g, m, v) -> bool:
+        dt = p.dtype
+        if not all(a.dtype == dt and a.flags.c_contiguous for a in (p, g, m, v)):
+            return False
+        coef = scalars.get(dt)
+        if coef is None:  # the Python floats in this dtype, as NumPy casts them in Adam.step's ufunc calls; one
+            # array, not 8 scalars: numba's dispatch types an array argument faster (~0.3 us a scalar)
+            coef = scalars[dt] = xp.asarray([b1, 1.0 - b1, b2, 1.0 - b2, sqrt_c2, eps, step_size, weight_decay],
+                                            dtype=dt)
+        update(p, g, m, v, coef, bool(weight_decay))
+        return True
+
+    return step

@@ -48,7 +48,7 @@ import functools
 import importlib
 import os
 
-from . import _cpu_blas
+from . import _cpu_blas, _cpu_glue
 from ._cpu_blas import NO_TRANS, ROW_MAJOR, TRANS
 
 STATE: dict = {}
@@ -111,7 +111,8 @@ def _build():
         seq["gru_fwd_seq_float32"] = functools.partial(jit32(gru_fwd_sequence), gemm["float32"])
         seq["lstm_fwd_seq_float32"] = functools.partial(jit32(lstm_fwd_sequence), gemm["float32"])
         seq["gru_fwd_step32"], seq["lstm_fwd_step32"] = GRU_FWD_STEP, LSTM_FWD_STEP
-    return _Kernels(**gru, **lstm, **seq, **_rnn_kernels(jit), **_copy_kernels(jit))
+    return _Kernels(**gru, **lstm, **seq, **_rnn_kernels(jit), **_copy_kernels(jit),
+                    **_cpu_glue.glue_kernels(jit, numba.njit(cache=True, nogil=True, error_model="numpy")))
 
 
 def _gru_kernels(jit) -> dict:
@@ -506,8 +507,18 @@ def lstm_fwd_sequence(gemm_fn, w_rec, operands, cell_states, gates, tanh_c, keep
 
 
 class _Kernels:
-    """The compiled kernels as attributes (gru_*, lstm_*, rnn_*, transpose_tbh; the whole-sequence ones only with
-    NumPy's BLAS)."""
+    """The compiled kernels as attributes (gru_*, lstm_*, rnn_*, transpose_tbh, _cpu_glue's; the whole-sequence
+    ones only with NumPy's BLAS)."""
 
     def __init__(self, **kernels):
+        kernels.pop("by_dtype", None)  # a proxy built from vars() of another (fast/__init__.py) starts a new cache
         self.__dict__.update(kernels)
+        self.by_dtype: dict = {}
+
+    def seq(self, name: str, dtype):
+        """The whole-sequence kernel `name`_<dtype> (e.g. seq("gru_bwd_seq", x.dtype)), or None: looked up once per
+        (name, dtype) (formatting a dtype's name costs ~6 us a call)."""
+        key = (name, dtype)
+        if key not in self.by_dtype:
+            self.by_dtype[key] = getattr(self, f"{name}_{dtype}", None)
+        return self.by_dtype[key]

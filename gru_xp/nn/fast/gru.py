@@ -23,8 +23,8 @@ from .._cell import CellParams, cut
 from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
                       feature_major_copy, feature_major_into, feature_major_to_tbh, flush_subnormals, flush_threshold,
-                      fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, projected_steps,
-                      recurrent_operands, state_grad, step_array, step_storage, unfold_grads)
+                      fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, params_of_dtype,
+                      projected_steps, recurrent_operands, state_grad, step_array, step_storage, unfold_grads)
 
 
 @dataclass
@@ -62,12 +62,12 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     ops = ops_for(xp)
     H2, H3 = 2 * H, 3 * H
     half = ops.const(0.5, dt, dev)
-    w_rec, w_n, w_x = _weights_numpy(xp, ops, ws, p, I, reset_after, half, dt, dev)
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
+    w_rec, w_n, w_x = _weights_numpy(xp, ops, ws, p, I, reset_after, half, dt, dev, kern)
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
     x_ones = operands[:T, H:, :]  # (T, I+1, B) [x_t; 1] view
     internal = reuse or private_cache
-    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
-    seq = getattr(kern, f"gru_fwd_seq_{dt}", None) if kern is not None and reset_after else None
+    seq = kern.seq("gru_fwd_seq", dt) if kern is not None and reset_after else None
     if seq is not None:  # float32 on NumPy's BLAS: the whole time loop in one call (_cpu.gru_fwd_sequence)
         gates = step_storage(xp, ws, internal, keep_cache, "gates", (T, H3, B), dt, dev)  # (T or 1, 3H, B)
         cand = step_storage(xp, ws, internal, keep_cache, "cand", (T, H, B), dt, dev)  # (T or 1, H, B)
@@ -137,14 +137,19 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     return _outputs(xp, x, operands, gates, cand, x_ones, reset_after, x_in_operands=True)
 
 
-def _weights_numpy(xp, ops: Ops, ws: Workspace, p: CellParams, I: int, reset_after: bool, half, dt, dev):
+def _weights_numpy(xp, ops: Ops, ws: Workspace, p: CellParams, I: int, reset_after: bool, half, dt, dev, kern=None):
     """(w_rec, w_n, w_x) for the NumPy forward. w_rec: the recurrent GEMM's weights on [h; x[t]; 1]: r, z rows
     [W_h | W_i | b_i + b_h] / 2 (exact: sigmoid via tanh(a/2)); reset_after, n rows [W_hn | 0 | b_hn] (the part
     multiplied by r). w_n: reset_before, W_hn (on r ⊙ h), else None. w_x: the n rows' input projection on [x_t; 1],
-    [W_in | b_in (+ b_hn, additive when reset_before)]."""
+    [W_in | b_in (+ b_hn, additive when reset_before)]. kern (the CPU kernels): reset_after in one call, the same
+    values (_cpu_glue.gru_fold_after)."""
     H = p.w_hh.shape[1]
     H2, H3 = 2 * H, 3 * H
     w_rec = ws.get(xp, "w_rec", (H3 if reset_after else H2, H + I + 1), dt, dev)  # (3H or 2H, H+I+1)
+    if kern is not None and reset_after and p.w_ih.dtype == p.w_hh.dtype == p.b_ih.dtype == p.b_hh.dtype == dt:
+        w_x = ws.get(xp, "w_x", (H, I + 1), dt, dev)  # (H, I+1)
+        kern.gru_fold_after(p.w_ih, p.w_hh, p.b_ih, p.b_hh, w_rec, w_x, dt.type(0.5))
+        return w_rec, None, w_x
     fold_weights(ops, w_rec, p, ((slice(0, H2), slice(0, H2)),), H, I)
     ops.mul(w_rec[:H2, :], half, out=w_rec[:H2, :])
     w_n = None
@@ -274,10 +279,10 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     cuda = _common.is_cupy(xp)
     step_elems = c.cand.shape[1] * c.cand.shape[2]  # H·B
     kern = _cpu.kernels() if not cuda and _cpu.usable(xp, step_elems) else None
-    seq = getattr(kern, f"gru_bwd_seq_{c.x.dtype}", None) if kern is not None and c.reset_after and \
-        c.x_in_operands else None
+    seq = kern.seq("gru_bwd_seq", c.x.dtype) if kern is not None and c.reset_after and c.x_in_operands and \
+        params_of_dtype(c.x.dtype, p, g) else None
     if seq is not None:  # the whole time loop in one call (_cpu.gru_bwd_sequence)
-        return _backward_sequence(xp, ops, ws, reuse, p, c, dy, dstate_T, g, tbptt, input_grad, seq)
+        return _backward_sequence(xp, ops, ws, reuse, p, c, dy, dstate_T, g, tbptt, input_grad, kern, seq)
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda, factors=kern is None)
     if cuda:  # dy feature-major once: every kernel argument contiguous
         dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
@@ -293,34 +298,33 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
 
 
 def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dy, dstate_T,
-                       g: CellParams, tbptt: int, input_grad: bool, seq):
+                       g: CellParams, tbptt: int, input_grad: bool, kern, seq):
     """gru_backward through the whole-sequence kernel `seq` (_cpu.gru_bwd_sequence; reset_after, x in the operands,
-    NumPy): the buffers, one call, then the grads into g. Same contract and returns as gru_backward."""
+    NumPy; parameters and grads of the cache's dtype): the buffers, one call, then the grads into g; the copies and
+    sums around it are _cpu_glue's kernels. Same contract and returns as gru_backward."""
     T, H, B = c.cand.shape
     I = c.x_ones.shape[1] - 1
     dev, dt = device_of(c.x), c.x.dtype
     H2, H3 = 2 * H, 3 * H
     dhz = state_grad(xp, ops, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dh z, starts as dh_T
-    dhp = ops.fill(ws.get(xp, "dhp", (H, B), dt, dev), 0.0)  # (H, B) the recurrent GEMM's output
+    dhp = ws.get(xp, "dhp", (H, B), dt, dev)  # (H, B) the recurrent GEMM's output, zeroed below
     unused = ws.get(xp, "seq_unused", (T, 1, 1), dt, dev)  # (T, 1, 1) stands in for an absent dy or dx
     dy_fm = unused if dy is None else feature_major_copy(xp, ops, ws, "dy_fm", dy, dt, dev)  # (T, H, B)
     dgates = ws.get(xp, "dgates_step", (4 * H, B), dt, dev)  # (4H, B) one step's [n_h | r | z | n_i]
     w_hh_t = ws.get(xp, "w_hh_nrz_t", (H, H3), dt, dev)  # (H, 3H) (W_hh rows n, r, z)^T
-    ops.copy(xp.matrix_transpose(p.w_hh[H2:, :]), w_hh_t[:, :H])
-    ops.copy(xp.matrix_transpose(p.w_hh[:H2, :]), w_hh_t[:, H:])
-    w_ih_t = ops.copy(xp.matrix_transpose(p.w_ih), ws.get(xp, "w_ih_t", (I, H3), dt, dev))  # (I, 3H) torch's order
-    dw = ops.fill(ws.get(xp, "dw", (H3, H + I + 1), dt, dev), 0.0)  # (3H, n_cols) rows n, r, z x [h | x | 1]
-    dw_in = ops.fill(ws.get(xp, "dw_in", (H, I + 1), dt, dev), 0.0)  # (H, I+1) n rows x [x | 1]
+    w_ih_t = ws.get(xp, "w_ih_t", (I, H3), dt, dev)  # (I, 3H) W_ih^T, torch's order
+    dw = ws.get(xp, "dw", (H3, H + I + 1), dt, dev)  # (3H, n_cols) rows n, r, z x [h | x | 1], zeroed below
+    dw_in = ws.get(xp, "dw_in", (H, I + 1), dt, dev)  # (H, I+1) n rows x [x | 1], zeroed below
+    kern.gru_bwd_prep(p.w_hh, p.w_ih, w_hh_t, w_ih_t, dw, dw_in, dhp, dt.type(0.0))
     dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
-    cuts = cut_steps(xp, tbptt, T, dev)  # (T,) bool
+    cuts = cut_steps(xp, ws, tbptt, T, dev)  # (T,) bool
     seq(dhz, dhp, dy_fm, dy is not None, cuts, c.gates, c.operands, c.cand, dgates, w_hh_t, w_ih_t, dw, dw_in,
         dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
-    _add_recurrent_grads(ops, g, c, dw, None)
-    ops.add(g.w_ih[H2:, :], dw_in[:, :I], out=g.w_ih[H2:, :])  # the n rows' input weights and b_in
-    ops.add(g.b_ih[H2:], dw_in[:, I], out=g.b_ih[H2:])
-    dh0 = ops.add(dhz, dhp, out=dhz)  # (H, B) dh_0
-    dx_out = xp.permute_dims(dx, (0, 2, 1)) if input_grad else None  # (T, B, I) view
-    return dx_out, (xp.asarray(xp.matrix_transpose(dh0), copy=True),)
+    dx_out = ops.tbh(dx) if input_grad else None  # (T, B, I) view
+    kern.gru_unfold_after(g.w_ih, g.w_hh, g.b_ih, g.b_hh, dw, dw_in)  # the recurrent, n-row input and bias grads
+    dh0 = xp.empty((B, H), dtype=dt, device=dev)  # (B, H) dh_0, a new array (the caller keeps it)
+    kern.add_transposed(dhz, dhp, dh0)
+    return dx_out, (dh0,)
 
 
 def _backward_buffers(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dstate_T,

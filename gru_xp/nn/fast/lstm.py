@@ -67,7 +67,7 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
 
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
-    seq = getattr(kern, f"lstm_fwd_seq_{dt}", None) if kern is not None else None
+    seq = kern.seq("lstm_fwd_seq", dt) if kern is not None else None
     if seq is not None:  # float32 on NumPy's BLAS: the whole time loop in one call (_cpu.lstm_fwd_sequence)
         return _forward_sequence(xp, ops, ws, reuse, private_cache, keep_cache, x, c0, w_rec, operands, seq)
     # without a cache: c_{t-1} and c_t in two buffers, alternating (a kernel that reads and writes one array is not
@@ -253,7 +253,7 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     for dst, src in blocks:
         ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
-    seq = getattr(kern, f"lstm_bwd_seq_{dt}", None) if kern is not None else None
+    seq = kern.seq("lstm_bwd_seq", dt) if kern is not None else None
     if seq is not None:  # the whole time loop in one call (_cpu.lstm_bwd_sequence)
         return _backward_sequence(xp, ops, ws, reuse, p, c, (dy, dc_steps), (dh, dc, w_hh_t), g, tbptt, input_grad,
                                   seq)
@@ -339,7 +339,7 @@ def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, 
     dcs_fm = unused if dc_steps is None else feature_major_copy(xp, ops, ws, "dcs_fm_all", dc_steps, dt, dev)
     dgates = ws.get(xp, "dgates_step", (H4, B), dt, dev)  # (4H, B) one step's [o | i | f | g]
     dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
-    cuts = cut_steps(xp, tbptt, T, dev)  # (T,) bool
+    cuts = cut_steps(xp, ws, tbptt, T, dev)  # (T,) bool
     seq(dh, dc, dy_fm, dy is not None, dcs_fm, dc_steps is not None, cuts, c.gates, c.tanh_c, c.cell_states,
         c.operands, dgates, w_hh_t, w_ih_t, dw, dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
     unfold_grads(ops, g, dw, blocks, H, I)

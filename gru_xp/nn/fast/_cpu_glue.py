@@ -1,0 +1,149 @@
+"""Small fused CPU kernels around the whole-sequence loops and in the optimizer: each replaces a handful of NumPy
+calls made once per layer call (weight folds, operand fills, grad unfolds) or once per parameter and step (Adam).
+
+Why: at the seed shape a public GRU layer's forward + backward spent ~0.48 of its ~3.1 ms outside the two
+whole-sequence loops (0.3 ms at T = 1, 0.17 ms of it at B = 16: the cost is the calls, not the data), ~40 NumPy and
+array-api-compat calls of 2-35 us each; a training step's Adam took ~0.13 ms (12 ufunc calls a parameter).
+benchmarks/NOTES.md, "Eighth session", has the numbers.
+
+Legend: T steps, B batch, I inputs, H hidden, G = 3H gate rows (torch's order r, z, n), n_cols = H+I+1.
+
+Each kernel does, element by element, exactly the NumPy operations it replaces, in the same order (copies, +, *, /
+and sqrt, all correctly rounded; no fastmath): bit-identical results, float32 and float64 (tested in
+tests/nn/test_cpu_glue.py against the NumPy code they replace). Compiled by _cpu._build with its jit (cached on
+disk); built only where _cpu's kernels are (numba installed, GRU_XP_CPU_KERNELS not 0).
+"""
+from __future__ import annotations
+
+import math
+
+
+def glue_kernels(jit, jit_vec) -> dict:
+    """The kernels below, compiled on first call by `jit`, or `jit_vec` (numba's error_model="numpy", no fastmath:
+    IEEE division without a zero check, so that a loop with a division vectorises) for Adam's."""
+
+    @jit
+    def gru_fold_after(w_ih, w_hh, b_ih, b_hh, w_rec, w_x, half):
+        """The NumPy forward's folded weights (reset_after; fast/gru._weights_numpy): w_rec (3H, n_cols) rows r, z
+        = [W_hh | W_ih | b_ih + b_hh] * half, rows n = [W_hn | 0 | b_hn]; w_x (H, I+1) = [W_in | b_in]."""
+        G, H = w_hh.shape
+        I = w_ih.shape[1]
+        H2 = 2 * H
+        zero = half - half
+        for i in range(H2):
+            for j in range(H):
+                w_rec[i, j] = w_hh[i, j] * half
+            for j in range(I):
+                w_rec[i, H + j] = w_ih[i, j] * half
+            w_rec[i, H + I] = (b_ih[i] + b_hh[i]) * half
+        for i in range(H2, G):
+            for j in range(H):
+                w_rec[i, j] = w_hh[i, j]
+            for j in range(I):
+                w_rec[i, H + j] = zero
+                w_x[i - H2, j] = w_ih[i, j]
+            w_rec[i, H + I] = b_hh[i]
+            w_x[i - H2, I] = b_ih[i]
+
+    @jit
+    def fill_operands(x, h0, operands, one):
+        """_common.recurrent_operands' fill: operands (T+1, n_cols, B) [t] = [h; x[t]; 1] with h = h0^T at t = 0,
+        rows H: of [T] = [0; 1]; x (T, B, I), h0 (B, H)."""
+        T, B, I = x.shape
+        H = h0.shape[1]
+        zero = one - one
+        for j in range(H):
+            for b in range(B):
+                operands[0, j, b] = h0[b, j]
+        for t in range(T):
+            for b in range(B):
+                for i in range(I):
+                    operands[t, H + i, b] = x[t, b, i]
+        for i in range(I):
+            for b in range(B):
+                operands[T, H + i, b] = zero
+        for t in range(T + 1):
+            for b in range(B):
+                operands[t, H + I, b] = one
+
+    @jit
+    def gru_bwd_prep(w_hh, w_ih, w_hh_t, w_ih_t, dw, dw_in, dhp, zero):
+        """The one-call backward's inputs (fast/gru._backward_sequence): w_hh_t (H, 3H) = (W_hh rows n, r, z)^T,
+        w_ih_t (I, 3H) = W_ih^T (torch's order); dw, dw_in and dhp zeroed."""
+        G, H = w_hh.shape
+        I = w_ih.shape[1]
+        H2 = 2 * H
+        for j in range(H):  # written row by row (contiguous; 9 against 13 us column by column at the seed shape)
+            for c in range(H):
+                w_hh_t[j, c] = w_hh[H2 + c, j]
+            for c in range(H2):
+                w_hh_t[j, H + c] = w_hh[c, j]
+        for j in range(I):
+            for i in range(G):
+                w_ih_t[j, i] = w_ih[i, j]
+        dw[:, :] = zero
+        dw_in[:, :] = zero
+        dhp[:, :] = zero
+
+    @jit
+    def gru_unfold_after(g_w_ih, g_w_hh, g_b_ih, g_b_hh, dw, dw_in):
+        """The one-call backward's weight grads into the parameter grads (fast/gru._add_recurrent_grads, then the n
+        rows' input weights): dw (3H, n_cols) rows [n | r | z] x [h | x | 1], dw_in (H, I+1) rows n x [x | 1]; the
+        ones column is each bias's grad (b_ih = b_hh for r, z; b_hn its own)."""
+        G, H = g_w_hh.shape
+        I = g_w_ih.shape[1]
+        H2 = 2 * H
+        for i in range(H2):  # rows r, z: dw row H + i
+            for j in range(H):
+                g_w_hh[i, j] = g_w_hh[i, j] + dw[H + i, j]
+            for j in range(I):
+                g_w_ih[i, j] = g_w_ih[i, j] + dw[H + i, H + j]
+            g_b_ih[i] = g_b_ih[i] + dw[H + i, H + I]
+            g_b_hh[i] = g_b_hh[i] + dw[H + i, H + I]
+        for i in range(H):  # rows n: dw row i
+            for j in range(H):
+                g_w_hh[H2 + i, j] = g_w_hh[H2 + i, j] + dw[i, j]
+            g_b_hh[H2 + i] = g_b_hh[H2 + i] + dw[i, H + I]
+            for j in range(I):
+                g_w_ih[H2 + i, j] = g_w_ih[H2 + i, j] + dw_in[i, j]
+            g_b_ih[H2 + i] = g_b_ih[H2 + i] + dw_in[i, I]
+
+    @jit
+    def add_transposed(a, b, out):
+        """out (B, H) = (a + b)^T for a, b (H, B): the carried grad's two parts, in the caller's layout."""
+        H, B = a.shape
+        for j in range(H):
+            for k in range(B):
+                out[k, j] = a[j, k] + b[j, k]
+
+    @jit_vec
+    def adam_update(p, g, m, v, coef, has_wd):
+        """One Adam step on one parameter, in place (nn/optim.Adam.step's operations, in its order), with coef =
+        [b1, 1 - b1, b2, 1 - b2, sqrt_c2, eps, step, wd] in the parameter's dtype: g' = g + wd p (has_wd);
+        m = m b1 + (1 - b1) g'; v = v b2 + (g' g') (1 - b2); p -= (step m) / (sqrt(v) / sqrt_c2 + eps),
+        sqrt_c2 = sqrt(1 - b2^t), step = lr / (1 - b1^t). p, g, m, v C-contiguous, one shape (read flat).
+        Compiled with error_model="numpy" (no zero-division check: the loop vectorises; 14 against 63 us at 14,700
+        float32 elements)."""
+        b1, c_b1, b2, c_b2, sqrt_c2, eps, step, wd = (coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6],
+                                                     coef[7])
+        n = p.size
+        p, g, m, v = p.reshape(n), g.reshape(n), m.reshape(n), v.reshape(n)
+        if has_wd:
+            for i in range(n):
+                gi = g[i] + wd * p[i]
+                mi = m[i] * b1 + c_b1 * gi
+                vi = v[i] * b2 + (gi * gi) * c_b2
+                m[i] = mi
+                v[i] = vi
+                p[i] = p[i] - (step * mi) / (math.sqrt(vi) / sqrt_c2 + eps)
+        else:
+            for i in range(n):
+                gi = g[i]
+                mi = m[i] * b1 + c_b1 * gi
+                vi = v[i] * b2 + (gi * gi) * c_b2
+                m[i] = mi
+                v[i] = vi
+                p[i] = p[i] - (step * mi) / (math.sqrt(vi) / sqrt_c2 + eps)
+
+    return {"gru_fold_after": gru_fold_after, "fill_operands": fill_operands, "gru_bwd_prep": gru_bwd_prep,
+            "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update}

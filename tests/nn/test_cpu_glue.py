@@ -1,0 +1,164 @@
+"""The small CPU kernels around the whole-sequence loops and in Adam (nn/fast/_cpu_glue.py, numba, optional) against
+the NumPy code they replace: bit for bit, float32 and float64, random weights, biases and grads; and that a public
+layer call and an Adam step really run them. Skipped where numba is not installed."""
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import gru_xp
+from gru_xp.backend import resolve
+from gru_xp.nn._cell import CellParams
+from gru_xp.nn.fast import Workspace, _common, _cpu, counted_cpu_kernels, gru as fgru, portable_loops
+from gru_xp.nn.optim import Adam
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
+DTYPES = ("float32", "float64")
+SHAPES = ((5, 1), (7, 3), (16, 8))  # (H, I)
+
+
+@pytest.fixture
+def kern(monkeypatch):
+    monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
+    k = _cpu.kernels()
+    assert k is not None
+    return k
+
+
+def _params(rng, H, I, dt, scale=0.7):
+    return CellParams(*(rng.uniform(-scale, scale, s).astype(dt) for s in ((3 * H, I), (3 * H, H), (3 * H,),
+                                                                            (3 * H,))))
+
+
+def _same(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert np.array_equal(a, b), f"max |diff| {np.max(np.abs(a.astype(np.float64) - b)):.3g}"
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("H,I", SHAPES)
+def test_fold_weights_bit_for_bit(kern, dt, H, I):
+    xp, ops = resolve("cpu").xp, _common.ops_for(resolve("cpu").xp)
+    p = _params(np.random.default_rng(H * 10 + I), H, I, dt)
+    dtype = np.dtype(dt)
+    half = ops.const(0.5, dtype, "cpu")
+    ws_ref, ws_k = Workspace(), Workspace()
+    ref = fgru._weights_numpy(xp, ops, ws_ref, p, I, True, half, dtype, "cpu")  # the NumPy calls
+    got = fgru._weights_numpy(xp, ops, ws_k, p, I, True, half, dtype, "cpu", kern)  # gru_fold_after
+    assert ref[1] is None and got[1] is None
+    _same(got[0], ref[0])
+    _same(got[2], ref[2])
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("T,B,I,H", ((1, 64, 1, 16), (4, 40, 3, 30), (3, 33, 8, 32)))
+def test_fill_operands_bit_for_bit(kern, dt, T, B, I, H):
+    be = resolve("cpu", dt)
+    xp, ops = be.xp, _common.ops_for(be.xp)
+    rng = np.random.default_rng(T + B)
+    x = rng.standard_normal((T, B, I)).astype(dt)
+    x_strided = rng.standard_normal((T, 2 * B, I)).astype(dt)[:, ::2, :]  # a view, not contiguous
+    h0 = rng.standard_normal((H, B)).astype(dt).T  # (B, H), Fortran-ordered
+    dtype = np.dtype(dt)
+    for xx in (x, x_strided):
+        with portable_loops():
+            ref = _common.recurrent_operands(xp, ops, Workspace(), False, xx, h0, H, dtype, "cpu")
+        calls = {}
+        with counted_cpu_kernels() as calls:
+            got = _common.recurrent_operands(xp, ops, Workspace(), False, xx, h0, H, dtype, "cpu")
+        assert calls.get("fill_operands") == 1
+        _same(got[0, :H], ref[0, :H])  # h0^T; rows :H of later steps are the forward's to write
+        _same(got[:, H:], ref[:, H:])  # [x[t]; 1], and [0; 1] after the last step
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("H,I", SHAPES)
+def test_backward_prep_and_unfold_bit_for_bit(kern, dt, H, I):
+    rng = np.random.default_rng(7 * H + I)
+    p, B = _params(rng, H, I, dt), 12
+    n_cols = H + I + 1
+    garbage = lambda *s: np.full(s, np.nan, dtype=dt)  # noqa: E731 (a workspace's stale contents)
+    w_hh_t, w_ih_t, dw, dw_in, dhp = garbage(H, 3 * H), garbage(I, 3 * H), garbage(3 * H, n_cols), \
+        garbage(H, I + 1), garbage(H, B)
+    kern.gru_bwd_prep(p.w_hh, p.w_ih, w_hh_t, w_ih_t, dw, dw_in, dhp, np.dtype(dt).type(0.0))
+    _same(w_hh_t, np.concatenate([p.w_hh[2 * H:].T, p.w_hh[:2 * H].T], axis=1))
+    _same(w_ih_t, np.ascontiguousarray(p.w_ih.T))
+    for a in (dw, dw_in, dhp):
+        _same(a, np.zeros_like(a))
+
+    # the grads: NumPy's _add_recurrent_grads and the n rows' adds against gru_unfold_after, onto random grads
+    dw, dw_in = rng.standard_normal((3 * H, n_cols)).astype(dt), rng.standard_normal((H, I + 1)).astype(dt)
+    g0 = _params(rng, H, I, dt, scale=3.0)
+    ref = CellParams(*(a.copy() for a in (g0.w_ih, g0.w_hh, g0.b_ih, g0.b_hh)))
+    c = SimpleNamespace(cand=np.empty((1, H, B), dt), x_ones=np.empty((1, I + 1, B), dt), reset_after=True,
+                        x_in_operands=True)
+    ops = _common.ops_for(resolve("cpu").xp)
+    fgru._add_recurrent_grads(ops, ref, c, dw, None)
+    ref.w_ih[2 * H:] += dw_in[:, :I]
+    ref.b_ih[2 * H:] += dw_in[:, I]
+    got = CellParams(*(a.copy() for a in (g0.w_ih, g0.w_hh, g0.b_ih, g0.b_hh)))
+    kern.gru_unfold_after(got.w_ih, got.w_hh, got.b_ih, got.b_hh, dw, dw_in)
+    for a, b in zip((got.w_ih, got.w_hh, got.b_ih, got.b_hh), (ref.w_ih, ref.w_hh, ref.b_ih, ref.b_hh)):
+        _same(a, b)
+
+    a, b = rng.standard_normal((H, B)).astype(dt), rng.standard_normal((H, B)).astype(dt)
+    out = np.empty((B, H), dt)
+    kern.add_transposed(a, b, out)
+    _same(out, (a + b).T)
+
+
+def test_layer_call_runs_them(monkeypatch):
+    """A float32 public GRU layer's forward + backward (whole-sequence loops) runs each glue kernel once, and its
+    results are those of the same layer with the glue's NumPy twins (portable loops differ only in the loops)."""
+    monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)
+    layer = gru_xp.GRU(3, 16, device="cpu", dtype="float32", seed=2)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((6, 20, 3)).astype(np.float32), rng.standard_normal((6, 20, 16)).astype(np.float32)
+    with counted_cpu_kernels() as calls:
+        layer.forward(x)
+        layer.backward(dy)
+    if calls.get("gru_bwd_seq_float32") is None:
+        pytest.skip("no whole-sequence backward here (NumPy without its OpenBLAS)")
+    for name in ("gru_fold_after", "fill_operands", "gru_bwd_prep", "gru_unfold_after", "add_transposed"):
+        assert calls.get(name) == 1, (name, calls)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("weight_decay", (0.0, 0.05))
+def test_adam_fused_bit_for_bit(kern, dt, weight_decay):
+    xp = resolve("cpu").xp
+    rng = np.random.default_rng(3)
+    shapes = {"w": (60, 20), "b": (60,), "v": (7, 3, 2)}
+    p_fused = {k: rng.standard_normal(s).astype(dt) for k, s in shapes.items()}
+    p_ref = {k: a.copy() for k, a in p_fused.items()}
+    o_fused, o_ref = Adam(3e-2, weight_decay=weight_decay), Adam(3e-2, weight_decay=weight_decay)
+    calls = {}
+    for _ in range(4):
+        g = {k: (rng.standard_normal(s) * rng.choice([1e-6, 1.0, 50.0])).astype(dt) for k, s in shapes.items()}
+        with counted_cpu_kernels() as calls:
+            o_fused.step(xp, p_fused, g)
+        assert calls.get("adam_update") == len(shapes)
+        with portable_loops():
+            o_ref.step(xp, p_ref, g)
+    for k in shapes:
+        _same(p_fused[k], p_ref[k])
+        for a, b in zip(o_fused.state[k], o_ref.state[k]):
+            _same(a, b)
+
+
+def test_adam_fused_leaves_strided_params_to_numpy(kern):
+    """A parameter that is a strided view is updated by the NumPy operations (same values), not the kernel."""
+    xp = resolve("cpu").xp
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((40, 40)).astype(np.float32)
+    p_fused, p_ref = {"w": base.copy()[:, ::2]}, {"w": base.copy()[:, ::2]}
+    g = {"w": rng.standard_normal((40, 20)).astype(np.float32)}
+    with counted_cpu_kernels() as calls:
+        Adam(1e-2).step(xp, p_fused, g)
+    assert "adam_update" not in calls
+    with portable_loops():
+        Adam(1e-2).step(xp, p_ref, g)
+    _same(p_fused["w"], p_ref["w"])
