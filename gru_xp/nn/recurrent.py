@@ -379,7 +379,9 @@ class Recurrent:
             dy = dx
         if record:
             self.last_dh = last_dh
-        states = tuple(xp.stack(f, axis=0) for f in dstate0)
+        # one slot: each cell returns new arrays (dstate0 of this call alone), so a view with the slot axis added
+        # serves instead of stack's copy
+        states = tuple(xp.expand_dims(f[0], axis=0) if len(f) == 1 else xp.stack(f, axis=0) for f in dstate0)
         return dy, (states[0] if self.cell.STATES == 1 else states)
 
     __call__ = forward

@@ -76,10 +76,11 @@ def test_model_backward_dx_matches_torch_and_input_grad_false_skips_it(fast):
         assert np.array_equal(grads[True][k], grads[False][k]), k
 
 
-def test_head_and_loss_finite_differences():
+@pytest.mark.parametrize("K", [3, 1])  # K 1: linear_backward's outer-product branch
+def test_head_and_loss_finite_differences(K):
     xp = resolve("cpu", "float64").xp
     rng = np.random.default_rng(1)
-    w, b, h, t = rng.normal(size=(3, 5)), rng.normal(size=3), rng.normal(size=(4, 5)), rng.normal(size=(4, 3))
+    w, b, h, t = rng.normal(size=(K, 5)), rng.normal(size=K), rng.normal(size=(4, 5)), rng.normal(size=(4, K))
 
     def f(w, b, h):
         return float(losses.mse(xp, head.linear_forward(xp, w, b, h), t))
