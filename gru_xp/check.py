@@ -331,7 +331,33 @@ def _cpu_kernel_rows() -> list[Row]:
     for cell, cls in (("gru", GRU), ("lstm", LSTM)):
         if whole_sequence_forward("float32", cell):
             rows.append(_float32_forward_row(who, cell, cls, T, B, H))
+    rows.append(_adam_row(who))
     return rows
+
+
+def _adam_row(who: str) -> Row:
+    """Adam's fused update (_cpu_glue.adam_update) against Adam.step's NumPy operations, bit for bit: a float32
+    model's parameters, four steps of random grads of very different scales, weight decay on. Fails when the fused
+    update never ran."""
+    from .nn.fast import counted_cpu_kernels, portable_loops
+    from .nn.optim import Adam
+
+    xp, rng = resolve("cpu", "float32").xp, np.random.default_rng(11)
+    shapes = {"w": (96, 32), "b": (96,), "head": (4, 32)}
+    params = {side: {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for side in "ab"}
+    params["b"] = {k: v.copy() for k, v in params["a"].items()}
+    opts, ran = {"a": Adam(0.01, weight_decay=1e-3), "b": Adam(0.01, weight_decay=1e-3)}, True
+    for _ in range(4):
+        grads = {k: (rng.standard_normal(s) * rng.choice([1e-6, 1.0, 30.0])).astype(np.float32)
+                 for k, s in shapes.items()}
+        with counted_cpu_kernels() as calls:
+            opts["a"].step(xp, params["a"], grads)
+        ran = ran and calls.get("adam_update", 0) == len(shapes)
+        with portable_loops():
+            opts["b"].step(xp, params["b"], grads)
+    diff = max(float(np.max(np.abs(params["a"][k] - params["b"][k]))) for k in shapes) if ran else math.inf
+    return Row(f"fused CPU kernels ({who}), Adam's update against its NumPy operations (float32), bit for bit", diff,
+               0.0)
 
 
 def _float32_forward_row(who: str, cell: str, cls, T: int, B: int, H: int) -> Row:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
         [whole_lstm] if whole_sequence_backward("float64", "lstm") else []) + ["RNN tanh", "RNN relu"]
     # one row each: against the float64 reference only
     extra = ([fwd32] if whole_sequence_forward("float32") else []) + (
-        [fwd32_lstm] if whole_sequence_forward("float32", "lstm") else [])
+        [fwd32_lstm] if whole_sequence_forward("float32", "lstm") else []) + ["Adam's update"]
 
     def failing():  # the cells with a failing row
         rows = check._cpu_kernel_rows()
@@ -131,6 +132,15 @@ def test_check_proves_the_cpu_kernels_and_fails_when_they_err_or_never_run(monke
         monkeypatch.setattr(kern, name, h_off)  # only this cell's float32 one-call forward is wrong
         assert failing() == {label}
         monkeypatch.undo()
+    orig_adam = kern.adam_update
+
+    def adam_off(p, g, m, v, coef, has_wd):  # one parameter's update off by a rounding
+        orig_adam(p, g, m, v, coef, has_wd)
+        p.reshape(-1)[0] = np.nextafter(p.reshape(-1)[0], np.inf)
+
+    monkeypatch.setattr(kern, "adam_update", adam_off)  # only Adam's fused update is wrong
+    assert failing() == {"Adam's update"}
+    monkeypatch.undo()
     monkeypatch.setattr(_cpu, "usable", lambda xp, n: False)  # kernels that never run prove nothing: rows fail
     assert not any(r.ok for r in check._cpu_kernel_rows())
 

@@ -39,6 +39,9 @@ numba's disk cache finds them again in the next process (a closure over a compil
 every process: ~1 s of compiling on each process's first backward), and they live in this file, so that editing a
 step kernel invalidates their cache too (numba stamps a cache with its function's source file only).
 
+The kernels object also holds _cpu_glue's small kernels (weight folds, operand fill, the one-call backward's prep
+and grad unfold, Adam's update), compiled by _build with the rest.
+
 numba is loaded with importlib in `kernels()` (the math floor's import rule admits one accelerator import, cupy in
 _cuda.py; this module is the CPU counterpart, see the README's layout notes). GRU_XP_CPU_KERNELS=0 turns it off.
 """
@@ -516,9 +519,11 @@ class _Kernels:
         self.by_dtype: dict = {}
 
     def seq(self, name: str, dtype):
-        """The whole-sequence kernel `name`_<dtype> (e.g. seq("gru_bwd_seq", x.dtype)), or None: looked up once per
-        (name, dtype) (formatting a dtype's name costs ~6 us a call)."""
+        """The whole-sequence kernel `name`_<dtype> (e.g. seq("gru_bwd_seq", x.dtype)), or None. The attribute's name
+        is formatted once per (name, dtype) (formatting a dtype's name costs ~6 us a call); the attribute is read
+        each time, so a kernel replaced on this object (a test's) is the one returned."""
         key = (name, dtype)
-        if key not in self.by_dtype:
-            self.by_dtype[key] = getattr(self, f"{name}_{dtype}", None)
-        return self.by_dtype[key]
+        attr = self.by_dtype.get(key)
+        if attr is None:
+            attr = self.by_dtype[key] = f"{name}_{dtype}"
+        return getattr(self, attr, None)

@@ -305,7 +305,7 @@ def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, 
     T, H, B = c.cand.shape
     I = c.x_ones.shape[1] - 1
     dev, dt = device_of(c.x), c.x.dtype
-    H2, H3 = 2 * H, 3 * H
+    H3 = 3 * H
     dhz = state_grad(xp, ops, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dh z, starts as dh_T
     dhp = ws.get(xp, "dhp", (H, B), dt, dev)  # (H, B) the recurrent GEMM's output, zeroed below
     unused = ws.get(xp, "seq_unused", (T, 1, 1), dt, dev)  # (T, 1, 1) stands in for an absent dy or dx
