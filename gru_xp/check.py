@@ -344,8 +344,8 @@ def _adam_row(who: str) -> Row:
 
     xp, rng = resolve("cpu", "float32").xp, np.random.default_rng(11)
     shapes = {"w": (96, 32), "b": (96,), "head": (4, 32)}
-    params = {side: {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for side in "ab"}
-    params["b"] = {k: v.copy() for k, v in params["a"].items()}
+    start = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    params = {side: {k: v.copy() for k, v in start.items()} for side in "ab"}  # a: fused, b: NumPy's operations
     opts, ran = {"a": Adam(0.01, weight_decay=1e-3), "b": Adam(0.01, weight_decay=1e-3)}, True
     for _ in range(4):
         grads = {k: (rng.standard_normal(s) * rng.choice([1e-6, 1.0, 30.0])).astype(np.float32)

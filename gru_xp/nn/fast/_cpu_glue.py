@@ -128,7 +128,7 @@ def glue_kernels(jit, jit_vec) -> dict:
                                                      coef[7])
         n = p.size
         p, g, m, v = p.reshape(n), g.reshape(n), m.reshape(n), v.reshape(n)
-        if has_wd:
+        if has_wd:  # two copies of the loop: the branch out of it, so that each vectorises
             for i in range(n):
                 gi = g[i] + wd * p[i]
                 mi = m[i] * b1 + c_b1 * gi
