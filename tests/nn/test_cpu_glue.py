@@ -12,7 +12,7 @@ import pytest
 import gru_xp
 from gru_xp.backend import resolve
 from gru_xp.nn._cell import CellParams
-from gru_xp.nn.fast import Workspace, _common, _cpu, counted_cpu_kernels, gru as fgru, portable_loops
+from gru_xp.nn.fast import Workspace, _common, _cpu, counted_cpu_kernels, gru as fgru, lstm as flstm, portable_loops
 from gru_xp.nn.optim import Adam
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
@@ -110,6 +110,36 @@ def test_backward_prep_and_unfold_bit_for_bit(kern, dt, H, I):
     _same(out, (a + b).T)
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("H,I", SHAPES)
+def test_lstm_rotated_fold_transpose_unfold_bit_for_bit(kern, dt, H, I):
+    """The LSTM's gate rows [o | i | f | g] = torch's rows rotated by 3H: fold (with o, i, f halved), the transposed
+    weights and the grads' unfold against _common's block-by-block NumPy calls."""
+    rng = np.random.default_rng(5 * H + I)
+    G, n_cols = 4 * H, H + I + 1
+    p = CellParams(*(rng.uniform(-0.7, 0.7, s).astype(dt) for s in ((G, I), (G, H), (G,), (G,))))
+    ops, blocks = _common.ops_for(resolve("cpu").xp), flstm._lstm_blocks(H)
+    ref = _common.fold_weights(ops, np.empty((G, n_cols), dt), p, blocks, H, I)
+    ref[:3 * H] *= np.dtype(dt).type(0.5)
+    got = np.full((G, n_cols), np.nan, dt)
+    kern.fold_rotated(p.w_ih, p.w_hh, p.b_ih, p.b_hh, got, 3 * H, 3 * H, np.dtype(dt).type(0.5))
+    _same(got, ref)
+    for w in (p.w_hh, p.w_ih):
+        ref_t = np.empty((w.shape[1], G), dt)
+        for dst, src in blocks:
+            ref_t[:, dst] = w[src].T
+        got_t = np.full_like(ref_t, np.nan)
+        kern.transpose_rotated(w, got_t, 3 * H)
+        _same(got_t, ref_t)
+    dw = rng.standard_normal((G, n_cols)).astype(dt)
+    g0 = [rng.standard_normal(a.shape).astype(dt) for a in (p.w_ih, p.w_hh, p.b_ih, p.b_hh)]
+    ref_g, got_g = CellParams(*(a.copy() for a in g0)), CellParams(*(a.copy() for a in g0))
+    _common.unfold_grads(ops, ref_g, dw, blocks, H, I)
+    kern.unfold_rotated(got_g.w_ih, got_g.w_hh, got_g.b_ih, got_g.b_hh, dw, 3 * H)
+    for a, b in zip((got_g.w_ih, got_g.w_hh, got_g.b_ih, got_g.b_hh), (ref_g.w_ih, ref_g.w_hh, ref_g.b_ih, ref_g.b_hh)):
+        _same(a, b)
+
+
 def test_layer_call_runs_them(monkeypatch):
     """A float32 public GRU layer's forward + backward (whole-sequence loops) runs each glue kernel once, and its
     results are those of the same layer with the glue's NumPy twins (portable loops differ only in the loops)."""
@@ -124,6 +154,13 @@ def test_layer_call_runs_them(monkeypatch):
         pytest.skip("no whole-sequence backward here (NumPy without its OpenBLAS)")
     for name in ("gru_fold_after", "fill_operands", "gru_bwd_prep", "gru_unfold_after", "add_transposed"):
         assert calls.get(name) == 1, (name, calls)
+    lstm = gru_xp.LSTM(3, 16, device="cpu", dtype="float32", seed=2)
+    with counted_cpu_kernels() as calls:
+        lstm.forward(x)
+        lstm.backward(dy)
+    if calls.get("lstm_bwd_seq_float32"):
+        assert [calls.get(n) for n in ("fold_rotated", "fill_operands", "transpose_rotated", "unfold_rotated")] == \
+            [1, 1, 2, 1], calls
 
 
 @pytest.mark.parametrize("dt", DTYPES)

@@ -6,7 +6,7 @@ whole-sequence loops (0.3 ms at T = 1, 0.17 ms of it at B = 16: the cost is the 
 array-api-compat calls of 2-35 us each; a training step's Adam took ~0.13 ms (12 ufunc calls a parameter).
 benchmarks/NOTES.md, "Eighth session", has the numbers.
 
-Legend: T steps, B batch, I inputs, H hidden, G = 3H gate rows (torch's order r, z, n), n_cols = H+I+1.
+Legend: T steps, B batch, I inputs, H hidden, G gate rows (GRU 3H, torch's order r, z, n; LSTM 4H), n_cols = H+I+1.
 
 Each kernel does, element by element, exactly the NumPy operations it replaces, in the same order (copies, +, *, /
 and sqrt, all correctly rounded; no fastmath): bit-identical results, float32 and float64 (tested in
@@ -109,6 +109,47 @@ def glue_kernels(jit, jit_vec) -> dict:
             g_b_ih[H2 + i] = g_b_ih[H2 + i] + dw_in[i, I]
 
     @jit
+    def fold_rotated(w_ih, w_hh, b_ih, b_hh, w, shift, n_half, half):
+        """_common.fold_weights for gate rows in torch's order rotated by `shift` (the LSTM: internal [o | i | f | g]
+        = torch rows 3H.. then 0..; shift 3H), then rows :n_half times half: w (G, n_cols) row i =
+        [W_hh | W_ih | b_ih + b_hh] of torch row (i + shift) mod G."""
+        G, H = w_hh.shape
+        I = w_ih.shape[1]
+        for i in range(G):
+            s = (i + shift) % G
+            for j in range(H):
+                w[i, j] = w_hh[s, j]
+            for j in range(I):
+                w[i, H + j] = w_ih[s, j]
+            w[i, H + I] = b_ih[s] + b_hh[s]
+            if i < n_half:
+                for j in range(H + I + 1):
+                    w[i, j] = w[i, j] * half
+
+    @jit
+    def transpose_rotated(w, w_t, shift):
+        """w_t (K, G) = (w (G, K) with its rows rotated by `shift`)^T: column i is torch row (i + shift) mod G."""
+        G, K = w.shape
+        for k in range(K):  # written row by row (contiguous)
+            for i in range(G):
+                w_t[k, i] = w[(i + shift) % G, k]
+
+    @jit
+    def unfold_rotated(g_w_ih, g_w_hh, g_b_ih, g_b_hh, dw, shift):
+        """_common.unfold_grads for rows rotated by `shift` (fold_rotated's inverse for grads): torch row
+        (i + shift) mod G of each grad += dw row i's [h | x | 1] part (both biases get the ones column)."""
+        G, H = g_w_hh.shape
+        I = g_w_ih.shape[1]
+        for i in range(G):
+            s = (i + shift) % G
+            for j in range(H):
+                g_w_hh[s, j] = g_w_hh[s, j] + dw[i, j]
+            for j in range(I):
+                g_w_ih[s, j] = g_w_ih[s, j] + dw[i, H + j]
+            g_b_ih[s] = g_b_ih[s] + dw[i, H + I]
+            g_b_hh[s] = g_b_hh[s] + dw[i, H + I]
+
+    @jit
     def add_transposed(a, b, out):
         """out (B, H) = (a + b)^T for a, b (H, B): the carried grad's two parts, in the caller's layout."""
         H, B = a.shape
@@ -146,4 +187,5 @@ def glue_kernels(jit, jit_vec) -> dict:
                 p[i] = p[i] - (step * mi) / (math.sqrt(vi) / sqrt_c2 + eps)
 
     return {"gru_fold_after": gru_fold_after, "fill_operands": fill_operands, "gru_bwd_prep": gru_bwd_prep,
-            "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update}
+            "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update,
+            "fold_rotated": fold_rotated, "transpose_rotated": transpose_rotated, "unfold_rotated": unfold_rotated}

@@ -21,8 +21,8 @@ from .._cell import CellParams, cut
 from . import _common, _cpu
 from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
                       feature_major_copy, feature_major_into, feature_major_to_tbh, flush_subnormals, flush_threshold,
-                      fold_weights, gate_grad_buffer, ops_for, recurrent_operands, state_grad, step_array,
-                      step_storage, unfold_grads, weight_grad_buffers)
+                      fold_weights, gate_grad_buffer, ops_for, params_of_dtype, recurrent_operands, state_grad,
+                      step_array, step_storage, unfold_grads, weight_grad_buffers)
 
 
 def _lstm_blocks(H: int):
@@ -60,13 +60,17 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     ops = ops_for(xp)
     H3, H4 = 3 * H, 4 * H
     half = ops.const(0.5, dt, dev)
+    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     # the recurrent GEMM does the input projection too: [W_hh | W_ih | b_ih + b_hh] (4H, H+I+1) on
     # step t's [h; x[t]; 1]; o, i, f rows halved (exact: sigmoid(a) = tanh(a/2)/2 + 1/2)
-    w_rec = fold_weights(ops, ws.get(xp, "w_rec", (H4, H + I + 1), dt, dev), p, _lstm_blocks(H), H, I)  # (4H, H+I+1)
-    ops.mul(w_rec[:H3, :], half, out=w_rec[:H3, :])
+    w_rec = ws.get(xp, "w_rec", (H4, H + I + 1), dt, dev)  # (4H, H+I+1)
+    if kern is not None and params_of_dtype(dt, p):  # one call, the same values (_cpu_glue.fold_rotated)
+        kern.fold_rotated(p.w_ih, p.w_hh, p.b_ih, p.b_hh, w_rec, H3, H3, dt.type(0.5))
+    else:
+        fold_weights(ops, w_rec, p, _lstm_blocks(H), H, I)
+        ops.mul(w_rec[:H3, :], half, out=w_rec[:H3, :])
 
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
-    kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     seq = kern.seq("lstm_fwd_seq", dt) if kern is not None else None
     if seq is not None:  # float32 on NumPy's BLAS: the whole time loop in one call (_cpu.lstm_fwd_sequence)
         return _forward_sequence(xp, ops, ws, reuse, private_cache, keep_cache, x, c0, w_rec, operands, seq)
@@ -250,13 +254,16 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     dc = state_grad(xp, ops, ws, "dc", dstate_T, 1, (H, B), dt, dev)  # (H, B) dL/dc_t^T
     dh_c = ws.get(xp, "scratch", (H, B), dt, dev)  # (H, B) dh's share of dc
     w_hh_t = ws.get(xp, "w_hh_t", (H, H4), dt, dev)  # (H, 4H) W_hh^T, internal gate order
-    for dst, src in blocks:
-        ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
-    seq = kern.seq("lstm_bwd_seq", dt) if kern is not None else None
+    seq = kern.seq("lstm_bwd_seq", dt) if kern is not None and params_of_dtype(dt, p, g) else None
+    if seq is not None:  # one call, the same values (_cpu_glue.transpose_rotated)
+        kern.transpose_rotated(p.w_hh, w_hh_t, H3)
+    else:
+        for dst, src in blocks:
+            ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
     if seq is not None:  # the whole time loop in one call (_cpu.lstm_bwd_sequence)
         return _backward_sequence(xp, ops, ws, reuse, p, c, (dy, dc_steps), (dh, dc, w_hh_t), g, tbptt, input_grad,
-                                  seq)
+                                  kern, seq)
     n_cols = c.operands.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
     dw = ops.fill(ws.get(xp, "dw", (H4, n_cols), dt, dev), 0.0)  # (4H, n_cols)
     dw_terms, operand_copy, dw_chunk = weight_grad_buffers(xp, ws, (H4, n_cols), T, B, dt, dev)
@@ -318,20 +325,19 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
 
 
 def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastLSTMCache, upstream, carried,
-                       g: CellParams, tbptt: int, input_grad: bool, seq):
-    """lstm_backward through the whole-sequence kernel `seq` (_cpu.lstm_bwd_sequence; NumPy): the buffers, one call,
-    then the grads into g. upstream: (dy, dc_steps), each (T, B, H) or None; carried: (dh, dc, w_hh_t) as
-    lstm_backward set them up. Same returns as lstm_backward."""
+                       g: CellParams, tbptt: int, input_grad: bool, kern, seq):
+    """lstm_backward through the whole-sequence kernel `seq` (_cpu.lstm_bwd_sequence; NumPy; parameters and grads of
+    the cache's dtype): the buffers, one call, then the grads into g (the transpose and the unfold as _cpu_glue's
+    kernels). upstream: (dy, dc_steps), each (T, B, H) or None; carried: (dh, dc, w_hh_t) as lstm_backward set them
+    up. Same returns as lstm_backward."""
     T, H, B = c.tanh_c.shape
     I = c.x_ones.shape[1] - 1
     dev, dt = device_of(c.x), c.x.dtype
-    H4 = 4 * H
-    blocks = _lstm_blocks(H)
+    H3, H4 = 3 * H, 4 * H
     dh, dc, w_hh_t = carried
     dy, dc_steps = upstream
     w_ih_t = ws.get(xp, "w_ih_t", (I, H4), dt, dev)  # (I, 4H) W_ih^T, internal gate order
-    for dst, src in blocks:
-        ops.copy(xp.matrix_transpose(p.w_ih[src, :]), w_ih_t[:, dst])
+    kern.transpose_rotated(p.w_ih, w_ih_t, H3)
     dw = ops.fill(ws.get(xp, "dw", (H4, c.operands.shape[1]), dt, dev), 0.0)  # (4H, n_cols)
     # stands in for an absent dy, dc_steps or dx: not dh or dc (an aliasing argument keeps numba from vectorising)
     unused = ws.get(xp, "seq_unused", (T, 1, 1), dt, dev)  # (T, 1, 1)
@@ -342,8 +348,8 @@ def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, 
     cuts = cut_steps(xp, ws, tbptt, T, dev)  # (T,) bool
     seq(dh, dc, dy_fm, dy is not None, dcs_fm, dc_steps is not None, cuts, c.gates, c.tanh_c, c.cell_states,
         c.operands, dgates, w_hh_t, w_ih_t, dw, dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
-    unfold_grads(ops, g, dw, blocks, H, I)
-    dx_out = xp.permute_dims(dx, (0, 2, 1)) if input_grad else None  # (T, B, I) view
+    kern.unfold_rotated(g.w_ih, g.w_hh, g.b_ih, g.b_hh, dw, H3)
+    dx_out = ops.tbh(dx) if input_grad else None  # (T, B, I) view
     return dx_out, (xp.asarray(xp.matrix_transpose(dh), copy=True), xp.asarray(xp.matrix_transpose(dc), copy=True))
 
 
