@@ -256,14 +256,12 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     w_hh_t = ws.get(xp, "w_hh_t", (H, H4), dt, dev)  # (H, 4H) W_hh^T, internal gate order
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     seq = kern.seq("lstm_bwd_seq", dt) if kern is not None and params_of_dtype(dt, p, g) else None
-    if seq is not None:  # one call, the same values (_cpu_glue.transpose_rotated)
+    if seq is not None:  # the whole time loop in one call (_cpu.lstm_bwd_sequence); W_hh^T too (_cpu_glue)
         kern.transpose_rotated(p.w_hh, w_hh_t, H3)
-    else:
-        for dst, src in blocks:
-            ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
-    if seq is not None:  # the whole time loop in one call (_cpu.lstm_bwd_sequence)
         return _backward_sequence(xp, ops, ws, reuse, p, c, (dy, dc_steps), (dh, dc, w_hh_t), g, tbptt, input_grad,
                                   kern, seq)
+    for dst, src in blocks:
+        ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
     n_cols = c.operands.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
     dw = ops.fill(ws.get(xp, "dw", (H4, n_cols), dt, dev), 0.0)  # (4H, n_cols)
     dw_terms, operand_copy, dw_chunk = weight_grad_buffers(xp, ws, (H4, n_cols), T, B, dt, dev)
