@@ -67,25 +67,6 @@ def glue_kernels(jit, jit_vec) -> dict:
                 operands[t, H + I, b] = one
 
     @jit
-    def gru_bwd_prep(w_hh, w_ih, w_hh_t, w_ih_t, dw, dw_in, dhp, zero):
-        """The one-call backward's inputs (fast/gru._backward_sequence): w_hh_t (H, 3H) = (W_hh rows n, r, z)^T,
-        w_ih_t (I, 3H) = W_ih^T (torch's order); dw, dw_in and dhp zeroed."""
-        G, H = w_hh.shape
-        I = w_ih.shape[1]
-        H2 = 2 * H
-        for j in range(H):  # written row by row (contiguous; 9 against 13 us column by column at the seed shape)
-            for c in range(H):
-                w_hh_t[j, c] = w_hh[H2 + c, j]
-            for c in range(H2):
-                w_hh_t[j, H + c] = w_hh[c, j]
-        for j in range(I):
-            for i in range(G):
-                w_ih_t[j, i] = w_ih[i, j]
-        dw[:, :] = zero
-        dw_in[:, :] = zero
-        dhp[:, :] = zero
-
-    @jit
     def gru_unfold_after(g_w_ih, g_w_hh, g_b_ih, g_b_hh, dw, dw_in):
         """The one-call backward's weight grads into the parameter grads (fast/gru._add_recurrent_grads, then the n
         rows' input weights): dw (3H, n_cols) rows [n | r | z] x [h | x | 1], dw_in (H, I+1) rows n x [x | 1]; the
@@ -128,7 +109,8 @@ def glue_kernels(jit, jit_vec) -> dict:
 
     @jit
     def transpose_rotated(w, w_t, shift):
-        """w_t (K, G) = (w (G, K) with its rows rotated by `shift`)^T: column i is torch row (i + shift) mod G."""
+        """w_t (K, G) = (w (G, K) with its rows rotated by `shift`)^T: column i is torch row (i + shift) mod G
+        (the LSTM's weights: shift 3H; the GRU's W_hh in the one-call backward's row order [n | r | z]: 2H)."""
         G, K = w.shape
         for k in range(K):  # written row by row (contiguous)
             for i in range(G):
@@ -186,6 +168,5 @@ def glue_kernels(jit, jit_vec) -> dict:
                 v[i] = vi
                 p[i] = p[i] - (step * mi) / (math.sqrt(vi) / sqrt_c2 + eps)
 
-    return {"gru_fold_after": gru_fold_after, "fill_operands": fill_operands, "gru_bwd_prep": gru_bwd_prep,
-            "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update,
+    return {"gru_fold_after": gru_fold_after, "fill_operands": fill_operands, "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update,
             "fold_rotated": fold_rotated, "transpose_rotated": transpose_rotated, "unfold_rotated": unfold_rotated}

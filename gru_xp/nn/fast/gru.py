@@ -146,7 +146,7 @@ def _weights_numpy(xp, ops: Ops, ws: Workspace, p: CellParams, I: int, reset_aft
     H = p.w_hh.shape[1]
     H2, H3 = 2 * H, 3 * H
     w_rec = ws.get(xp, "w_rec", (H3 if reset_after else H2, H + I + 1), dt, dev)  # (3H or 2H, H+I+1)
-    if kern is not None and reset_after and p.w_ih.dtype == p.w_hh.dtype == p.b_ih.dtype == p.b_hh.dtype == dt:
+    if kern is not None and reset_after and params_of_dtype(dt, p):
         w_x = ws.get(xp, "w_x", (H, I + 1), dt, dev)  # (H, I+1)
         kern.gru_fold_after(p.w_ih, p.w_hh, p.b_ih, p.b_hh, w_rec, w_x, dt.type(0.5))
         return w_rec, None, w_x
@@ -315,7 +315,10 @@ def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, 
     w_ih_t = ws.get(xp, "w_ih_t", (I, H3), dt, dev)  # (I, 3H) W_ih^T, torch's order
     dw = ws.get(xp, "dw", (H3, H + I + 1), dt, dev)  # (3H, n_cols) rows n, r, z x [h | x | 1], zeroed below
     dw_in = ws.get(xp, "dw_in", (H, I + 1), dt, dev)  # (H, I+1) n rows x [x | 1], zeroed below
-    kern.gru_bwd_prep(p.w_hh, p.w_ih, w_hh_t, w_ih_t, dw, dw_in, dhp, dt.type(0.0))
+    kern.transpose_rotated(p.w_hh, w_hh_t, 2 * H)  # rows n, r, z
+    kern.transpose_rotated(p.w_ih, w_ih_t, 0)
+    for a in (dw, dw_in, dhp):
+        ops.fill(a, 0.0)
     dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
     cuts = cut_steps(xp, ws, tbptt, T, dev)  # (T,) bool
     seq(dhz, dhp, dy_fm, dy is not None, cuts, c.gates, c.operands, c.cand, dgates, w_hh_t, w_ih_t, dw, dw_in,
