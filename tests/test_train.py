@@ -67,26 +67,40 @@ rng = np.random.default_rng(0)
 x, dy = rng.standard_normal((12, 256, 8)), rng.standard_normal((12, 256, 256))
 y, h = layer.forward(x)
 dx, dh0 = layer.backward(dy, None)
-np.savez(sys.argv[1], y=y, h=h, dx=dx, dh0=dh0, **layer.grads)
+blocked = np.array(type(layer.caches[0]).__name__ == "BlockedGRUCache")
+np.savez(sys.argv[1], y=y, h=h, dx=dx, dh0=dh0, blocked=blocked, **layer.grads)
 """
 
 
-def test_results_do_not_depend_on_the_blas_thread_count(tmp_path):
-    """A layer's forward and backward (GEMMs large enough for OpenBLAS to split over threads) give the same bits on
-    one BLAS thread and on two, each in its own process (the thread count is fixed when NumPy loads)."""
+def test_results_across_blas_thread_counts(tmp_path):
+    """A layer's forward and backward (GEMMs large enough for OpenBLAS to split over threads), each run in its own
+    process (the thread count is fixed when NumPy loads): with GRU_XP_CPU_SPLIT=0 the same bits on one BLAS thread
+    and on two; by default, on two threads the float32 GRU splits its batch over the cores (nn/fast/_cpu_split.py):
+    the same bits on every run, and within float32 rounding of the one-thread run (its weight grads are summed
+    over the batch in two parts)."""
     import os
     import subprocess
     import sys
 
-    out = []
-    for n in (1, 2):
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(n), "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
-        path = tmp_path / f"t{n}.npz"
+    from gru_xp.check import rel_err
+
+    out = {}
+    for n, split in ((1, "1"), (2, "0"), (2, "1"), (2, "1 again")):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(n), "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n),
+               "GRU_XP_CPU_SPLIT": split.split()[0]}
+        path = tmp_path / f"t{n}-{split.replace(' ', '-')}.npz"
         subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(path)], env=env, check=True, timeout=300)
-        out.append(np.load(path))
-    assert len(out[0].files) == 20
-    for k in out[0].files:
-        np.testing.assert_array_equal(out[1][k], out[0][k], err_msg=k)
+        out[(n, split)] = np.load(path)
+    one = out[(1, "1")]
+    assert len(one.files) == 21
+    from gru_xp.nn.fast import whole_sequence_backward, whole_sequence_forward
+
+    split_here = whole_sequence_forward("float32") and whole_sequence_backward("float32")  # numba, OpenBLAS
+    assert [bool(out[key]["blocked"]) for key in out] == [False, False, split_here, split_here]
+    for k in (f for f in one.files if f != "blocked"):
+        np.testing.assert_array_equal(out[(2, "0")][k], one[k], err_msg=k)
+        np.testing.assert_array_equal(out[(2, "1 again")][k], out[(2, "1")][k], err_msg=k)
+        assert rel_err(out[(2, "1")][k], one[k]) < 2e-6, k
 
 
 def test_metrics_report_all_predictors_on_the_original_scale():

@@ -643,8 +643,9 @@ def test_whole_sequence_forward_float32_only_and_torch_float64(kernels_on_off, c
 
 def test_tiled_transpose_copies_exactly_and_serves_feature_major_copy(kernels_on_off):
     """transpose_tbh equals NumPy's transpose bit for bit over tile edges (B, F below, at and beyond multiples of 16);
-    feature_major_copy takes it for a C-contiguous array of its dtype (counted), NumPy's strided copy otherwise (a
-    non-contiguous view, another dtype) with the same result."""
+    feature_major_copy takes it for a NumPy array of its dtype (counted), C-contiguous or a view (a block of batch
+    columns, a strided view: numba compiles it for any layout), NumPy's copy for another dtype, with the same
+    result."""
     k = _cpu.kernels()
     rng = np.random.default_rng(0)
     for T, B, F in [(1, 1, 1), (2, 16, 16), (3, 33, 17), (2, 15, 40), (1, 256, 70)]:
@@ -656,7 +657,7 @@ def test_tiled_transpose_copies_exactly_and_serves_feature_major_copy(kernels_on
     xp = resolve("cpu", "float64").xp
     ops = _common.ops_for(xp)
     a = rng.standard_normal((4, 40, 30))
-    for src, used in ((a, 1), (a[:, ::2], 0), (a.astype(np.float32), 0)):
+    for src, used in ((a, 1), (a[:, ::2], 1), (a[:, 8:24], 1), (a.astype(np.float32), 0)):
         before = counting.calls.get("transpose_tbh", 0)
         got = _common.feature_major_copy(xp, ops, Workspace(), "t", src, np.float64, "cpu")
         np.testing.assert_array_equal(got, np.asarray(src, np.float64).transpose(0, 2, 1))

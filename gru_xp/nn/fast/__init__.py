@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from . import _cpu, gru, lstm, rnn
+from . import _cpu, gru, gru_blocks, lstm, rnn
 from ._common import Workspace, supports_out
 
 
@@ -137,7 +137,7 @@ def fast_cell_for(cell_module, xp, *, reuse: bool = False):
 # (forward, backward, forward options): the GRU and the LSTM keep their internal cache arrays in the slot's workspace
 # (a layer holds a cache only until its next forward; see gru_forward's private_cache); the RNN's cache is its
 # operands alone, whose rows are the output
-_IMPLS = {"gru": (gru.gru_forward, gru.gru_backward, {"private_cache": True}),
+_IMPLS = {"gru": (gru_blocks.gru_forward, gru_blocks.gru_backward, {"private_cache": True}),
           "lstm": (lstm.lstm_forward, lstm.lstm_backward, {"private_cache": True}),
           "rnn": (rnn.rnn_forward, rnn.rnn_backward, {})}
 

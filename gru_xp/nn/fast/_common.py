@@ -122,6 +122,7 @@ class Workspace:
         self.bufs: dict = {}
         self._meta: dict = {}
         self._views: dict = {}
+        self.children: dict = {}  # k -> Workspace of part k (a batch block: fast/gru_blocks.py)
 
     def get(self, xp, name: str, shape: tuple, dtype, device):
         e = self._meta.get(name)  # (shape, dtype, device) as asked when allocated: no device query per call
@@ -140,8 +141,16 @@ class Workspace:
             e = self._views[name] = (key, build())
         return e[1]
 
+    def child(self, k: int) -> Workspace:
+        """The workspace of part k of this slot's work (a batch block), kept here for the next call."""
+        ws = self.children.get(k)
+        if ws is None:
+            ws = self.children[k] = Workspace()
+        return ws
+
     def nbytes(self) -> int:
-        return sum(int(a.size) * a.dtype.itemsize for a in self.bufs.values())
+        return (sum(int(a.size) * a.dtype.itemsize for a in self.bufs.values())
+                + sum(ws.nbytes() for ws in self.children.values()))
 
 
 def cache_array(xp, ws: Workspace, reuse: bool, name, shape, dt, dev):
@@ -237,10 +246,11 @@ def feature_major_copy(xp, ops: Ops, ws: Workspace, name: str, a, dt, dev):
 
 def feature_major_into(xp, ops: Ops, a, out):
     """out (m, F, B) = a (m, B, F) transposed per step; returns out. The backwards' dy (and dc) copies, whole or a
-    chunk of steps at a time: through _cpu.transpose_tbh where the CPU kernels run and a is C-contiguous."""
+    chunk of steps at a time: through _cpu.transpose_tbh where the CPU kernels run (a C-contiguous a, or a block
+    of a batch's columns: fast/gru_blocks.py; numba compiles the kernel for either layout)."""
     m, B, F = a.shape
     kern = _cpu.kernels() if _cpu.usable(xp, B * F) else None
-    if kern is not None and a.dtype == out.dtype and a.flags.c_contiguous:  # NumPy arrays (usable: NumPy only)
+    if kern is not None and a.dtype == out.dtype:  # NumPy arrays (usable: NumPy only)
         kern.transpose_tbh(a, out)
         return out
     return ops.copy(xp.permute_dims(a, (0, 2, 1)), out)

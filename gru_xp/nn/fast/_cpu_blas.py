@@ -60,3 +60,34 @@ def _find_gemm() -> dict | None:
             if len(fns) == 2:
                 return fns
     return None
+
+
+# OpenBLAS's thread count, read and set (the batch split of _cpu_split.py holds it to one thread around its calls):
+# (get, set) symbol names of scipy-openblas64, scipy-openblas32 and a plain OpenBLAS
+_THREAD_SYMBOLS = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                   ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                   ("openblas_get_num_threads", "openblas_set_num_threads"))
+
+
+def thread_control() -> tuple | None:
+    """(get, set) of the thread count of the OpenBLAS that gemm() calls (ctypes functions: get() -> int,
+    set(n)), or None where gemm() is None or the library has neither."""
+    if "threads" not in STATE:
+        STATE["threads"] = _find_thread_control() if gemm() is not None else None
+    return STATE["threads"]
+
+
+def _find_thread_control() -> tuple | None:
+    ctypes = importlib.import_module("ctypes")
+    for path in _library_paths():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in _THREAD_SYMBOLS:
+            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and put is not None:
+                get.argtypes, get.restype = [], ctypes.c_int
+                put.argtypes, put.restype = [ctypes.c_int], None
+                return get, put
+    return None
