@@ -332,6 +332,40 @@ def _cpu_kernel_rows() -> list[Row]:
         if whole_sequence_forward("float32", cell):
             rows.append(_float32_forward_row(who, cell, cls, T, B, H))
     rows.append(_adam_row(who))
+    rows += _batch_block_rows(who)
+    return rows
+
+
+def _batch_block_rows(who: str) -> list[Row]:
+    """The GRU and the LSTM with their batch in column blocks (fast/blocks.py, 3 blocks forced whatever the thread
+    count): in float64 against the reference cells (the composition: column slices, per-block grads summed, dx and
+    the state grads joined), in float32 against the one call they split (float32 rounding). Stacked, bidirectional,
+    upstream gradients on every output. A row fails when no block ran, or ran without the kernels."""
+    from contextlib import nullcontext
+
+    from .nn.fast import counted_cpu_kernels, forced_batch_blocks
+    from .nn.recurrent import GRU, LSTM
+
+    rows = []
+    for label, cls in (("GRU", GRU), ("LSTM", LSTM)):
+        for dt, against, limit in (("float64", "the reference", 1e-10), ("float32", "the one call", 2e-6)):
+            out, blocked = {}, False
+            for name in ("blocks", "other"):
+                layer = cls(3, 32, num_layers=2, bidirectional=True, device="cpu", dtype=dt, seed=0)
+                layer.fast = name == "blocks" or dt == "float32"
+                randomize_params(layer, seed=8)
+                x, s0, dy, ds = random_problem(layer, T=6, B=96, seed=9)  # blocks of 32: B·H for the kernels
+                with forced_batch_blocks(3) if name == "blocks" else nullcontext(), counted_cpu_kernels() as calls:
+                    layer.zero_grad()
+                    y, sn = layer.forward(x, s0)
+                    dx, ds0 = layer.backward(dy, ds)
+                if name == "blocks":  # the blocks ran, on the kernels
+                    blocked = type(layer.caches[0]).__name__ == "BlockedCache" and any(
+                        k.startswith(label.lower() + "_") for k in calls)  # the cell's own kernels
+                out[name] = [to_host(a) for a in (y, *_states(sn), dx, *_states(ds0), *layer.grads.values())]
+            err = max(rel_err(a, b) for a, b in zip(out["blocks"], out["other"])) if blocked else math.inf
+            rows.append(Row(f"fused CPU kernels ({who}), {label} with its batch in 3 blocks against {against} (cpu, "
+                            f"{dt})", err, limit))
     return rows
 
 

@@ -67,7 +67,7 @@ rng = np.random.default_rng(0)
 x, dy = rng.standard_normal((12, 256, 8)), rng.standard_normal((12, 256, 256))
 y, h = layer.forward(x)
 dx, dh0 = layer.backward(dy, None)
-blocked = np.array(type(layer.caches[0]).__name__ == "BlockedGRUCache")
+blocked = np.array(type(layer.caches[0]).__name__ == "BlockedCache")
 np.savez(sys.argv[1], y=y, h=h, dx=dx, dh0=dh0, blocked=blocked, **layer.grads)
 """
 

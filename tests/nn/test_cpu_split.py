@@ -1,7 +1,8 @@
-"""The batch in column blocks over the cores (nn/fast/_cpu_split.py, nn/fast/gru_blocks.py): the block rule, the
-runner (OpenBLAS's thread count held and restored, errors raised), and the blocked GRU against the one-call path it
-splits: outputs, dh_0 and dx bit for bit, weight grads to float32 rounding, the same bits every run; proven on its
-own by float64 central finite differences and torch (blocks forced: the library blocks float32 only)."""
+"""The batch in column blocks over the cores (nn/fast/_cpu_split.py, nn/fast/blocks.py): the block rule, the
+runner (OpenBLAS's thread count held and restored, errors raised), and the blocked GRU and LSTM against the one-call
+path they split (outputs, states and their grads bit for bit at a benchmark shape's blocks, to float32 rounding at
+uneven ones; weight grads to float32 rounding; the same bits every run), proven on their own by float64 central
+finite differences and torch (blocks forced: the library blocks float32 only)."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,7 +14,7 @@ import gru_xp
 from gru_xp.backend import to_host
 from gru_xp.check import finite_difference, random_lengths, random_problem, randomize_params, rel_err, torch_parity
 from gru_xp.diagnostics import record
-from gru_xp.nn.fast import _cpu, _cpu_split, gru_blocks, whole_sequence_backward, whole_sequence_forward
+from gru_xp.nn.fast import _cpu, _cpu_split, blocks, whole_sequence_backward, whole_sequence_forward
 
 needs_seq = pytest.mark.skipif(
     importlib.util.find_spec("numba") is None or not (whole_sequence_forward("float32")
@@ -90,71 +91,78 @@ def test_runner_holds_openblas_to_one_thread_and_restores_it(fake_threads):
     assert sorted(done) == [0, 2] and fake_threads["n"] == 3
 
 
-def _layer_run(blocks, monkeypatch, *, dtype="float32", T=7, B=50, I=3, H=16, lengths=None, seed=0):
+def _layer_run(blocks, monkeypatch, *, cell="gru", dtype="float32", T=7, B=50, I=3, H=16, lengths=None, seed=0):
     monkeypatch.setattr(_cpu, "MIN_STEP_ELEMS", 0)  # the kernels at these tiny shapes, every block too
-    """A stacked bidirectional GRU layer's forward + backward with `blocks` (None: one call) -> host arrays
-    [y, h_n, dx, dh_0, grads...], the layer."""
+    """A stacked bidirectional GRU (LSTM) layer's forward + backward with `blocks` (None: one call) -> host arrays
+    [y, h_n, (c_n,) dx, dh_0, (dc_0,) grads...], the layer."""
     monkeypatch.setattr(_cpu_split, "blocks", blocks or (lambda B: None))
-    layer = gru_xp.GRU(I, H, num_layers=2, bidirectional=True, dtype=dtype, seed=seed)
+    layer = {"gru": gru_xp.GRU, "lstm": gru_xp.LSTM}[cell](I, H, num_layers=2, bidirectional=True, dtype=dtype,
+                                                        seed=seed)
     randomize_params(layer, seed=1)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
-    dhn = rng.standard_normal((4, B, H)).astype(dtype)
+    dsn = tuple(rng.standard_normal((4, B, H)).astype(dtype) for _ in range(layer.cell.STATES))
     layer.zero_grad()
-    y, hn = layer.forward(x, lengths=lengths)
-    dx, dh0 = layer.backward(dy, dhn, tbptt=0 if lengths is not None else 3)  # tbptt takes no lengths
-    return [np.array(to_host(a)) for a in (y, hn, dx, dh0)] + [np.array(v) for v in layer.grads.values()], layer
+    y, sn = layer.forward(x, lengths=lengths)
+    dx, ds0 = layer.backward(dy, dsn if cell == "lstm" else dsn[0], tbptt=0 if lengths is not None else 3)
+    states = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
+    out = [y, *states(sn), dx, *states(ds0)]  # tbptt (no lengths with it) above
+    return [np.array(to_host(a)) for a in out] + [np.array(v) for v in layer.grads.values()], layer
 
 
 @needs_seq
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_blocked_layer_against_one_call(monkeypatch, n, with_lengths):
+def test_blocked_layer_against_one_call(monkeypatch, cell, n, with_lengths):
     """float32 (the one-call loops), blocks of uneven widths (not multiples of 16: a column's vector-tail handling
-    may change, gru_blocks' doc), variable lengths, truncated BPTT: y, h_n, dx, dh_0 and every weight grad to
+    may change, blocks' doc), variable lengths, truncated BPTT: y, h_n, dx, dh_0 and every weight grad to
     float32 rounding of the one call; the blocked cache read by the backward; the same bits on a second run."""
     lengths = random_lengths(7, 50, seed=3) if with_lengths else None
-    ref, layer0 = _layer_run(None, monkeypatch, lengths=lengths)
-    got, layer = _layer_run(_even(n), monkeypatch, lengths=lengths)
-    again, _ = _layer_run(_even(n), monkeypatch, lengths=lengths)
-    assert type(layer.caches[0]).__name__ == "BlockedGRUCache" and type(layer0.caches[0]).__name__ != "BlockedGRUCache"
+    ref, layer0 = _layer_run(None, monkeypatch, cell=cell, lengths=lengths)
+    got, layer = _layer_run(_even(n), monkeypatch, cell=cell, lengths=lengths)
+    again, _ = _layer_run(_even(n), monkeypatch, cell=cell, lengths=lengths)
+    assert type(layer.caches[0]).__name__ == "BlockedCache" and type(layer0.caches[0]).__name__ != "BlockedCache"
     for k, (a, b, c) in enumerate(zip(got, ref, again)):
         np.testing.assert_array_equal(a, c)
         assert rel_err(a, b) < 2e-6, (k, rel_err(a, b))
 
 
 @needs_seq
-def test_blocked_layer_at_a_benchmark_shape_is_bit_for_bit(monkeypatch):
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_blocked_layer_at_a_benchmark_shape_is_bit_for_bit(monkeypatch, cell):
     """Blocks as the library cuts them at the seed shape's batch (2 of 128 columns, the block rule with 2 threads):
     y, h_n, dx, dh_0 bit for bit with the one call, the weight grads to rounding."""
     monkeypatch.setattr(_cpu_split._cpu_blas, "thread_control", lambda: (lambda: 2, lambda n: None))
     monkeypatch.delenv("GRU_XP_CPU_SPLIT", raising=False)
     rule = _cpu_split.blocks
     assert rule(256) == [(0, 128), (128, 256)]
-    ref, _ = _layer_run(None, monkeypatch, T=5, B=256, I=1, H=70)
-    got, layer = _layer_run(rule, monkeypatch, T=5, B=256, I=1, H=70)
-    assert type(layer.caches[0]).__name__ == "BlockedGRUCache"
+    ref, _ = _layer_run(None, monkeypatch, cell=cell, T=5, B=256, I=1, H=70)
+    got, layer = _layer_run(rule, monkeypatch, cell=cell, T=5, B=256, I=1, H=70)
+    assert type(layer.caches[0]).__name__ == "BlockedCache"
+    n_out = 4 if cell == "gru" else 6  # outputs, states and their grads; then the weight grads
     for k, (a, b) in enumerate(zip(got, ref)):
-        if k < 4:
+        if k < n_out:
             np.testing.assert_array_equal(a, b)
         else:
             assert rel_err(a, b) < 2e-6, (k, rel_err(a, b))
 
 
+@pytest.mark.parametrize("cls", [gru_xp.GRU, gru_xp.LSTM])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_blocked_gradients_by_finite_differences_and_torch(monkeypatch, with_lengths):
+def test_blocked_gradients_by_finite_differences_and_torch(monkeypatch, cls, with_lengths):
     """The blocked composition (column slices, per-block grads summed, dx and dh_0 joined) proven in float64: blocks
-    forced for every dtype (gru_blocks._parts), central finite differences with random weights, biases and upstream
+    forced for every dtype (blocks._parts), central finite differences with random weights, biases and upstream
     grads on every output, then torch's autograd; with and without variable lengths; with truncated BPTT against
     the one-call path (finite differences see the whole sequence)."""
-    monkeypatch.setattr(gru_blocks, "_parts", lambda xp, p, x, reset_after: _even(2)(x.shape[1]))
-    layer = gru_xp.GRU(3, 4, num_layers=2, bidirectional=True, dtype="float64", seed=0)
+    monkeypatch.setattr(blocks, "_parts", lambda cell, xp, p, x, reset_after: _even(2)(x.shape[1]))
+    layer = cls(3, 4, num_layers=2, bidirectional=True, dtype="float64", seed=0)
     randomize_params(layer, seed=1)
     problem = random_problem(layer, T=4, B=5, seed=2)
     lengths = random_lengths(4, 5, seed=4) if with_lengths else None
     res = finite_difference(layer, *problem, lengths=lengths)
-    assert type(layer.caches[0]).__name__ == "BlockedGRUCache"
+    assert type(layer.caches[0]).__name__ == "BlockedCache"
     assert max(rel_err(a, n) for a, n in res.values()) < 1e-7, res
     pytest.importorskip("torch")
     errs = torch_parity(layer, *problem, lengths=lengths)
@@ -162,11 +170,12 @@ def test_blocked_gradients_by_finite_differences_and_torch(monkeypatch, with_len
     if lengths is None:
         runs = []
         for parts in (_even(2), lambda B: None):
-            monkeypatch.setattr(gru_blocks, "_parts", lambda xp, p, x, reset_after, parts=parts: parts(x.shape[1]))
+            monkeypatch.setattr(blocks, "_parts", lambda cell, xp, p, x, reset_after, parts=parts: parts(x.shape[1]))
             layer.zero_grad()
             layer.forward(problem[0], problem[1])
             dx, ds0 = layer.backward(problem[2], problem[3], tbptt=2)
-            runs.append([np.array(to_host(a)) for a in (dx, ds0)] + [np.array(v) for v in layer.grads.values()])
+            ds0 = ds0 if isinstance(ds0, tuple) else (ds0,)
+            runs.append([np.array(to_host(a)) for a in (dx, *ds0)] + [np.array(v) for v in layer.grads.values()])
         for a, b in zip(*runs):
             assert rel_err(a, b) < 1e-13
 

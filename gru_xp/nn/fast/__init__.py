@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from . import _cpu, gru, gru_blocks, lstm, rnn
+from . import _cpu, blocks, gru, lstm, rnn
 from ._common import Workspace, supports_out
 
 
@@ -42,6 +42,21 @@ def per_step_kernels(forward_only: bool = False):
     proxy = type(kern)(**{n: None if n.startswith(off) else f for n, f in vars(kern).items()})
     with _kernels_replaced(proxy):
         yield
+
+
+@contextmanager
+def forced_batch_blocks(n: int):
+    """Inside: a GRU (reset_after) or LSTM layer on NumPy splits its batch into n blocks of near-equal width
+    (fast/blocks.py) whatever its dtype and OpenBLAS's thread count (a comparison: `gru-xp check`)."""
+    saved = blocks.FORCED.get("n")
+    blocks.FORCED["n"] = n
+    try:
+        yield
+    finally:
+        if saved is None:
+            blocks.FORCED.pop("n", None)
+        else:
+            blocks.FORCED["n"] = saved
 
 
 def whole_sequence_backward(dtype_name: str = "float32", cell: str = "gru") -> bool:
@@ -137,8 +152,8 @@ def fast_cell_for(cell_module, xp, *, reuse: bool = False):
 # (forward, backward, forward options): the GRU and the LSTM keep their internal cache arrays in the slot's workspace
 # (a layer holds a cache only until its next forward; see gru_forward's private_cache); the RNN's cache is its
 # operands alone, whose rows are the output
-_IMPLS = {"gru": (gru_blocks.gru_forward, gru_blocks.gru_backward, {"private_cache": True}),
-          "lstm": (lstm.lstm_forward, lstm.lstm_backward, {"private_cache": True}),
+_IMPLS = {"gru": (blocks.gru_forward, blocks.gru_backward, {"private_cache": True}),
+          "lstm": (blocks.lstm_forward, blocks.lstm_backward, {"private_cache": True}),
           "rnn": (rnn.rnn_forward, rnn.rnn_backward, {})}
 
 

@@ -122,7 +122,7 @@ class Workspace:
         self.bufs: dict = {}
         self._meta: dict = {}
         self._views: dict = {}
-        self.children: dict = {}  # k -> Workspace of part k (a batch block: fast/gru_blocks.py)
+        self.children: dict = {}  # k -> Workspace of part k (a batch block: fast/blocks.py)
 
     def get(self, xp, name: str, shape: tuple, dtype, device):
         e = self._meta.get(name)  # (shape, dtype, device) as asked when allocated: no device query per call
@@ -247,7 +247,7 @@ def feature_major_copy(xp, ops: Ops, ws: Workspace, name: str, a, dt, dev):
 def feature_major_into(xp, ops: Ops, a, out):
     """out (m, F, B) = a (m, B, F) transposed per step; returns out. The backwards' dy (and dc) copies, whole or a
     chunk of steps at a time: through _cpu.transpose_tbh where the CPU kernels run (a C-contiguous a, or a block
-    of a batch's columns: fast/gru_blocks.py; numba compiles the kernel for either layout)."""
+    of a batch's columns: fast/blocks.py; numba compiles the kernel for either layout)."""
     m, B, F = a.shape
     kern = _cpu.kernels() if _cpu.usable(xp, B * F) else None
     if kern is not None and a.dtype == out.dtype:  # NumPy arrays (usable: NumPy only)

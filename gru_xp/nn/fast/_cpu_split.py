@@ -1,6 +1,6 @@
 """The batch in column blocks over the cores: each block a problem of its own (its own arrays), run on a thread of
-its own, NumPy's OpenBLAS held to one thread meanwhile. Used by fast/gru_blocks.py for the GRU's float32 one-call
-loops (_cpu.gru_fwd_sequence, _cpu.gru_bwd_sequence), each a GIL-free call.
+its own, NumPy's OpenBLAS held to one thread meanwhile. Used by fast/blocks.py for the GRU's and the LSTM's float32
+one-call loops (_cpu.gru_fwd_sequence, _cpu.gru_bwd_sequence and the LSTM's), each a GIL-free call.
 
 Why (benchmarks/NOTES.md, "Ninth session"): at the default thread count OpenBLAS splits each step's GEMMs over the
 cores, but the gate math between them runs on one; and after each multi-threaded GEMM OpenBLAS's idle workers spin
