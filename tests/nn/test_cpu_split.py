@@ -37,6 +37,7 @@ def fake_threads(monkeypatch):
         state["n"] = n
 
     monkeypatch.setattr(_cpu_split._cpu_blas, "thread_control", lambda: (lambda: state["n"], put))
+    monkeypatch.setattr(_cpu_split, "_cores", lambda: 64)
     monkeypatch.delenv("GRU_XP_CPU_SPLIT", raising=False)
     return state
 
@@ -58,8 +59,30 @@ def test_block_rule(fake_threads, monkeypatch):
     monkeypatch.setenv("GRU_XP_CPU_SPLIT", "0")
     assert _cpu_split.blocks(256) is None
     monkeypatch.delenv("GRU_XP_CPU_SPLIT")
+    fake_threads["n"] = 8  # more OpenBLAS threads than cores: one block a core
+    monkeypatch.setattr(_cpu_split, "_cores", lambda: 3)
+    assert len(_cpu_split.blocks(1024)) == 3
     monkeypatch.setattr(_cpu_split._cpu_blas, "thread_control", lambda: None)
     assert _cpu_split.blocks(256) is None
+
+
+def test_a_forked_child_gets_a_pool_of_its_own(fake_threads):
+    """After a fork the parent's block threads do not exist in the child: the child makes its own pool and lock
+    (os.register_at_fork), so a split there runs instead of waiting forever."""
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    assert _cpu_split.run(lambda k: k, 2) == [0, 1]  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only when the split ran
+        ok = False
+        try:
+            ok = _cpu_split.run(lambda k: k + 1, 2) == [1, 2]
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_runner_holds_openblas_to_one_thread_and_restores_it(fake_threads):

@@ -33,7 +33,7 @@ def blocks(B: int) -> list | None:
     ctl = _cpu_blas.thread_control()
     if ctl is None or os.environ.get("GRU_XP_CPU_SPLIT", "1") == "0":
         return None
-    n = min(int(ctl[0]()), B // MIN_COLS)
+    n = min(int(ctl[0]()), _cores(), B // MIN_COLS)
     if n < 2:
         return None
     edges = [0] + [(B * k // n) // 16 * 16 for k in range(1, n)] + [B]
@@ -60,6 +60,27 @@ def run(fn, n: int) -> list:
             return [first] + [f.result() for f in futures]
         finally:
             put(threads)
+
+
+def _cores() -> int:
+    """Cores this process may run on: more blocks than that would take turns on them."""
+    if "cores" not in STATE:
+        try:
+            STATE["cores"] = len(os.sched_getaffinity(0))
+        except AttributeError:  # no affinity masks (macOS, Windows)
+            STATE["cores"] = os.cpu_count() or 1
+    return STATE["cores"]
+
+
+def _after_fork() -> None:
+    """In a forked child: the parent's pool threads and a lock held by one of them do not exist there."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    STATE.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _pool(n: int):
