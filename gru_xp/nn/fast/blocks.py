@@ -13,9 +13,10 @@ block copies its states into its columns, on its thread), h_T a view of y[T-1] a
 joined. A column's y, states, dx and state grads go through the same operations as in one call, but the compiled
 loops treat the columns of a vector's tail (a width's remainder after its full vectors) in scalar code, where
 contraction into fused multiply-adds may differ: a column that is a tail in one layout and not in the other can
-differ in its last bits (bit for bit at the benchmark shapes, whose blocks are multiples of 64 wide). The weight
-grads are block 0's added onto g, then each other block's (summed in its own buffers), in block order. So: the same
-bits every run for a given P; float32 rounding apart from P = 1.
+differ in its last bits; so can a GEMM's long sums (the LSTM's dx at H 256: OpenBLAS orders its 4H = 1024-long sums
+otherwise for a 64-column block than for the 128-column batch). At the benchmark shapes everything else was checked
+bit for bit. The weight grads are block 0's added onto g, then each other block's (summed in its own buffers), in
+block order. So: the same bits every run for a given P; float32 rounding apart from P = 1.
 """
 from __future__ import annotations
 
