@@ -17,6 +17,10 @@ class CellParams:
     b_ih: Any  # (G,)
     b_hh: Any  # (G,)
 
+    def arrays(self) -> tuple:
+        """(w_ih, w_hh, b_ih, b_hh), in that order."""
+        return self.w_ih, self.w_hh, self.b_ih, self.b_hh
+
 
 def sigmoid(xp, a):
     # tanh form: no overflow in exp for large |a| (float32), same value as 1/(1+exp(-a)) to rounding

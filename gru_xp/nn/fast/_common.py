@@ -338,7 +338,7 @@ def chunk_row(t: int, T: int, chunk: int) -> int:
 
 def params_of_dtype(dt, *cell_params: CellParams) -> bool:
     """True when every array of every CellParams has dtype dt (the CPU kernels' copies and sums take one dtype)."""
-    return all(a.dtype == dt for q in cell_params for a in (q.w_ih, q.w_hh, q.b_ih, q.b_hh))
+    return all(a.dtype == dt for q in cell_params for a in q.arrays())
 
 
 def cut_steps(xp, ws: Workspace, tbptt: int, T: int, dev):

@@ -44,7 +44,7 @@ def run(fn, n: int) -> list:
     """[fn(0), ..., fn(n-1)], run at once: fn(0) on this thread, the others on the pool's, with OpenBLAS at one
     thread until all have returned (its count restored after, also on an error, raised once every block stopped)."""
     ctl = _cpu_blas.thread_control()
-    get, put = ctl if ctl is not None else (lambda: 0, lambda n: None)  # no OpenBLAS: nothing to hold
+    get, put = ctl if ctl is not None else (lambda: 0, lambda count: None)  # no OpenBLAS: nothing to hold
     with _LOCK:
         threads = get()
         put(1)

@@ -114,7 +114,7 @@ def _blocked(cell: str, fwd, bwd):
         ops = ops_for(xp)
         dev = device_of(c.x)
         grads = [g] + [CellParams(*(ops.fill(ws.child(k).get(xp, f"block_g{i}", a.shape, a.dtype, dev), 0.0)
-                                    for i, a in enumerate((g.w_ih, g.w_hh, g.b_ih, g.b_hh))))
+                                    for i, a in enumerate(g.arrays())))
                        for k in range(1, len(c.parts))]
 
         def cols(a, lo, hi, axis):  # a block's columns of an optional array
@@ -129,7 +129,7 @@ def _blocked(cell: str, fwd, bwd):
 
         res = _cpu_split.run(block, len(c.parts))
         for g_k in grads[1:]:  # block order: the same sum every run
-            for a, b in zip((g.w_ih, g.w_hh, g.b_ih, g.b_hh), (g_k.w_ih, g_k.w_hh, g_k.b_ih, g_k.b_hh)):
+            for a, b in zip(g.arrays(), g_k.arrays()):
                 ops.add(a, b, a)
         dx = xp.concat([r[0] for r in res], axis=1) if input_grad else None  # (T, B, I)
         return dx, tuple(xp.concat([r[1][i] for r in res], axis=0) for i in range(len(res[0][1])))  # (B, H) each
