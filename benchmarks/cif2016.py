@@ -15,6 +15,7 @@ Stages (each writes its part of benchmarks/results/cif2016.json, atomically, as 
 
     python benchmarks/cif2016.py                 # every stage
     python benchmarks/cif2016.py --stage final   # one stage (the others' results in the file are kept)
+    python benchmarks/cif2016.py --stage check --out /tmp/cif2016.json   # the shipped file left as it is
 """
 from __future__ import annotations
 
@@ -67,16 +68,18 @@ CANDIDATES = [
 QUIET = {"quiet": True, "plots": False}
 
 
-def save(results: dict) -> None:
-    checkpoint.write_json(RESULTS, metrics.jsonable(results))
+def save(results: dict, path: Path = RESULTS) -> None:
+    checkpoint.write_json(path, metrics.jsonable(results))
 
 
-def load() -> dict:
+def load(path: Path = RESULTS) -> dict:
+    """The results so far: `path`'s, else the shipped file's (a new --out starts from the other stages' figures)."""
     import json
 
-    if RESULTS.is_file():
-        with open(RESULTS, encoding="utf-8") as f:
-            return json.load(f)
+    for f in (path, RESULTS):
+        if f.is_file():
+            with open(f, encoding="utf-8") as fh:
+                return json.load(fh)
     return {}
 
 
@@ -229,8 +232,10 @@ STAGES = {"check": stage_check, "select": stage_select, "final": stage_final, "t
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", default="all", choices=["all", *STAGES])
+    p.add_argument("--out", type=Path, default=RESULTS, metavar="JSON",
+                   help=f"results file (default {RESULTS.relative_to(ROOT)}, the README's figures)")
     args = p.parse_args(argv)
-    results = load()
+    results = load(args.out)
     results["machine"] = {k: v for k, v in results.get("machine", {}).items() if k in STAGES}  # per stage only
     for name, fn in STAGES.items():
         if args.stage in ("all", name):
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             fn(results)
             results.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 1)
-            save(results)
+            save(results, args.out)
     return 0
 
 

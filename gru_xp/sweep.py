@@ -5,7 +5,8 @@
                                                     validated on the host, keyed by a hash of settings + data
     run_task(settings, key, threads, ...) -> row    what a worker runs: BLAS threads pinned, device picked, train
     sweep(tasks, out, ...) -> SweepResult           submit to Dask (LocalCluster or --scheduler) or run serially,
-                                                    stream rows into OUT/results.csv + results.json, skip finished
+                                                    stream rows into OUT/results.csv + results.json (the table:
+                                                    sweeptable.py), skip finished
 
 Keys: sha256 of the canonical JSON of the task's settings (every RunConfig field except the output-only ones
 `name`, `out`, `plots`, `quiet`) and the sha256 of its data (the CSV's bytes, or the sine generator's parameters).
@@ -17,8 +18,10 @@ others still ran), 2 a user error before anything ran (bad grid, bad config, no 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
+import importlib
 import itertools
 import json
 import math
@@ -29,10 +32,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .metrics import fmt as _fmt
 from .config import (CONFIG_DIR, FIELDS, PROJECT_ROOT, RunConfig, config_base, from_dict, make_config,
                      resolve_config_path, suggest)
 from .errors import UserError
+from .sweeptable import ResultsTable, progress_line, summary_table
 
 OUTPUT_ONLY = ("name", "out", "plots", "quiet", "diagnostics")  # settings that do not change a result: not keyed
 GRID_FORBIDDEN = ("out", "plots", "quiet", "diagnostics")  # per-task output is managed by the sweep
@@ -275,23 +278,22 @@ def result_row(key: str, settings: dict, point: dict) -> dict:
     return row
 
 
-def run_task(settings: dict, key: str, point: dict, threads: int = 1, save_dir: str | None = None,
+def run_task(settings: dict, key: str, point: dict, threads: int | None = 1, save_dir: str | None = None,
              data_blob=None) -> dict:
-    """Train one task and return its flat result row. Any Exception (a UserError such as a too-short series, a
-    diverged training, a bug) becomes a row with status "failed" and a one-line error; Ctrl-C in --serial mode
+    """Train one task and return its flat result row, its BLAS pools held to `threads` threads (threadpoolctl;
+    None: left as the process has them, no threadpoolctl needed). Any Exception (a UserError such as a too-short
+    series, a diverged training, a bug) becomes a row with status "failed" and a one-line error; Ctrl-C in --serial mode
     (KeyboardInterrupt) is not caught and stops the sweep, keeping the rows written so far."""
     t0 = time.perf_counter()
     worker, wname = _worker_info()
     row = result_row(key, settings, point)
     row["worker"] = worker
     try:
-        from threadpoolctl import threadpool_limits
-
         from . import metrics as M
         from .panelrun import is_panel, run_panel
         from .runs import run
 
-        with threadpool_limits(limits=int(threads)):
+        with _blas_threads(threads):
             s = _materialize(data_blob, settings)
             cfg = from_dict({**s, "device": pick_device(settings["device"], wname), "quiet": True,
                              "plots": bool(save_dir) and bool(settings.get("plots", True)),
@@ -321,51 +323,6 @@ def run_task(settings: dict, key: str, point: dict, threads: int = 1, save_dir: 
     return row
 
 
-# ==== the results table ======================================================================================
-class ResultsTable:
-    """OUT/results.json (list of rows, strict JSON) and OUT/results.csv, rewritten atomically after every row."""
-
-    def __init__(self, out: str | Path):
-        self.out = Path(out)
-        self.json_path = self.out / "results.json"
-        self.csv_path = self.out / "results.csv"
-        self.rows: dict[str, dict] = {}
-        if self.json_path.is_file():
-            try:
-                with open(self.json_path, encoding="utf-8") as f:
-                    rows = json.load(f)
-                if not isinstance(rows, list):
-                    raise ValueError("not a list")
-                self.rows = {r["key"]: r for r in rows}
-            except (ValueError, KeyError, TypeError) as e:
-                raise UserError(f"{self.json_path} is corrupt ({type(e).__name__}); delete it or pass another "
-                                f"--out") from None
-
-    def done(self, key: str) -> bool:
-        r = self.rows.get(key)
-        return r is not None and r.get("status") == "ok"
-
-    def add(self, row: dict, order: list[str] | None = None) -> None:
-        self.rows[row["key"]] = row
-        self.write(order)
-
-    def ordered(self, order: list[str] | None = None) -> list[dict]:
-        order = order or []
-        keys = [k for k in order if k in self.rows] + [k for k in self.rows if k not in set(order)]
-        return [self.rows[k] for k in keys]
-
-    def write(self, order: list[str] | None = None) -> None:
-        import pandas as pd
-
-        from .checkpoint import write_json, write_text
-        from .metrics import jsonable
-
-        rows = self.ordered(order)
-        write_json(self.json_path, jsonable(rows))
-        flat = [{k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
-        write_text(self.csv_path, pd.DataFrame(flat).to_csv(index=False, float_format="%.8g"))
-
-
 # ==== the sweep ==============================================================================================
 @dataclass
 class SweepResult:
@@ -383,38 +340,6 @@ def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def _progress_line(i: int, n: int, row: dict) -> str:
-    head = f"[{i}/{n}] {row['key'][:10]} {row['status']:<6}"
-    if row["status"] != "ok":
-        return f"{head} {row['seconds']:.1f}s  {row['point']}: {row['error']}"
-    return (f"{head} test RMSE {_fmt(row['test_model_rmse'])} (naive {_fmt(row['test_naive_rmse'])}, "
-            f"x{_fmt(row['test_skill_naive'])})  {row['seconds']:.1f}s  {row['point']}")
-
-
-def _val_rank(r) -> float:
-    """Validation RMSE / seasonal-naive RMSE: on the original scale and scale-free, so comparable across scalers,
-    transforms and series (the scaled val_loss is not)."""
-    v = r.get("val_skill_seasonal_naive")
-    if r.get("val_model_mase_median") is not None:  # a panel: mean MASE over series / seasonal naive's (issue 18)
-        v = (r.get("val_model_mase") or math.nan) / (r.get("val_seasonal_naive_mase") or math.nan)
-    return v if v is not None and math.isfinite(v) else math.inf
-
-
-def summary_table(rows: list[dict], top: int = 10) -> str:
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=_val_rank)
-    if not ok:
-        return "no successful task"
-    head = f"{'rank':>4} {'key':<10} {'val/snaive':>10} {'test RMSE':>10} {'naive':>10} {'x naive':>8} {'s':>6}  point"
-    lines = [f"best by validation RMSE / seasonal naive (top {min(top, len(ok))} of {len(ok)}):", head,
-             "-" * len(head)]
-    for i, r in enumerate(ok[:top], 1):
-        lines.append(f"{i:>4} {r['key'][:10]:<10} {_fmt(r.get('val_skill_seasonal_naive')):>10} "
-                     f"{_fmt(r['test_model_rmse']):>10} "
-                     f"{_fmt(r['test_naive_rmse']):>10} {_fmt(r['test_skill_naive']):>8} {r['seconds']:>6.1f}  "
-                     f"{r['point']}")
-    return "\n".join(lines)
-
-
 def sweep(tasks: list[Task], out: str | Path, *, scheduler: str | None = None, workers: int | None = None,
           threads: int | None = None, serial: bool = False, save_runs: bool = False, log=print,
           client=None, cluster_kwargs: dict | None = None) -> SweepResult:
@@ -422,8 +347,12 @@ def sweep(tasks: list[Task], out: str | Path, *, scheduler: str | None = None, w
 
     Where they run: serial=True in this process; `client` an existing dask.distributed.Client (left open);
     `scheduler` an address to connect to; else a LocalCluster of `workers` processes (1 task at a time each) that
-    is closed at the end. `threads` = BLAS threads per worker (default cores // workers locally, 1 on a cluster).
+    is closed at the end. `threads` = BLAS threads per worker (default cores // workers locally, 1 on a cluster;
+    serially: the process's own, as the user set them).
     """
+    if serial and threads is not None and not _importable("threadpoolctl"):
+        raise UserError("--threads-per-worker needs threadpoolctl: pip install -e '.[sweep]' (or drop "
+                        "--threads-per-worker: --serial alone keeps this process's BLAS threads)")
     t0 = time.perf_counter()
     out = Path(out)
     table = ResultsTable(out)
@@ -440,13 +369,14 @@ def sweep(tasks: list[Task], out: str | Path, *, scheduler: str | None = None, w
             res.ok += 1
         else:
             res.failed += 1
-        log(_progress_line(i, len(todo), row))
+        log(progress_line(i, len(todo), row))
 
     if todo:
         out.mkdir(parents=True, exist_ok=True)
-        if serial:
-            n_threads = threads or default_threads(1)
-            log(f"sweep: {len(todo)} task(s) serially in this process, {n_threads} BLAS thread(s)")
+        if serial:  # the process's own BLAS threads (the user's settings), unless `threads` says otherwise
+            n_threads = threads
+            log(f"sweep: {len(todo)} task(s) serially in this process, "
+                + (f"{n_threads} BLAS thread(s)" if n_threads else "its BLAS threads as they are"))
             res.workers = ["local"]
             for i, t in enumerate(todo, 1):
                 res.submitted += 1
@@ -456,6 +386,23 @@ def sweep(tasks: list[Task], out: str | Path, *, scheduler: str | None = None, w
     res.rows = [table.rows[k] for k in order if k in table.rows]
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def _blas_threads(threads: int | None):
+    """A context holding BLAS (and OpenMP) pools to `threads` threads; None: a context that changes nothing."""
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(threads))
 
 
 def _run_dask(todo, res, finish, scheduler, workers, threads, save_dir, log, given, cluster_kwargs) -> None:
@@ -536,7 +483,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default=None, metavar="N",
                         help="LocalCluster worker processes (default min(2, cores)); one GPU each on GPU machines")
     parser.add_argument("--threads-per-worker", dest="threads_per_worker", default=None, metavar="N",
-                        help="BLAS threads per worker (default cores // workers; 1 with --scheduler)")
+                        help="BLAS threads per worker (default cores // workers; 1 with --scheduler; with --serial: "
+                        "this process's own)")
     parser.add_argument("--serial", action="store_true", help="run the tasks one by one in this process (no Dask)")
     parser.add_argument("--device", default=None, help="override the config's device: cpu | cuda | auto "
                         "(auto: cuda on workers that see a GPU, one GPU per worker)")

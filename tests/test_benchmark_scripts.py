@@ -51,3 +51,20 @@ def test_gemm_floor_runs_and_writes_its_rows(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/gemm_floor.py", "--kinds", "nope"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and "--kinds takes step, layer, infer" in bad.stderr
+
+
+def test_cif2016_check_stage_writes_out_and_leaves_the_shipped_results(tmp_path):
+    """`cif2016.py --stage check --out F` (README): naive reproduces the archive's mean MASE 1.256 under the
+    protocol, the results go to F with the other stages' figures carried over, and the shipped file is untouched."""
+    import json
+
+    shipped = ROOT / "benchmarks" / "results" / "cif2016.json"
+    before = shipped.read_bytes()
+    out = tmp_path / "cif.json"
+    r = subprocess.run([sys.executable, "benchmarks/cif2016.py", "--stage", "check", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert shipped.read_bytes() == before
+    got, ref = json.loads(out.read_text()), json.loads(before)
+    assert round(got["check"]["naive"]["mase"], 3) == 1.256 and got["check"]["naive_matches_archive"] is True
+    assert got["final"] == ref["final"]  # the stages not run keep the shipped figures

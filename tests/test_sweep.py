@@ -201,3 +201,31 @@ def test_readme_grid_path_works_from_any_directory(tmp_path, monkeypatch):
     name, grid = S.read_grid("configs/grids/small.toml")
     assert name == "small" and grid
     assert S.read_grid("small")[1] == grid  # a bare name in configs/grids/ too
+
+
+def test_serial_runs_without_threadpoolctl(tmp_path, base, monkeypatch):
+    """--serial is the way to sweep without the sweep extra (its error for a missing Dask says so): without
+    threadpoolctl it runs at the process's own BLAS threads; --threads-per-worker then asks for the extra, in one
+    line, before anything ran."""
+    monkeypatch.setitem(__import__("sys").modules, "threadpoolctl", None)  # import threadpoolctl -> ImportError
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)
+    tasks = S.build_tasks(base, {"cell": ["gru", "rnn"]})
+    logs = []
+    r = S.sweep(tasks, tmp_path / "serial", serial=True, log=logs.append)
+    assert (r.submitted, r.ok, r.failed) == (2, 2, 0), [row["error"] for row in r.rows]
+    assert "its BLAS threads as they are" in logs[0]
+    with pytest.raises(UserError, match=r"--threads-per-worker needs threadpoolctl: pip install -e '\.\[sweep\]'"):
+        S.sweep(tasks, tmp_path / "limited", serial=True, threads=1, log=logs.append)
+    assert not (tmp_path / "limited").exists()
+    with pytest.raises(UserError, match="needs Dask.*--serial"):
+        S.sweep(tasks, tmp_path / "dask", workers=1, log=logs.append)
+
+
+def test_readme_data_glob_takes_the_single_series_files():
+    """The README's `--data 'data/[A-Z]*.csv'`: the four single-series CSVs shipped in data/, not the promo panel."""
+    from gru_xp.config import PROJECT_ROOT
+
+    files = [p.rsplit("/", 1)[-1] for p in S.expand_data(str(PROJECT_ROOT / "data" / "[A-Z]*.csv"))]
+    assert files == ["AAPL.csv", "Electric_Production.csv", "GOOG.csv", "IBM.csv"]
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "--data 'data/[A-Z]*.csv'" in readme
