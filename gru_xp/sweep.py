@@ -282,8 +282,8 @@ def run_task(settings: dict, key: str, point: dict, threads: int | None = 1, sav
              data_blob=None) -> dict:
     """Train one task and return its flat result row, its BLAS pools held to `threads` threads (threadpoolctl;
     None: left as the process has them, no threadpoolctl needed). Any Exception (a UserError such as a too-short
-    series, a diverged training, a bug) becomes a row with status "failed" and a one-line error; Ctrl-C in --serial mode
-    (KeyboardInterrupt) is not caught and stops the sweep, keeping the rows written so far."""
+    series, a diverged training, a bug) becomes a row with status "failed" and a one-line error; Ctrl-C in --serial
+    mode (KeyboardInterrupt) is not caught and stops the sweep, keeping the rows written so far."""
     t0 = time.perf_counter()
     worker, wname = _worker_info()
     row = result_row(key, settings, point)
