@@ -43,10 +43,14 @@ def fake_threads(monkeypatch):
 
 
 def test_block_rule(fake_threads, monkeypatch):
-    """One block a thread of OpenBLAS's count, each at least MIN_COLS wide, edges on multiples of 16 covering the
-    batch; no split at one thread, for a narrow batch, with GRU_XP_CPU_SPLIT=0 or without OpenBLAS."""
+    """One block a thread of OpenBLAS's count (at most one a core), each at least MIN_COLS wide, edges on multiples
+    of 16 covering the batch; no split at one thread, for a batch too narrow to give every such core a block (the
+    one call's GEMMs then use them all), with GRU_XP_CPU_SPLIT=0 or without OpenBLAS."""
     assert _cpu_split.blocks(256) == [(0, 64), (64, 128), (128, 192), (192, 256)]
-    parts = _cpu_split.blocks(200)  # 4 threads, 200 // 64 = 3 blocks
+    assert _cpu_split.blocks(255) is None  # 4 threads, 255 // 64 = 3 blocks: a core would stay idle
+    assert _cpu_split.blocks(200) is None
+    fake_threads["n"] = 3
+    parts = _cpu_split.blocks(200)  # 3 threads, 200 // 64 = 3 blocks
     assert len(parts) == 3 and parts[0][0] == 0 and parts[-1][1] == 200
     assert all(a[1] == b[0] and a[1] % 16 == 0 for a, b in zip(parts, parts[1:]))
     assert all(hi - lo >= 48 for lo, hi in parts)
@@ -62,6 +66,7 @@ def test_block_rule(fake_threads, monkeypatch):
     fake_threads["n"] = 8  # more OpenBLAS threads than cores: one block a core
     monkeypatch.setattr(_cpu_split, "_cores", lambda: 3)
     assert len(_cpu_split.blocks(1024)) == 3
+    assert _cpu_split.blocks(191) is None  # 2 blocks for 3 cores
     monkeypatch.setattr(_cpu_split._cpu_blas, "thread_control", lambda: None)
     assert _cpu_split.blocks(256) is None
 

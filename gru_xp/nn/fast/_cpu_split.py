@@ -10,8 +10,11 @@ with no handoff between them: a block's columns are independent through the whol
 of its own: blocks of columns inside shared (rows, B) arrays ran 2x slower than apart (the cores' prefetchers pull
 the other block's lines of every row).
 
-Blocks: OpenBLAS's thread count (the user's: OPENBLAS_NUM_THREADS, threadpoolctl), capped so that a block keeps at
-least MIN_COLS columns; one thread or a narrow batch: no split. While blocks run, NumPy GEMMs on another Python
+Blocks: one per core that OpenBLAS's threads would use (its count, the user's: OPENBLAS_NUM_THREADS, threadpoolctl;
+at most the cores), each at least MIN_COLS columns wide; one thread, or a batch too narrow to give every such core a
+block: no split. Why not fewer blocks than cores: the split holds OpenBLAS to one thread, so its GEMMs would leave the
+other cores idle, where the one call's GEMMs use them all; the split was measured to win where its blocks cover every
+core (benchmarks/NOTES.md), not where they leave some idle. While blocks run, NumPy GEMMs on another Python
 thread get OpenBLAS's one thread too (its count is process-wide); splits started from several Python threads take
 turns (a lock). GRU_XP_CPU_SPLIT=0 turns it off.
 """
@@ -29,12 +32,14 @@ _LOCK = threading.Lock()
 
 
 def blocks(B: int) -> list | None:
-    """[(lo, hi), ...]: the batch's column blocks, one a thread (edges on multiples of 16), or None: one block."""
+    """[(lo, hi), ...]: the batch's column blocks, one a core OpenBLAS would use (edges on multiples of 16), or None:
+    the one call (see the module's doc)."""
     ctl = _cpu_blas.thread_control()
     if ctl is None or os.environ.get("GRU_XP_CPU_SPLIT", "1") == "0":
         return None
-    n = min(int(ctl[0]()), _cores(), B // MIN_COLS)
-    if n < 2:
+    want = min(int(ctl[0]()), _cores())  # the cores OpenBLAS's GEMMs would use
+    n = min(want, B // MIN_COLS)
+    if n < 2 or n < want:
         return None
     edges = [0] + [(B * k // n) // 16 * 16 for k in range(1, n)] + [B]
     return list(zip(edges[:-1], edges[1:]))

@@ -1,10 +1,11 @@
 """The GRU's and the LSTM's fast twins with the batch in column blocks over the cores (_cpu_split.py): what a
 layer calls.
 
-Where the cell's float32 one-call loops run (NumPy, numba, NumPy's OpenBLAS; the GRU with reset_after) and OpenBLAS
-has more than one thread, the forward runs fast/gru.py's (fast/lstm.py's) forward once per block of batch columns,
-each block on a thread of its own with its own workspace (so its own operands, gates and state arrays), and the
-backward the same for the blocks' backwards; elsewhere both are the cell's own, unchanged.
+Where the cell's float32 one-call loops run (NumPy, numba, NumPy's OpenBLAS; the GRU with reset_after), OpenBLAS
+has more than one thread and the batch gives each core it would use a block (_cpu_split.blocks), the forward runs
+fast/gru.py's (fast/lstm.py's) forward once per block of batch columns, each block on a thread of its own with its
+own workspace (so its own operands, gates and state arrays), and the backward the same for the blocks' backwards;
+elsewhere both are the cell's own, unchanged.
 
 Legend: T steps, B batch, I inputs, H hidden; P blocks, block k the columns [lo_k, hi_k), B_k = hi_k - lo_k.
 
