@@ -312,7 +312,11 @@ def _row(cfg, kind, cell, name, shape, target, device, tdev, repeats, min_block)
     gpu = device.startswith("cuda")
     sides, layer = _sides(kind, cell, T, B, I, H, device, tdev, cfg["reference"])
     settle = SETTLE_S if threads > 1 and not gpu else 0.0  # one thread: no pools; a GPU: its own sync
+    from .nn.fast import batch_split_runs
+
+    runs0 = batch_split_runs()[0]
     t = interleaved(sides, repeats, min_block, settle=settle)
+    runs1, last_blocks = batch_split_runs()
     pairs = [a / b for a, b in zip(t["gru_xp"]["blocks_ms"], t["torch"]["blocks_ms"])]
     if cell != "gru" or gpu:
         target = None
@@ -322,6 +326,7 @@ def _row(cfg, kind, cell, name, shape, target, device, tdev, repeats, min_block)
         target = ALL_CORES_TARGETS.get((kind, name))
     row = {"cell": cell, "kind": kind, "row": name, "threads": threads, "T": T, "B": B, "I": I, "H": H,
            "fast_path": layer.fast_cell() is not None,
+           "batch_blocks": last_blocks if runs1 > runs0 else 1,  # the batch over the cores (1: one call)
            "gru_xp_ms": round(t["gru_xp"]["median_ms"], 4), "torch_ms": round(t["torch"]["median_ms"], 4),
            "ratio": round(t["gru_xp"]["median_ms"] / t["torch"]["median_ms"], 4),
            "ratio_median_of_pairs": round(median(pairs), 4), "target": target, "settle_s": settle, "timings": t}

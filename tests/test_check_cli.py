@@ -285,6 +285,13 @@ def test_bench_worker_times_the_three_kinds_of_row():
         slack = 5e-5 + ratio * (5e-5 / r["gru_xp_ms"] + 5e-5 / r["torch_ms"]) + 1e-12
         assert abs(r["ratio"] - ratio) <= slack and r["reference_ms"] > 0
     assert res["rows"][0]["target"] == 0.35 and res["rows"][1]["target"] is None  # 1 thread: issue 6's step targets
+    assert [r["batch_blocks"] for r in res["rows"]] == [1, 1, 1]  # one thread: the one call
+    from gru_xp.nn.fast import forced_batch_blocks
+
+    with forced_batch_blocks(2):  # a row whose layer splits its batch says so
+        split = worker({"device": "cpu", "cells": "gru", "rows": "H32", "repeats": 1, "min_block": 0.0,
+                        "reference": False, "no_extras": True, "quick": True, "kinds": "layer", "threads": 1})
+    assert [r["batch_blocks"] for r in split["rows"]] == [2]
 
 
 def test_bench_settle_pauses_and_warms_before_every_timed_block(monkeypatch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from . import _cpu, blocks, gru, lstm, rnn
+from . import _cpu, _cpu_split, blocks, gru, lstm, rnn
 from ._common import Workspace, supports_out
 
 
@@ -57,6 +57,13 @@ def forced_batch_blocks(n: int):
             blocks.FORCED.pop("n", None)
         else:
             blocks.FORCED["n"] = saved
+
+
+def batch_split_runs() -> tuple[int, int]:
+    """(calls, blocks): how many forwards and backwards in this process ran with the batch in blocks over the cores
+    (fast/blocks.py), and how many blocks the last one had (0 before any). A benchmark row reads it around its
+    timing to say whether (and how) the split ran."""
+    return _cpu_split.STATE.get("runs", 0), _cpu_split.STATE.get("last_blocks", 0)
 
 
 def whole_sequence_backward(dtype_name: str = "float32", cell: str = "gru") -> bool:
