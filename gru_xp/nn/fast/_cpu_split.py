@@ -50,8 +50,8 @@ def run(fn, n: int) -> list:
     thread until all have returned (its count restored after, also on an error, raised once every block stopped)."""
     ctl = _cpu_blas.thread_control()
     get, put = ctl if ctl is not None else (lambda: 0, lambda count: None)  # no OpenBLAS: nothing to hold
-    STATE["runs"], STATE["last_blocks"] = STATE.get("runs", 0) + 1, n  # what ran (fast.batch_split_runs)
     with _LOCK:
+        STATE["runs"], STATE["last_blocks"] = STATE.get("runs", 0) + 1, n  # what ran (fast.batch_split_runs)
         threads = get()
         put(1)
         try:
