@@ -37,9 +37,8 @@ def blocks(B: int) -> list | None:
     ctl = _cpu_blas.thread_control()
     if ctl is None or os.environ.get("GRU_XP_CPU_SPLIT", "1") == "0":
         return None
-    want = min(int(ctl[0]()), _cores())  # the cores OpenBLAS's GEMMs would use
-    n = min(want, B // MIN_COLS)
-    if n < 2 or n < want:
+    n = min(int(ctl[0]()), _cores())  # one block per core OpenBLAS's GEMMs would use
+    if n < 2 or B // MIN_COLS < n:
         return None
     edges = [0] + [(B * k // n) // 16 * 16 for k in range(1, n)] + [B]
     return list(zip(edges[:-1], edges[1:]))
