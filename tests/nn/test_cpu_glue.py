@@ -107,6 +107,17 @@ def test_backward_prep_and_unfold_bit_for_bit(kern, dt, H, I):
     _same(out, (a + b).T)
 
 
+@pytest.mark.parametrize("G,K", [(3, 1), (15, 17), (16, 16), (48, 33), (210, 70), (768, 256), (1024, 8)])
+def test_transpose_rotated_in_tiles_is_the_rotated_transpose(kern, G, K):
+    """transpose_rotated's 16 x 16 tiles, their edges (sizes below, at and past a tile) and the rotation's two
+    ranges, at every kind of shift, against NumPy's np.roll(w, -shift, axis=0).T."""
+    w = np.random.default_rng(G + K).standard_normal((G, K)).astype(np.float32)
+    for shift in sorted({0, 1, G // 3, G // 2, G - 1}):
+        got = np.full((K, G), np.nan, np.float32)
+        kern.transpose_rotated(w, got, shift)
+        _same(got, np.ascontiguousarray(np.roll(w, -shift, axis=0).T))
+
+
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("H,I", SHAPES)
 def test_lstm_rotated_fold_transpose_unfold_bit_for_bit(kern, dt, H, I):
