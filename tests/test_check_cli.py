@@ -201,6 +201,18 @@ def test_bench_user_errors_are_one_line_before_any_child_starts():
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("gru-xp: error:") and "Traceback" not in r.stderr
 
 
+def test_bench_without_torch_is_one_line(monkeypatch, capsys):
+    """A base install (no test extra) has no torch: `gru-xp bench` says so in one line, exit 2, before any child."""
+    import sys
+
+    from gru_xp import cli
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert cli.main(["bench", "--quick", "--rows", "H32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torch is not installed: pip install -e '.[test]'" in err and "Traceback" not in err
+
+
 def test_bench_combines_processes_by_median():
     from gru_xp.bench import combine, format_table
 
