@@ -350,9 +350,7 @@ def sweep(tasks: list[Task], out: str | Path, *, scheduler: str | None = None, w
     is closed at the end. `threads` = BLAS threads per worker (default cores // workers locally, 1 on a cluster;
     serially: the process's own, as the user set them).
     """
-    if serial and threads is not None and not _importable("threadpoolctl"):
-        raise UserError("--threads-per-worker needs threadpoolctl: pip install -e '.[sweep]' (or drop "
-                        "--threads-per-worker: --serial alone keeps this process's BLAS threads)")
+    check_runner(serial, threads, client)
     t0 = time.perf_counter()
     out = Path(out)
     table = ResultsTable(out)
@@ -388,6 +386,17 @@ def sweep(tasks: list[Task], out: str | Path, *, scheduler: str | None = None, w
     return res
 
 
+def check_runner(serial: bool, threads: int | None, client=None) -> None:
+    """The packages the chosen way of running needs (the sweep extra's), asked for in one line before anything
+    runs or is written: Dask for a cluster, threadpoolctl for --threads-per-worker with --serial."""
+    if serial:
+        if threads is not None and not _importable("threadpoolctl"):
+            raise UserError("--threads-per-worker needs threadpoolctl: pip install -e '.[sweep]' (or drop "
+                            "--threads-per-worker: --serial alone keeps this process's BLAS threads)")
+    elif client is None and not _importable("distributed"):
+        raise UserError("gru-xp sweep needs Dask: pip install -e '.[sweep]' (or pass --serial)")
+
+
 def _importable(name: str) -> bool:
     try:
         importlib.import_module(name)
@@ -406,10 +415,8 @@ def _blas_threads(threads: int | None):
 
 
 def _run_dask(todo, res, finish, scheduler, workers, threads, save_dir, log, given, cluster_kwargs) -> None:
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise UserError("gru-xp sweep needs Dask: pip install -e '.[sweep]' (or pass --serial)") from None
+    from distributed import Client, LocalCluster, as_completed  # installed: check_runner
+
     cluster = client = None
     try:
         if given is not None:
@@ -520,6 +527,7 @@ def run_cli(args) -> int:
     name, grid = read_grid(args.grid)
     overrides = {"device": args.device} if args.device else {}
     tasks = build_tasks(cfg_file, grid, args.data, overrides)
+    check_runner(args.serial, threads)
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{name}"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another --out")

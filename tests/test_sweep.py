@@ -203,7 +203,7 @@ def test_readme_grid_path_works_from_any_directory(tmp_path, monkeypatch):
     assert S.read_grid("small")[1] == grid  # a bare name in configs/grids/ too
 
 
-def test_serial_runs_without_threadpoolctl(tmp_path, base, monkeypatch):
+def test_serial_runs_without_threadpoolctl(tmp_path, base, monkeypatch, capsys):
     """--serial is the way to sweep without the sweep extra (its error for a missing Dask says so): without
     threadpoolctl it runs at the process's own BLAS threads; --threads-per-worker then asks for the extra, in one
     line, before anything ran."""
@@ -219,6 +219,14 @@ def test_serial_runs_without_threadpoolctl(tmp_path, base, monkeypatch):
     assert not (tmp_path / "limited").exists()
     with pytest.raises(UserError, match="needs Dask.*--serial"):
         S.sweep(tasks, tmp_path / "dask", workers=1, log=logs.append)
+    assert not (tmp_path / "dask").exists()
+    grid = tmp_path / "g.toml"
+    grid.write_text("[grid]\nhidden_size = [4]\n", encoding="utf-8")
+    capsys.readouterr()
+    assert S.main(["--config", str(base), "--grid", str(grid), "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err  # the one line, before the sweep's plan and before its folder
+    assert err.count("\n") == 1 and err.startswith("gru-xp: error: gru-xp sweep needs Dask") and "Traceback" not in err
+    assert not (tmp_path / "cli").exists()
 
 
 def test_readme_data_glob_takes_the_single_series_files():
