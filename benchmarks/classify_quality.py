@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gru_xp import checkpoint, metrics  # noqa: E402
-from gru_xp.bench import torch_installed  # noqa: E402
+from gru_xp.backend import installed  # noqa: E402
 from gru_xp.classdata import prepare  # noqa: E402
 from gru_xp.classify import make_optimizer, model_spec, predict_log_probs, run_classify, targets  # noqa: E402
 from gru_xp.config import make_classify_config  # noqa: E402
@@ -224,7 +224,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=("select", "final", "spread", "text"))
     a = ap.parse_args()
-    if a.stage in ("final", "spread") and not torch_installed():  # their torch calibration runs after the training
+    if a.stage in ("final", "spread") and not installed("torch"):  # their torch calibration runs after the training
         print(f"classify_quality.py {a.stage}: it trains torch's GRU beside gru_xp's, and torch is not installed: "
               "pip install -e '.[test]'", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from gru_xp.bench import torch_installed  # noqa: E402
+from gru_xp.backend import installed  # noqa: E402
 from gru_xp.bench_worker import (ALL_CORES_TARGETS, CPU_ROWS, SETTLE_S, gx_layer, gx_step, interleaved,  # noqa: E402
                                  torch_layer, torch_step)
 
@@ -99,7 +99,7 @@ def _sides(kind, T, B, I, H):
 
 def main(argv=None):
     a = ARGS if argv is None and ARGS is not None else _parse(sys.argv[1:] if argv is None else argv)
-    if not torch_installed():
+    if not installed("torch"):
         print("gemm_floor.py: it times gru_xp and torch in one process, and torch is not installed: "
               "pip install -e '.[test]'", file=sys.stderr)
         return 2

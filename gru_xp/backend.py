@@ -129,6 +129,17 @@ def to_host(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def installed(name: str) -> bool:
+    """Whether the optional package `name` (torch, distributed, threadpoolctl, ...) can be imported, found without
+    importing it (gru-xp bench's parent must not load torch before its children fix their thread counts)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # sys.modules[name] is None: imports of it are blocked
+        return False
+
+
 def cuda_available() -> tuple[bool, str]:
     """(True, "") when CuPy imports and sees a CUDA device, else (False, reason)."""
     try:

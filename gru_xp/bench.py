@@ -21,7 +21,6 @@ Wire-up: `gru-xp bench` calls add_arguments(parser) and run(args); `python -m gr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -72,19 +71,11 @@ def parse_threads(spec) -> list[int]:
     return out
 
 
-def torch_installed() -> bool:
-    """Whether torch can be imported, without importing it here (the children fix their thread counts first)."""
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except ValueError:  # sys.modules["torch"] is None: imports of it are blocked
-        return False
-
-
 def run(args) -> int:
     """Run the measurement in child processes with fixed thread counts; print the tables; write JSON."""
     from .errors import UserError
 
-    from .backend import resolve
+    from .backend import installed, resolve
 
     threads = parse_threads(args.threads)
     if args.repeats is not None and args.repeats < 1:
@@ -98,7 +89,7 @@ def run(args) -> int:
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not kinds or any(k not in KINDS for k in kinds):
         raise UserError(f"--kinds {args.kinds!r}: use a comma list of {', '.join(KINDS)}")
-    if not torch_installed():  # the children would fail at `import torch` with a traceback each
+    if not installed("torch"):  # the children would fail at `import torch` with a traceback each
         raise UserError("gru-xp bench times gru_xp against PyTorch in the same run, and torch is not installed: "
                         "pip install -e '.[test]' (torch 2.13.0 with the test extra)")
     resolve(args.device, "float32")  # a missing GPU or CuPy is a one-line error here, before the child starts

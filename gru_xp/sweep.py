@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import glob
 import hashlib
-import importlib
 import itertools
 import json
 import math
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from .config import (CONFIG_DIR, FIELDS, PROJECT_ROOT, RunConfig, config_base, from_dict, make_config,
                      resolve_config_path, suggest)
+from .backend import installed
 from .errors import UserError
 from .sweeptable import ResultsTable, progress_line, summary_table
 
@@ -390,19 +390,11 @@ def check_runner(serial: bool, threads: int | None, client=None) -> None:
     """The packages the chosen way of running needs (the sweep extra's), asked for in one line before anything
     runs or is written: Dask for a cluster, threadpoolctl for --threads-per-worker with --serial."""
     if serial:
-        if threads is not None and not _importable("threadpoolctl"):
+        if threads is not None and not installed("threadpoolctl"):
             raise UserError("--threads-per-worker needs threadpoolctl: pip install -e '.[sweep]' (or drop "
                             "--threads-per-worker: --serial alone keeps this process's BLAS threads)")
-    elif client is None and not _importable("distributed"):
+    elif client is None and not installed("distributed"):
         raise UserError("gru-xp sweep needs Dask: pip install -e '.[sweep]' (or pass --serial)")
-
-
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return False
-    return True
 
 
 def _blas_threads(threads: int | None):
