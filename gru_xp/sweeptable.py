@@ -63,7 +63,7 @@ def progress_line(i: int, n: int, row: dict) -> str:
             f"x{_fmt(row['test_skill_naive'])})  {row['seconds']:.1f}s  {row['point']}")
 
 
-def val_rank(r) -> float:
+def _val_rank(r) -> float:
     """Validation RMSE / seasonal-naive RMSE: on the original scale and scale-free, so comparable across scalers,
     transforms and series (the scaled val_loss is not)."""
     v = r.get("val_skill_seasonal_naive")
@@ -73,8 +73,8 @@ def val_rank(r) -> float:
 
 
 def summary_table(rows: list[dict], top: int = 10) -> str:
-    """The `top` successful rows, best first by val_rank."""
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=val_rank)
+    """The `top` successful rows, best first by _val_rank."""
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=_val_rank)
     if not ok:
         return "no successful task"
     head = f"{'rank':>4} {'key':<10} {'val/snaive':>10} {'test RMSE':>10} {'naive':>10} {'x naive':>8} {'s':>6}  point"
