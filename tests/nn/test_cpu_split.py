@@ -71,52 +71,168 @@ def test_block_rule(fake_threads, monkeypatch):
     assert _cpu_split.blocks(256) is None
 
 
-def test_a_forked_child_gets_a_pool_of_its_own(fake_threads):
-    """After a fork the parent's block threads do not exist in the child: the child makes its own pool and lock
+def test_a_forked_child_gets_workers_of_its_own(fake_threads):
+    """After a fork the parent's worker threads do not exist in the child: the child starts its own workers and lock
     (os.register_at_fork), so a split there runs instead of waiting forever."""
     import os
 
     if not hasattr(os, "fork"):
         pytest.skip("no fork here")
-    assert _cpu_split.run(lambda k: k, 2) == [0, 1]  # the parent's pool exists
+    assert _cpu_split.run(lambda k, launch: k, 2) == [0, 1]  # the parent's workers exist
     pid = os.fork()
-    if pid == 0:  # the child: exit 0 only when the split ran
+    if pid == 0:  # the child: exit 0 only when the split ran its calls
         ok = False
         try:
-            ok = _cpu_split.run(lambda k: k + 1, 2) == [1, 2]
+            out = []
+            ok = _cpu_split.run(lambda k, launch: launch(out.append, k + 1), 2) == [None, None] and sorted(out) == [1, 2]
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_runner_holds_openblas_to_one_thread_and_restores_it(fake_threads):
-    """run(fn, n): results in block order, every block run while OpenBLAS has one thread (the first on the calling
-    thread), the count restored after; an error in one block is raised after all blocks stopped, count restored."""
+def test_runner_prepares_here_runs_the_calls_at_once_and_restores_openblas(fake_threads):
+    """run(prepare, n): prepare(k, launch) for every block in order on the calling thread, OpenBLAS untouched; then
+    the launched calls, each block's in its order on one thread (block 0's on the calling thread), all with OpenBLAS
+    at one thread; results in block order; the count restored after."""
     import threading
 
-    seen = []
+    prepared, ran = [], []
 
-    def fn(k):
-        seen.append((k, fake_threads["n"], threading.current_thread() is threading.main_thread()))
+    def call(k, i):
+        ran.append((k, i, fake_threads["n"], threading.current_thread() is threading.main_thread(),
+                    threading.get_ident()))
+
+    def prepare(k, launch):
+        prepared.append((k, fake_threads["n"], threading.current_thread() is threading.main_thread()))
+        for i in range(3):
+            launch(call, k, i)
         return k * 10
 
     fake_threads["n"] = 3
-    assert _cpu_split.run(fn, 3) == [0, 10, 20]
-    assert sorted(seen) == [(0, 1, True), (1, 1, False), (2, 1, False)]
+    assert _cpu_split.run(prepare, 3) == [0, 10, 20]
+    assert prepared == [(0, 3, True), (1, 3, True), (2, 3, True)]  # before any call, OpenBLAS as it was
+    assert sorted(r[:4] for r in ran) == [(k, i, 1, k == 0) for k in range(3) for i in range(3)]
+    for k in range(3):  # a block's calls in launch order, on one thread each, a different thread per block
+        mine = [r for r in ran if r[0] == k]
+        assert [r[1] for r in mine] == [0, 1, 2] and len({r[4] for r in mine}) == 1
+    assert len({r[4] for r in ran}) == 3
     assert fake_threads["n"] == 3 and fake_threads["sets"] == [1, 3]
+
+
+def test_runner_raises_a_blocks_error_after_every_block_stopped(fake_threads):
+    """An error in one block's calls is raised on the calling thread once the others have finished (their later
+    calls still run: they write only their own block's arrays); the count restored. An error while preparing:
+    no call runs, OpenBLAS untouched."""
+    import threading
+
     done = []
 
-    def bad(k):
-        if k == 1:
-            raise ValueError("block 1 failed")
+    def fail():
+        raise ValueError("block 1 failed")
+
+    def slow(k):
         threading.Event().wait(0.05)
         done.append(k)
+
+    def prepare(k, launch):
+        launch(fail) if k == 1 else launch(slow, k)
         return k
 
     with pytest.raises(ValueError, match="block 1 failed"):
-        _cpu_split.run(bad, 3)
-    assert sorted(done) == [0, 2] and fake_threads["n"] == 3
+        _cpu_split.run(prepare, 3)
+    assert sorted(done) == [0, 2] and fake_threads["n"] == 4 and fake_threads["sets"] == [1, 4]
+
+    def bad_prepare(k, launch):
+        launch(done.append, 99)
+        if k == 1:
+            raise KeyError("prepare failed")
+        return k
+
+    with pytest.raises(KeyError, match="prepare failed"):
+        _cpu_split.run(bad_prepare, 2)
+    assert 99 not in done and fake_threads["sets"] == [1, 4]
+    assert _cpu_split.run(lambda k, launch: launch(done.append, k), 2) == [None, None]  # the workers still serve
+
+
+def _no_workers():
+    """The process's workers retired (their threads end): the next run starts new ones."""
+    old = _cpu_split.STATE.pop("crew", None)
+    if old is not None:
+        with old.cond:
+            old.retired = True
+            old.cond.notify_all()
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_workers_woken_after_they_slept_and_without_the_spin(fake_threads, monkeypatch, spin):
+    """A worker spins a short while for work, then sleeps: a later run wakes it; without the compiled spin (no numba,
+    not POSIX) the workers and the caller wait on the condition only. Either way every call runs, and a bigger split
+    replaces the workers (the old ones end)."""
+    import threading
+    import time
+
+    monkeypatch.setattr(_cpu_split, "WORKER_SPIN", 1)
+    monkeypatch.setattr(_cpu_split, "CALLER_SPIN", 1)
+    _no_workers()  # an earlier test's may be bigger
+    if not spin:
+        monkeypatch.setitem(_cpu_split.STATE, "spin", False)
+    out = []
+    for n in (2, 2, 3, 2):
+        assert _cpu_split.run(lambda k, launch: launch(out.append, (n, k)), n) == [None] * n
+        time.sleep(0.02)  # past the spin: the workers sleep
+    assert sorted(out) == sorted((n, k) for n in (2, 2, 3, 2) for k in range(n))
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        names = [t.name for t in threading.enumerate() if t.name.startswith("gru_xp-block")]
+        if len(names) == 2:
+            break
+        time.sleep(0.01)
+    assert sorted(names) == ["gru_xp-block1", "gru_xp-block2"]  # the crew of 1 ended, the crew of 2 serves
+
+
+@pytest.mark.parametrize("pin", ["1", "0"])
+def test_threads_held_to_cpus_of_their_own_during_a_run(fake_threads, monkeypatch, pin):
+    """Linux, 2+ CPUs: during a run the calling thread is held to the CPU it runs on and each worker to another one
+    (a virtual machine's scheduler put a woken worker on the caller's CPU); after it the caller's CPU mask is what it
+    was. GRU_XP_CPU_PIN=0: nobody's mask changes."""
+    import os
+    import threading
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2 or \
+            _cpu_split._libc_function("sched_getcpu") is None:
+        pytest.skip("needs Linux CPU affinity and two CPUs")
+    monkeypatch.setenv("GRU_XP_CPU_PIN", pin)
+    _no_workers()  # new workers start with the caller's mask
+    before = os.sched_getaffinity(0)
+    seen = {}
+
+    def note(k):
+        seen[k] = (os.sched_getaffinity(0), threading.current_thread().name)
+
+    for _ in range(2):  # the second run re-uses the placement
+        assert _cpu_split.run(lambda k, launch: launch(note, k), 2) == [None, None]
+        assert os.sched_getaffinity(0) == before
+        (main_mask, main_name), (worker_mask, worker_name) = seen[0], seen[1]
+        assert main_name == threading.main_thread().name and worker_name.startswith("gru_xp-block")
+        if pin == "1":
+            assert len(main_mask) == 1 and len(worker_mask) == 1 and main_mask != worker_mask
+            assert main_mask <= before and worker_mask <= before
+        else:
+            assert main_mask == before and worker_mask == before
+
+
+def test_a_run_waits_for_work_an_interrupted_run_left(fake_threads):
+    """A run interrupted while it waited (Ctrl-C) leaves its workers finishing their calls: the next run waits for
+    them before it hands out its own, so no call of either is lost or run twice."""
+    import time
+
+    out = []
+    _cpu_split.run(lambda k, launch: None, 2)
+    crew = _cpu_split.STATE["crew"]
+    crew.start([[(time.sleep, (0.1,)), (out.append, ("old",))]])  # as if the last run left without waiting
+    assert _cpu_split.run(lambda k, launch: launch(out.append, k), 2) == [None, None]
+    assert sorted(out, key=str) == [0, 1, "old"]
 
 
 def _layer_run(blocks, monkeypatch, *, cell="gru", dtype="float32", T=7, B=50, I=3, H=16, lengths=None, seed=0):

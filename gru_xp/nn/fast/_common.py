@@ -40,6 +40,13 @@ XB_COPY_MIN = 4  # input weight grads: the input is copied to a contiguous (T, B
 DW_COPY_MAX_B = 127  # up to this batch size the weight-grad GEMM's operands^T are copied contiguous first
 
 
+def call_now(f, *args):
+    """A fast forward's or backward's `launch` by default: f(*args), now. fast/blocks.py passes one that records the
+    call for its block's thread instead (_cpu_split.run), so every compiled call that fills an output goes through
+    launch, and nothing after it in that function reads what the call writes."""
+    return f(*args)
+
+
 def supports_out(xp) -> bool:
     """True for namespaces whose elementwise functions and matmul accept `out=` (NumPy, CuPy)."""
     return getattr(xp, "__name__", "") in _OUT_NAMESPACES
@@ -233,27 +240,28 @@ def feature_major_to_tbh(xp, a):
     return ops_for(xp).tbh(a)
 
 
-def feature_major_copy(xp, ops: Ops, ws: Workspace, name: str, a, dt, dev):
+def feature_major_copy(xp, ops: Ops, ws: Workspace, name: str, a, dt, dev, launch=call_now):
     """a (T, B, F) -> a contiguous (T, F, B) copy in the workspace (None for None): one strided copy for all T, so
     that each step's (F, B) slice is contiguous (the CuPy kernels then index every argument with one flat index).
     Where the CPU kernels run and a is C-contiguous, _cpu's tiled transpose makes it (2.7x faster than NumPy's strided
-    copy at (100, 128, 256); the same values: a copy)."""
+    copy at (100, 128, 256); the same values: a copy). launch: how the copy is made (see call_now)."""
     if a is None:
         return None
     T, B, F = a.shape
-    return feature_major_into(xp, ops, a, ws.get(xp, name, (T, F, B), dt, dev))  # (T, F, B)
+    return feature_major_into(xp, ops, a, ws.get(xp, name, (T, F, B), dt, dev), launch)  # (T, F, B)
 
 
-def feature_major_into(xp, ops: Ops, a, out):
+def feature_major_into(xp, ops: Ops, a, out, launch=call_now):
     """out (m, F, B) = a (m, B, F) transposed per step; returns out. The backwards' dy (and dc) copies, whole or a
     chunk of steps at a time: through _cpu.transpose_tbh where the CPU kernels run (a C-contiguous a, or a block
     of a batch's columns: fast/blocks.py; numba compiles the kernel for either layout)."""
     m, B, F = a.shape
     kern = _cpu.kernels() if _cpu.usable(xp, B * F) else None
     if kern is not None and a.dtype == out.dtype:  # NumPy arrays (usable: NumPy only)
-        kern.transpose_tbh(a, out)
-        return out
-    return ops.copy(xp.permute_dims(a, (0, 2, 1)), out)
+        launch(kern.transpose_tbh, a, out)
+    else:
+        launch(ops.copy, xp.permute_dims(a, (0, 2, 1)), out)
+    return out
 
 
 # ---- forward: operands, folded weights, the input projection ahead of its steps --------------------------------

@@ -181,5 +181,16 @@ def glue_kernels(jit, jit_vec) -> dict:
                 v[i] = vi
                 p[i] = p[i] - (step * mi) / (math.sqrt(vi) / sqrt_c2 + eps)
 
-    return {"gru_fold_after": gru_fold_after, "fill_operands": fill_operands, "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update,
+    @jit
+    def spin_until(yield_fn, flags, i, value, tries):
+        """True once flags[i] == value (flags: an array('q')), looked at up to `tries` times with yield_fn() (the C
+        library's sched_yield) between looks; False if it never was. GIL-free: how _cpu_split's threads wait for
+        each other. The call between looks also makes the compiler read flags[i] again each time."""
+        for _ in range(tries):
+            if flags[i] == value:
+                return True
+            yield_fn()
+        return flags[i] == value
+
+    return {"spin_until": spin_until, "gru_fold_after": gru_fold_after, "fill_operands": fill_operands, "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update,
             "fold_rotated": fold_rotated, "transpose_rotated": transpose_rotated, "unfold_rotated": unfold_rotated}

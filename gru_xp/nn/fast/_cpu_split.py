@@ -1,6 +1,6 @@
-"""The batch in column blocks over the cores: each block a problem of its own (its own arrays), run on a thread of
-its own, NumPy's OpenBLAS held to one thread meanwhile. Used by fast/blocks.py for the GRU's and the LSTM's float32
-one-call loops (_cpu.gru_fwd_sequence, _cpu.gru_bwd_sequence and the LSTM's), each a GIL-free call.
+"""The batch in column blocks over the cores: each block a problem of its own (its own arrays), its compiled calls run
+on a thread of its own, NumPy's OpenBLAS held to one thread meanwhile. Used by fast/blocks.py for the GRU's and the
+LSTM's float32 one-call loops (_cpu.gru_fwd_sequence, _cpu.gru_bwd_sequence and the LSTM's), each a GIL-free call.
 
 Why (benchmarks/NOTES.md, "Ninth session"): at the default thread count OpenBLAS splits each step's GEMMs over the
 cores, but the gate math between them runs on one; and after each multi-threaded GEMM OpenBLAS's idle workers spin
@@ -9,6 +9,18 @@ With OpenBLAS at one thread its workers are never woken, and the blocks run GEMM
 with no handoff between them: a block's columns are independent through the whole sequence. Each block has arrays
 of its own: blocks of columns inside shared (rows, B) arrays ran 2x slower than apart (the cores' prefetchers pull
 the other block's lines of every row).
+
+How a split runs (run): every block's Python (buffers, views, small prep kernels) runs on the calling thread, block
+after block, its compiled calls recorded, not run; then all blocks' calls start at once, block 0's on the calling
+thread and each other block's on a worker thread of its own. The workers wait for work spinning (GIL-free, a
+sched_yield between looks, ~1 ms) before they sleep, and the caller spins while it waits for them. On Linux, during a
+run the calling thread is held to the CPU it is on and each worker to another of the process's CPUs
+(GRU_XP_CPU_PIN=0: left to the scheduler). Why all three (benchmarks/NOTES.md, "Eleventh session"; at the seed shape
+on a 2-vCPU virtual machine they took the training step from ~3.9 to ~2.6 ms as benchmarked): two threads running
+Python take turns on the GIL, and each compiled call one makes lets the other in; waking a sleeping thread through
+a lock cost ~50-100 us there (a thread pool's submit and result: 66-135 us a round trip), several a step; and a
+virtual machine's halted CPU reads as busy to its guest's scheduler, so a thread woken after a pause was put on the
+CPU of the thread that woke it, where the two ran one after the other for ~40 ms, until the load balancer moved one.
 
 Blocks: one per core that OpenBLAS's threads would use (its count, the user's: OPENBLAS_NUM_THREADS, threadpoolctl;
 at most the cores), each at least MIN_COLS columns wide; one thread, or a batch too narrow to give every such core a
@@ -23,10 +35,14 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from dataclasses import dataclass, field
+from typing import Any
 
-from . import _cpu_blas
+from . import _cpu, _cpu_blas
 
 MIN_COLS = 64  # columns a block keeps at least: the step kernels' vector loops run 64 columns at a time
+WORKER_SPIN = 2000  # sched_yield calls a worker makes looking for work before it sleeps (~1 ms at ~0.5 us each)
+CALLER_SPIN = 50000  # ... and the calling thread waiting for the workers (~25 ms: they run what it runs)
 STATE: dict = {}
 _LOCK = threading.Lock()
 
@@ -44,27 +60,197 @@ def blocks(B: int) -> list | None:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def run(fn, n: int) -> list:
-    """[fn(0), ..., fn(n-1)], run at once: fn(0) on this thread, the others on the pool's, with OpenBLAS at one
-    thread until all have returned (its count restored after, also on an error, raised once every block stopped)."""
+def run(prepare, n: int) -> list:
+    """prepare(k, launch) for k = 0, ..., n-1 on this thread: block k's Python, its compiled calls handed to
+    launch(f, *args) (recorded in order, not run yet). Then every block's calls at once, block 0's on this thread and
+    block k's on worker k, OpenBLAS at one thread until all have run (its count restored after, also on an error).
+    Returns [what prepare returned for block 0, ...] once every call has run; an error in a block's calls is raised
+    once every block stopped. What prepare returns may be views of arrays the calls fill: read them after."""
     ctl = _cpu_blas.thread_control()
     get, put = ctl if ctl is not None else (lambda: 0, lambda count: None)  # no OpenBLAS: nothing to hold
     with _LOCK:
         STATE["runs"], STATE["last_blocks"] = STATE.get("runs", 0) + 1, n  # what ran (fast.batch_split_runs)
+        calls = [[] for _ in range(n)]
+        results = [prepare(k, _recorder(calls[k])) for k in range(n)]
+        crew = _crew(n - 1)
+        crew.wait(crew.size)  # a run interrupted while it waited (Ctrl-C) may have left a worker busy
+        mask = crew.place()
         threads = get()
         put(1)
         try:
-            futures = [_pool(n - 1).submit(fn, k) for k in range(1, n)]
+            crew.start(calls[1:])
             try:
-                first = fn(0)
+                _call_all(calls[0])
             finally:
-                errors = [f.exception() for f in futures]  # waits for every block
+                errors = crew.wait(n - 1)  # every block has stopped
             for e in errors:
                 if e is not None:
                     raise e
-            return [first] + [f.result() for f in futures]
+            return results
         finally:
             put(threads)
+            if mask is not None:
+                crew.release(mask)
+
+
+def _recorder(calls: list):
+    def launch(f, *args):
+        calls.append((f, args))
+    return launch
+
+
+def _call_all(calls: list) -> None:
+    for f, args in calls:
+        f(*args)
+
+
+@dataclass
+class _Crew:
+    """Worker threads 0..size-1 (block k's calls go to worker k-1). go[w] counts the jobs given to worker w, done[w]
+    those it finished (machine integers in array('q')s, which the GIL-free spin reads); the rest under cond."""
+
+    size: int
+    go: Any
+    done: Any
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    jobs: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    retired: bool = False
+    cpus: list = field(default_factory=list)  # the CPUs this process may run on (Linux), else []
+    threads: list = field(default_factory=list)
+    caller_cpu: int = -1  # the CPU the calling thread ran on when the workers were last placed
+
+    def place(self):
+        """Linux: the calling thread held to the CPU it runs on until release(), each worker pinned to one of the
+        process's other CPUs (round robin; re-pinned only when the caller has moved). Returns the caller's CPU mask
+        to restore, or None (nothing done). Why: a virtual machine's halted CPU reads as busy to the guest's
+        scheduler, so a thread woken after a pause was put on the CPU of the thread that woke it, and the two ran
+        one after the other until the load balancer moved one, ~40 ms later (benchmarks/NOTES.md, "Eleventh
+        session")."""
+        cpu = _current_cpu()
+        if cpu < 0 or len(self.cpus) < 2 or os.environ.get("GRU_XP_CPU_PIN", "1") == "0":
+            return None
+        try:
+            mask = os.sched_getaffinity(0)
+            if cpu != self.caller_cpu:
+                others = [c for c in self.cpus if c != cpu] or self.cpus
+                for w, t in enumerate(self.threads):
+                    os.sched_setaffinity(t.native_id, {others[w % len(others)]})
+                self.caller_cpu = cpu
+            os.sched_setaffinity(0, {cpu})
+        except OSError:  # a CPU taken away since (a cpuset): leave the placement to the scheduler
+            self.cpus = []
+            return None
+        return mask
+
+    def release(self, mask) -> None:
+        """The caller's CPU mask as it was before place()."""
+        try:
+            os.sched_setaffinity(0, mask)
+        except OSError:
+            pass
+
+    def start(self, jobs: list) -> None:
+        with self.cond:
+            for w, job in enumerate(jobs):
+                self.jobs[w], self.errors[w] = job, None
+                self.go[w] += 1
+            self.cond.notify_all()
+
+    def wait(self, m: int) -> list:
+        """Wait until workers 0..m-1 finished their jobs; their errors (None where none)."""
+        for w in range(m):
+            if not _spin(self.done, w, self.go[w], CALLER_SPIN):
+                with self.cond:
+                    while self.done[w] != self.go[w]:
+                        self.cond.wait()
+        with self.cond:  # (the lock also orders the workers' writes before the caller's reads)
+            return self.errors[:m]
+
+    def work(self, w: int) -> None:
+        """Worker w's loop: wait for a job (spin, then sleep), run it, say so."""
+        seen = 0
+        while True:
+            want = seen + 1
+            if not _spin(self.go, w, want, WORKER_SPIN):
+                with self.cond:
+                    while self.go[w] != want and not self.retired:
+                        self.cond.wait()
+            with self.cond:
+                if self.retired:
+                    return
+                job = self.jobs[w]
+            seen = want
+            err = None
+            try:
+                _call_all(job)
+            except BaseException as e:  # raised on the calling thread, once every block stopped
+                err = e
+            with self.cond:
+                self.jobs[w], self.errors[w] = None, err
+                self.done[w] = seen
+                self.cond.notify_all()
+
+
+def _crew(size: int) -> _Crew:
+    """The process's workers, at least `size` of them (a bigger crew replaces a smaller one, whose threads end)."""
+    crew = STATE.get("crew")
+    if crew is None or crew.size < size:
+        if crew is not None:
+            with crew.cond:
+                crew.retired = True
+                crew.cond.notify_all()
+        if "spin" not in STATE:  # found here, on the calling thread, before any worker looks
+            STATE["spin"] = _spinner()
+        if "getcpu" not in STATE:
+            STATE["getcpu"] = _libc_function("sched_getcpu")
+        array = importlib.import_module("array").array  # machine integers the compiled spin can read
+        crew = STATE["crew"] = _Crew(size, array("q", [0] * size), array("q", [0] * size))
+        crew.jobs, crew.errors = [None] * size, [None] * size
+        crew.threads = [threading.Thread(target=crew.work, args=(w,), name=f"gru_xp-block{w + 1}", daemon=True)
+                        for w in range(size)]
+        for t in crew.threads:
+            t.start()
+        if hasattr(os, "sched_setaffinity") and STATE["getcpu"] is not None:  # Linux
+            crew.cpus = sorted(os.sched_getaffinity(0))
+    return crew
+
+
+def _current_cpu() -> int:
+    """The CPU the calling thread runs on (the C library's sched_getcpu), or -1."""
+    getcpu = STATE.get("getcpu")
+    return getcpu() if getcpu is not None else -1
+
+
+def _spin(flags, i: int, value: int, tries: int) -> bool:
+    """flags[i] == value, looked at up to `tries` times with a sched_yield between, GIL-free (_cpu_glue.spin_until);
+    where that is not available, one look."""
+    spin = STATE.get("spin")  # set by _crew
+    return spin(flags, i, value, tries) if spin else flags[i] == value
+
+
+def _spinner():
+    """spin(flags, i, value, tries) on the compiled kernel and the C library's sched_yield, or False."""
+    kern = _cpu.kernels()
+    if kern is None or getattr(kern, "spin_until", None) is None:
+        return False
+    yield_fn = _libc_function("sched_yield")
+    if yield_fn is None:
+        return False
+    return lambda flags, i, value, tries: kern.spin_until(yield_fn, flags, i, value, tries)
+
+
+def _libc_function(name: str):
+    """The C library's int name(void) as a ctypes function (POSIX), or None."""
+    if os.name != "posix":
+        return None
+    ctypes = importlib.import_module("ctypes")
+    try:
+        fn = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [], ctypes.c_int
+    return fn
 
 
 def _cores() -> int:
@@ -78,7 +264,7 @@ def _cores() -> int:
 
 
 def _after_fork() -> None:
-    """In a forked child: the parent's pool threads and a lock held by one of them do not exist there."""
+    """In a forked child: the parent's worker threads and a lock held by one of them do not exist there."""
     global _LOCK
     _LOCK = threading.Lock()
     STATE.clear()
@@ -86,16 +272,3 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
-
-
-def _pool(n: int):
-    """A ThreadPoolExecutor of n workers at least, kept for the process (its threads sleep between calls)."""
-    pool = STATE.get("pool")
-    if pool is None or STATE["workers"] < n:
-        # concurrent.futures from the standard library, loaded as this floor loads its optional modules
-        futures = importlib.import_module("concurrent.futures")
-        if pool is not None:
-            pool.shutdown(wait=True)
-        pool = STATE["pool"] = futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="gru_xp-block")
-        STATE["workers"] = n
-    return pool

@@ -90,14 +90,14 @@ def _blocked(cell: str, fwd, bwd):
         # cache may (private_cache: a layer's, kept only until its next forward), saving allocations, page faults
         internal = reuse or private_cache
 
-        def block(k):
+        def block(k, launch):
             lo, hi = parts[k]
             y_k, s_k, c_k = fwd(xp, p, x[:, lo:hi, :], tuple(s[lo:hi, :] for s in state0), ws=ws.child(k),
-                                reuse=internal, keep_cache=keep_cache, **opts)
+                                reuse=internal, keep_cache=keep_cache, launch=launch, **opts)
             if kern is not None:  # (T, H, B_k) states -> y's columns, tiled
-                kern.transpose_tbh(xp.permute_dims(y_k, (0, 2, 1)), y[:, lo:hi, :])
+                launch(kern.transpose_tbh, xp.permute_dims(y_k, (0, 2, 1)), y[:, lo:hi, :])
             else:  # forced blocks without numba (fast.forced_batch_blocks)
-                ops.copy(y_k, y[:, lo:hi, :])
+                launch(ops.copy, y_k, y[:, lo:hi, :])
             return s_k, c_k
 
         res = _cpu_split.run(block, len(parts))
@@ -121,11 +121,11 @@ def _blocked(cell: str, fwd, bwd):
         def cols(a, lo, hi, axis):  # a block's columns of an optional array
             return None if a is None else (a[lo:hi, ...] if axis == 0 else a[:, lo:hi, ...])
 
-        def block(k):
+        def block(k, launch):
             lo, hi = c.parts[k]
             ds = None if dstate_T is None else tuple(cols(s, lo, hi, 0) for s in dstate_T)
             return bwd(xp, p, c.blocks[k], cols(dy, lo, hi, 1), ds, grads[k], tbptt=tbptt, input_grad=input_grad,
-                       ws=ws.child(k), reuse=True,  # dx is copied out below
+                       ws=ws.child(k), reuse=True, launch=launch,  # dx is copied out below
                        **{name: cols(v, lo, hi, 1) for name, v in kw.items()})
 
         res = _cpu_split.run(block, len(c.parts))

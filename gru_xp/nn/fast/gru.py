@@ -21,10 +21,11 @@ from ..gru import GRUCache
 from ..gru import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
-                      feature_major_copy, feature_major_into, feature_major_to_tbh, flush_subnormals, flush_threshold,
-                      fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for, params_of_dtype,
-                      projected_steps, recurrent_operands, state_grad, step_array, step_storage, unfold_grads)
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, call_now, chunk_row,
+                      cut_steps, feature_major_copy, feature_major_into, feature_major_to_tbh, flush_subnormals,
+                      flush_threshold, fold_weights, gate_grad_buffer, input_proj_buffer, input_with_ones, ops_for,
+                      params_of_dtype, projected_steps, recurrent_operands, state_grad, step_array, step_storage,
+                      unfold_grads)
 
 
 @dataclass
@@ -44,13 +45,14 @@ class FastGRUCache(GRUCache):
 
 # ---- forward ----------------------------------------------------------------------------------------------------
 def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: Workspace | None = None,
-                reuse: bool = False, keep_cache: bool = True, private_cache: bool = False):
+                reuse: bool = False, keep_cache: bool = True, private_cache: bool = False, launch=call_now):
     """Same contract as gru.forward: x (T, B, I), (h0 (B, H),) -> y (T, B, H), (h_T,), cache (FastGRUCache).
     `ws` holds the temporaries (a fresh one when None); `reuse=True` also keeps the cache (and so y) in it, valid
     until the next forward on this workspace. private_cache=True (a layer, which keeps a cache only until its next
     forward): the cache arrays that no output is a view of (gates, candidate) live in the workspace even without
     reuse, so a call does not allocate (and page-fault) ~4x its output anew. keep_cache=False (a forward without
-    gradients): gates and candidate live in one step's buffers, only the states (y) are stored, the cache is None."""
+    gradients): gates and candidate live in one step's buffers, only the states (y) are stored, the cache is None.
+    launch(f, *args): how the whole-sequence call is made (_common.call_now; fast/blocks.py's records it)."""
     if _common.is_cupy(xp):
         y, hT, cache = _gru_forward_cupy(xp, p, x, state0, reset_after=reset_after, ws=ws, reuse=reuse)
         return y, hT, cache if keep_cache else None
@@ -71,7 +73,7 @@ def gru_forward(xp, p: CellParams, x, state0, *, reset_after: bool = True, ws: W
     if seq is not None:  # float32 on NumPy's BLAS: the whole time loop in one call (_cpu.gru_fwd_sequence)
         gates = step_storage(xp, ws, internal, keep_cache, "gates", (T, H3, B), dt, dev)  # (T or 1, 3H, B)
         cand = step_storage(xp, ws, internal, keep_cache, "cand", (T, H, B), dt, dev)  # (T or 1, H, B)
-        seq(w_rec, w_x, operands, gates, cand, keep_cache, dt.type(0.5))
+        launch(seq, w_rec, w_x, operands, gates, cand, keep_cache, dt.type(0.5))
         if not keep_cache:
             h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
             return h_v[1:, ...], (h_v[T, ...],), None
@@ -270,8 +272,9 @@ class _BackwardBuffers:
 
 
 def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
-                 input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False):
-    """Same contract as gru.backward; dy may be None (zeros). A cache from the reference forward goes to it."""
+                 input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False, launch=call_now):
+    """Same contract as gru.backward; dy may be None (zeros). A cache from the reference forward goes to it.
+    launch: how the whole-sequence backward's compiled calls are made (see gru_forward); the other paths call."""
     if not isinstance(c, FastGRUCache):
         return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad)
     ws = Workspace() if ws is None else ws
@@ -282,7 +285,7 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
     seq = kern.seq("gru_bwd_seq", c.x.dtype) if kern is not None and c.reset_after and c.x_in_operands and \
         params_of_dtype(c.x.dtype, p, g) else None
     if seq is not None:  # the whole time loop in one call (_cpu.gru_bwd_sequence)
-        return _backward_sequence(xp, ops, ws, reuse, p, c, dy, dstate_T, g, tbptt, input_grad, kern, seq)
+        return _backward_sequence(xp, ops, ws, reuse, p, c, dy, dstate_T, g, tbptt, input_grad, kern, seq, launch)
     bufs = _backward_buffers(xp, ops, ws, reuse, p, c, dstate_T, input_grad, cuda, factors=kern is None)
     if cuda:  # dy feature-major once: every kernel argument contiguous
         dy_fm = feature_major_copy(xp, ops, ws, "dy_fm", dy, c.x.dtype, device_of(c.x))  # (T, H, B) or None
@@ -298,7 +301,7 @@ def gru_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: in
 
 
 def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastGRUCache, dy, dstate_T,
-                       g: CellParams, tbptt: int, input_grad: bool, kern, seq):
+                       g: CellParams, tbptt: int, input_grad: bool, kern, seq, launch=call_now):
     """gru_backward through the whole-sequence kernel `seq` (_cpu.gru_bwd_sequence; reset_after, x in the operands,
     NumPy; parameters and grads of the cache's dtype): the buffers, one call, then the grads into g; the copies and
     sums around it are _cpu_glue's kernels. Same contract and returns as gru_backward."""
@@ -309,24 +312,24 @@ def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, 
     dhz = state_grad(xp, ops, ws, "dh", dstate_T, 0, (H, B), dt, dev)  # (H, B) dh z, starts as dh_T
     dhp = ws.get(xp, "dhp", (H, B), dt, dev)  # (H, B) the recurrent GEMM's output, zeroed below
     unused = ws.get(xp, "seq_unused", (T, 1, 1), dt, dev)  # (T, 1, 1) stands in for an absent dy or dx
-    dy_fm = unused if dy is None else feature_major_copy(xp, ops, ws, "dy_fm", dy, dt, dev)  # (T, H, B)
+    dy_fm = unused if dy is None else feature_major_copy(xp, ops, ws, "dy_fm", dy, dt, dev, launch)  # (T, H, B)
     dgates = ws.get(xp, "dgates_step", (4 * H, B), dt, dev)  # (4H, B) one step's [n_h | r | z | n_i]
     w_hh_t = ws.get(xp, "w_hh_nrz_t", (H, H3), dt, dev)  # (H, 3H) (W_hh rows n, r, z)^T
     w_ih_t = ws.get(xp, "w_ih_t", (I, H3), dt, dev)  # (I, 3H) W_ih^T, torch's order
     dw = ws.get(xp, "dw", (H3, H + I + 1), dt, dev)  # (3H, n_cols) rows n, r, z x [h | x | 1], zeroed below
     dw_in = ws.get(xp, "dw_in", (H, I + 1), dt, dev)  # (H, I+1) n rows x [x | 1], zeroed below
-    kern.transpose_rotated(p.w_hh, w_hh_t, 2 * H)  # rows n, r, z
-    kern.transpose_rotated(p.w_ih, w_ih_t, 0)
+    launch(kern.transpose_rotated, p.w_hh, w_hh_t, 2 * H)  # rows n, r, z
+    launch(kern.transpose_rotated, p.w_ih, w_ih_t, 0)
     for a in (dw, dw_in, dhp):
         ops.fill(a, 0.0)
     dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
     cuts = cut_steps(xp, ws, tbptt, T, dev)  # (T,) bool
-    seq(dhz, dhp, dy_fm, dy is not None, cuts, c.gates, c.operands, c.cand, dgates, w_hh_t, w_ih_t, dw, dw_in,
-        dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
+    launch(seq, dhz, dhp, dy_fm, dy is not None, cuts, c.gates, c.operands, c.cand, dgates, w_hh_t, w_ih_t, dw,
+           dw_in, dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
     dx_out = ops.tbh(dx) if input_grad else None  # (T, B, I) view
-    kern.gru_unfold_after(g.w_ih, g.w_hh, g.b_ih, g.b_hh, dw, dw_in)  # the recurrent, n-row input and bias grads
+    launch(kern.gru_unfold_after, g.w_ih, g.w_hh, g.b_ih, g.b_hh, dw, dw_in)  # recurrent, n-row input, bias grads
     dh0 = xp.empty((B, H), dtype=dt, device=dev)  # (B, H) dh_0, a new array (the caller keeps it)
-    kern.add_transposed(dhz, dhp, dh0)
+    launch(kern.add_transposed, dhz, dhp, dh0)
     return dx_out, (dh0,)
 
 

@@ -19,10 +19,10 @@ from ..lstm import LSTMCache
 from ..lstm import backward as reference_backward
 from .._cell import CellParams, cut
 from . import _common, _cpu
-from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, chunk_row, cut_steps,
-                      feature_major_copy, feature_major_into, feature_major_to_tbh, flush_subnormals, flush_threshold,
-                      fold_weights, gate_grad_buffer, ops_for, params_of_dtype, recurrent_operands, state_grad,
-                      step_array, step_storage, unfold_grads, weight_grad_buffers)
+from ._common import (InputBackward, Ops, Workspace, add_chunk_weight_grads, cache_array, call_now, chunk_row,
+                      cut_steps, feature_major_copy, feature_major_into, feature_major_to_tbh, flush_subnormals,
+                      flush_threshold, fold_weights, gate_grad_buffer, ops_for, params_of_dtype, recurrent_operands,
+                      state_grad, step_array, step_storage, unfold_grads, weight_grad_buffers)
 
 
 def _lstm_blocks(H: int):
@@ -42,13 +42,14 @@ class FastLSTMCache(LSTMCache):
 
 
 def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, reuse: bool = False,
-                 keep_cache: bool = True, private_cache: bool = False):
+                 keep_cache: bool = True, private_cache: bool = False, launch=call_now):
     """Same contract as lstm.forward: x (T, B, I), (h0, c0) -> y (T, B, H), (h_T, c_T), cache (FastLSTMCache).
     keep_cache=False (a forward without gradients): gates and tanh(c) live in one step's buffers, c in two
     alternating ones, only the states h (y) are stored, and the cache returned is None. private_cache=True (a
     layer, which keeps a cache only until its next forward): the cache arrays no output is a view of (gates,
     tanh(c): 5x the output) live in the workspace even without reuse, as in gru_forward; the operands (y) and the
-    cell states (c_T) stay fresh each call."""
+    cell states (c_T) stay fresh each call. launch(f, *args): how the whole-sequence call is made (as in
+    gru_forward)."""
     if _common.is_cupy(xp):
         y, sT, cache = _lstm_forward_cupy(xp, p, x, state0, ws=ws, reuse=reuse)
         return y, sT, cache if keep_cache else None
@@ -73,7 +74,7 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
     operands = recurrent_operands(xp, ops, ws, reuse, x, h0, H, dt, dev)  # (T+1, H+I+1, B): step t's is [t]
     seq = kern.seq("lstm_fwd_seq", dt) if kern is not None else None
     if seq is not None:  # float32 on NumPy's BLAS: the whole time loop in one call (_cpu.lstm_fwd_sequence)
-        return _forward_sequence(xp, ops, ws, reuse, private_cache, keep_cache, x, c0, w_rec, operands, seq)
+        return _forward_sequence(xp, ops, ws, reuse, private_cache, keep_cache, x, c0, w_rec, operands, seq, launch)
     # without a cache: c_{t-1} and c_t in two buffers, alternating (a kernel that reads and writes one array is not
     # vectorised by numba)
     cell_states = step_array(xp, ws, reuse, keep_cache, "cell_states", (T + 1, H, B), dt, dev, output=True,
@@ -114,7 +115,7 @@ def lstm_forward(xp, p: CellParams, x, state0, *, ws: Workspace | None = None, r
 
 
 def _forward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, private_cache: bool, keep_cache: bool, x, c0, w_rec,
-                      operands, seq):
+                      operands, seq, launch=call_now):
     """lstm_forward through the whole-sequence kernel `seq` (_cpu.lstm_fwd_sequence; float32, NumPy): the cell
     states (T+1 with a cache, else two alternating, c_T a view of either: fresh unless reused), gates and tanh(c)
     (T steps or one), one call. Same returns as lstm_forward."""
@@ -127,7 +128,7 @@ def _forward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, private_cache: b
     gates = step_storage(xp, ws, internal, keep_cache, "gates", (T, 4 * H, B), dt, dev)  # (T or 1, 4H, B)
     tanh_c = step_storage(xp, ws, internal, keep_cache, "tanh_c", (T, H, B), dt, dev)  # (T or 1, H, B)
     ops.copy(xp.matrix_transpose(c0), cell_states[0])
-    seq(w_rec, operands, cell_states, gates, tanh_c, keep_cache, dt.type(0.5))
+    launch(seq, w_rec, operands, cell_states, gates, tanh_c, keep_cache, dt.type(0.5))
     if not keep_cache:
         h_v = feature_major_to_tbh(xp, operands[:, :H, :])  # (T+1, B, H) view
         return h_v[1:], (h_v[T], xp.matrix_transpose(cell_states[T % 2])), None
@@ -236,9 +237,11 @@ def _backward_chunks_kernels(xp, ops: Ops, ws: Workspace, c: FastLSTMCache, upst
 
 
 def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: int = 0,
-                  input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False, dc_steps=None):
+                  input_grad: bool = True, ws: Workspace | None = None, reuse: bool = False, dc_steps=None,
+                  launch=call_now):
     """Same contract as lstm.backward; dy may be None (zeros). A cache from the reference forward goes to it.
-    dc_steps: optional (T, B, H) upstream gradient on c_t per step (lstm.backward's; variable lengths)."""
+    dc_steps: optional (T, B, H) upstream gradient on c_t per step (lstm.backward's; variable lengths). launch: how
+    the whole-sequence backward's compiled calls are made (see gru_forward); the other paths call."""
     if not isinstance(c, FastLSTMCache):
         return reference_backward(xp, p, c, dy, dstate_T, g, tbptt=tbptt, input_grad=input_grad, dc_steps=dc_steps)
     if _common.is_cupy(xp):
@@ -257,9 +260,9 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
     kern = _cpu.kernels() if _cpu.usable(xp, B * H) else None
     seq = kern.seq("lstm_bwd_seq", dt) if kern is not None and params_of_dtype(dt, p, g) else None
     if seq is not None:  # the whole time loop in one call (_cpu.lstm_bwd_sequence); W_hh^T too (_cpu_glue)
-        kern.transpose_rotated(p.w_hh, w_hh_t, H3)
+        launch(kern.transpose_rotated, p.w_hh, w_hh_t, H3)
         return _backward_sequence(xp, ops, ws, reuse, p, c, (dy, dc_steps), (dh, dc, w_hh_t), g, tbptt, input_grad,
-                                  kern, seq)
+                                  kern, seq, launch)
     for dst, src in blocks:
         ops.copy(xp.matrix_transpose(p.w_hh[src, :]), w_hh_t[:, dst])
     n_cols = c.operands.shape[1]  # H+I+1: [W_hh | W_ih | b] columns
@@ -323,7 +326,7 @@ def lstm_backward(xp, p: CellParams, c, dy, dstate_T, g: CellParams, *, tbptt: i
 
 
 def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, c: FastLSTMCache, upstream, carried,
-                       g: CellParams, tbptt: int, input_grad: bool, kern, seq):
+                       g: CellParams, tbptt: int, input_grad: bool, kern, seq, launch=call_now):
     """lstm_backward through the whole-sequence kernel `seq` (_cpu.lstm_bwd_sequence; NumPy; parameters and grads of
     the cache's dtype): the buffers, one call, then the grads into g (the transpose and the unfold as _cpu_glue's
     kernels). upstream: (dy, dc_steps), each (T, B, H) or None; carried: (dh, dc, w_hh_t) as lstm_backward set them
@@ -335,20 +338,25 @@ def _backward_sequence(xp, ops: Ops, ws: Workspace, reuse: bool, p: CellParams, 
     dh, dc, w_hh_t = carried
     dy, dc_steps = upstream
     w_ih_t = ws.get(xp, "w_ih_t", (I, H4), dt, dev)  # (I, 4H) W_ih^T, internal gate order
-    kern.transpose_rotated(p.w_ih, w_ih_t, H3)
+    launch(kern.transpose_rotated, p.w_ih, w_ih_t, H3)
     dw = ops.fill(ws.get(xp, "dw", (H4, c.operands.shape[1]), dt, dev), 0.0)  # (4H, n_cols)
     # stands in for an absent dy, dc_steps or dx: not dh or dc (an aliasing argument keeps numba from vectorising)
     unused = ws.get(xp, "seq_unused", (T, 1, 1), dt, dev)  # (T, 1, 1)
-    dy_fm = unused if dy is None else feature_major_copy(xp, ops, ws, "dy_fm_all", dy, dt, dev)  # (T, H, B)
-    dcs_fm = unused if dc_steps is None else feature_major_copy(xp, ops, ws, "dcs_fm_all", dc_steps, dt, dev)
+    dy_fm = unused if dy is None else feature_major_copy(xp, ops, ws, "dy_fm_all", dy, dt, dev, launch)  # (T, H, B)
+    dcs_fm = unused if dc_steps is None else feature_major_copy(xp, ops, ws, "dcs_fm_all", dc_steps, dt, dev,
+                                                                 launch)
     dgates = ws.get(xp, "dgates_step", (H4, B), dt, dev)  # (4H, B) one step's [o | i | f | g]
     dx = cache_array(xp, ws, reuse, "dx", (T, I, B), dt, dev) if input_grad else unused  # (T, I, B)
     cuts = cut_steps(xp, ws, tbptt, T, dev)  # (T,) bool
-    seq(dh, dc, dy_fm, dy is not None, dcs_fm, dc_steps is not None, cuts, c.gates, c.tanh_c, c.cell_states,
-        c.operands, dgates, w_hh_t, w_ih_t, dw, dx, input_grad, dt.type(flush_threshold(xp, dt)), dt.type(1.0))
-    kern.unfold_rotated(g.w_ih, g.w_hh, g.b_ih, g.b_hh, dw, H3)
+    launch(seq, dh, dc, dy_fm, dy is not None, dcs_fm, dc_steps is not None, cuts, c.gates, c.tanh_c,
+           c.cell_states, c.operands, dgates, w_hh_t, w_ih_t, dw, dx, input_grad, dt.type(flush_threshold(xp, dt)),
+           dt.type(1.0))
+    launch(kern.unfold_rotated, g.w_ih, g.w_hh, g.b_ih, g.b_hh, dw, H3)
     dx_out = ops.tbh(dx) if input_grad else None  # (T, B, I) view
-    return dx_out, (xp.asarray(xp.matrix_transpose(dh), copy=True), xp.asarray(xp.matrix_transpose(dc), copy=True))
+    dh0, dc0 = (xp.empty((B, H), dtype=dt, device=dev) for _ in range(2))  # (B, H) each, new (the caller keeps them)
+    launch(ops.copy, xp.matrix_transpose(dh), dh0)
+    launch(ops.copy, xp.matrix_transpose(dc), dc0)
+    return dx_out, (dh0, dc0)
 
 
 def _lstm_backward_cupy(xp, p: CellParams, c: FastLSTMCache, dy, dstate_T, g: CellParams, *, tbptt: int,
