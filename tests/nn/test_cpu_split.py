@@ -193,9 +193,9 @@ def test_workers_woken_after_they_slept_and_without_the_spin(fake_threads, monke
 
 @pytest.mark.parametrize("pin", ["1", "0"])
 def test_threads_held_to_cpus_of_their_own_during_a_run(fake_threads, monkeypatch, pin):
-    """Linux, 2+ CPUs: during a run the calling thread is held to the CPU it runs on and each worker to another one
-    (a virtual machine's scheduler put a woken worker on the caller's CPU); after it the caller's CPU mask is what it
-    was. GRU_XP_CPU_PIN=0: nobody's mask changes."""
+    """Linux, 2+ CPUs, one block a CPU: during a run the calling thread is held to the CPU it runs on and each worker
+    to another one (a virtual machine's scheduler put a woken worker on the caller's CPU); after it the caller's CPU
+    mask is what it was. GRU_XP_CPU_PIN=0: nobody's mask changes."""
     import os
     import threading
 
@@ -210,16 +210,17 @@ def test_threads_held_to_cpus_of_their_own_during_a_run(fake_threads, monkeypatc
     def note(k):
         seen[k] = (os.sched_getaffinity(0), threading.current_thread().name)
 
+    n = len(before)  # a block for every CPU of the process
     for _ in range(2):  # the second run re-uses the placement
-        assert _cpu_split.run(lambda k, launch: launch(note, k), 2) == [None, None]
+        assert _cpu_split.run(lambda k, launch: launch(note, k), n) == [None] * n
         assert os.sched_getaffinity(0) == before
-        (main_mask, main_name), (worker_mask, worker_name) = seen[0], seen[1]
-        assert main_name == threading.main_thread().name and worker_name.startswith("gru_xp-block")
-        if pin == "1":
-            assert len(main_mask) == 1 and len(worker_mask) == 1 and main_mask != worker_mask
-            assert main_mask <= before and worker_mask <= before
+        masks = [seen[k][0] for k in range(n)]
+        assert seen[0][1] == threading.main_thread().name
+        assert all(seen[k][1].startswith("gru_xp-block") for k in range(1, n))
+        if pin == "1":  # one CPU each, every one of the process's CPUs in use
+            assert all(len(m) == 1 for m in masks) and set().union(*masks) == before
         else:
-            assert main_mask == before and worker_mask == before
+            assert all(m == before for m in masks)
 
 
 def test_a_run_waits_for_work_an_interrupted_run_left(fake_threads):
@@ -348,3 +349,28 @@ def test_blocked_outputs_are_the_callers_and_no_grad_and_diagnostics(monkeypatch
     for name in ("update z", "reset r"):
         np.testing.assert_array_equal(blocked.gates[name], whole.gates[name])
         np.testing.assert_array_equal(blocked.saturation[name], whole.saturation[name])
+
+
+def test_no_cpus_held_where_the_blocks_leave_cpus_to_spare(fake_threads, monkeypatch):
+    """With more CPUs than blocks (other processes' splits, Dask workers may use the rest) nothing is pinned, and
+    workers pinned by an earlier run are set free: pinned threads of two processes could stack on one CPU."""
+    import os
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2 or \
+            _cpu_split._libc_function("sched_getcpu") is None:
+        pytest.skip("needs Linux CPU affinity and two CPUs")
+    monkeypatch.setenv("GRU_XP_CPU_PIN", "1")
+    _no_workers()
+    before = os.sched_getaffinity(0)
+    seen = {}
+
+    def note(k):
+        seen[k] = os.sched_getaffinity(0)
+
+    n = len(before)
+    _cpu_split.run(lambda k, launch: launch(note, k), n)
+    assert len(seen[1]) == 1  # a block for every CPU of the process: pinned
+    crew = _cpu_split.STATE["crew"]
+    monkeypatch.setattr(crew, "cpus", sorted(before) + [max(before) + 1])  # as if the process had a CPU to spare
+    _cpu_split.run(lambda k, launch: launch(note, k), n)
+    assert all(seen[k] == before for k in range(n)) and os.sched_getaffinity(0) == before

@@ -74,7 +74,7 @@ def run(prepare, n: int) -> list:
         results = [prepare(k, _recorder(calls[k])) for k in range(n)]
         crew = _crew(n - 1)
         crew.wait(crew.size)  # a run interrupted while it waited (Ctrl-C) may have left a worker busy
-        mask = crew.place()
+        mask = crew.place(n)
         threads = get()
         put(1)
         try:
@@ -120,15 +120,20 @@ class _Crew:
     threads: list = field(default_factory=list)
     caller_cpu: int = -1  # the CPU the calling thread ran on when the workers were last placed
 
-    def place(self):
-        """Linux: the calling thread held to the CPU it runs on until release(), each worker pinned to one of the
-        process's other CPUs (round robin; re-pinned only when the caller has moved). Returns the caller's CPU mask
-        to restore, or None (nothing done). Why: a virtual machine's halted CPU reads as busy to the guest's
-        scheduler, so a thread woken after a pause was put on the CPU of the thread that woke it, and the two ran
-        one after the other until the load balancer moved one, ~40 ms later (benchmarks/NOTES.md, "Eleventh
-        session")."""
+    def place(self, n: int):
+        """Linux, a split of n blocks over every CPU the process may run on: the calling thread held to the CPU it
+        runs on until release(), each worker pinned to one of the process's other CPUs (round robin; re-pinned only
+        when the caller has moved). Returns the caller's CPU mask to restore, or None (nothing held). Why: a virtual
+        machine's halted CPU reads as busy to the guest's scheduler, so a thread woken after a pause was put on the
+        CPU of the thread that woke it, and the two ran one after the other until the load balancer moved one, ~40
+        ms later (benchmarks/NOTES.md, "Eleventh session"). Why only when the blocks take every CPU: with CPUs to
+        spare (other processes' splits, Dask workers) we cannot know which are free, and pinned threads of two
+        processes could stack on one CPU that no load balancer may move them from; workers pinned before are set
+        free again."""
         cpu = _current_cpu()
-        if cpu < 0 or len(self.cpus) < 2 or os.environ.get("GRU_XP_CPU_PIN", "1") == "0":
+        if cpu < 0 or len(self.cpus) < 2 or len(set(self.cpus)) > n or \
+                os.environ.get("GRU_XP_CPU_PIN", "1") == "0":
+            self.unpin()
             return None
         try:
             mask = os.sched_getaffinity(0)
@@ -142,6 +147,17 @@ class _Crew:
             self.cpus = []
             return None
         return mask
+
+    def unpin(self) -> None:
+        """Workers pinned by an earlier place() free to run on every CPU of the process again."""
+        if self.caller_cpu < 0:
+            return
+        self.caller_cpu = -1
+        try:
+            for t in self.threads:
+                os.sched_setaffinity(t.native_id, set(self.cpus))
+        except OSError:
+            self.cpus = []
 
     def release(self, mask) -> None:
         """The caller's CPU mask as it was before place()."""

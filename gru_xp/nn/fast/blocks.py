@@ -3,8 +3,9 @@ layer calls.
 
 Where the cell's float32 one-call loops run (NumPy, numba, NumPy's OpenBLAS; the GRU with reset_after), OpenBLAS
 has more than one thread and the batch gives each core it would use a block (_cpu_split.blocks), the forward runs
-fast/gru.py's (fast/lstm.py's) forward once per block of batch columns, each block on a thread of its own with its
-own workspace (so its own operands, gates and state arrays), and the backward the same for the blocks' backwards;
+fast/gru.py's (fast/lstm.py's) forward once per block of batch columns, each with its own workspace (so its own
+operands, gates and state arrays), and the backward the same for the blocks' backwards: each block's Python on the
+calling thread, its compiled calls (passed to the cell's `launch`) on a thread of its own (_cpu_split.run);
 elsewhere both are the cell's own, unchanged.
 
 Legend: T steps, B batch, I inputs, H hidden; P blocks, block k the columns [lo_k, hi_k), B_k = hi_k - lo_k.
