@@ -159,9 +159,7 @@ def _no_workers():
     """The process's workers retired (their threads end): the next run starts new ones."""
     old = _cpu_split.STATE.pop("crew", None)
     if old is not None:
-        with old.cond:
-            old.retired = True
-            old.cond.notify_all()
+        old.retire()
 
 
 @pytest.mark.parametrize("spin", [True, False])

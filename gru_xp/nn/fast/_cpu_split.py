@@ -106,19 +106,40 @@ def _call_all(calls: list) -> None:
 
 @dataclass
 class _Crew:
-    """Worker threads 0..size-1 (block k's calls go to worker k-1). go[w] counts the jobs given to worker w, done[w]
-    those it finished (machine integers in array('q')s, which the GIL-free spin reads); the rest under cond."""
+    """Worker threads 0..size-1 (block k's calls go to worker k-1), started by start_threads(). go[w] counts the jobs
+    given to worker w, done[w] those it finished (machine integers in array('q')s, which the GIL-free spin reads);
+    the rest under cond."""
 
     size: int
-    go: Any
-    done: Any
+    go: Any = None
+    done: Any = None
     cond: threading.Condition = field(default_factory=threading.Condition)
     jobs: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     retired: bool = False
-    cpus: list = field(default_factory=list)  # the CPUs this process may run on (Linux), else []
+    cpus: list = field(default_factory=list)  # the CPUs this process may run on (Linux, where placed), else []
     threads: list = field(default_factory=list)
     caller_cpu: int = -1  # the CPU the calling thread ran on when the workers were last placed
+
+    def __post_init__(self):
+        array = importlib.import_module("array").array  # machine integers the compiled spin can read
+        self.go, self.done = array("q", [0] * self.size), array("q", [0] * self.size)
+        self.jobs, self.errors = [None] * self.size, [None] * self.size
+
+    def start_threads(self, placeable: bool) -> None:
+        """The worker threads (daemons: a process may end while they sleep); placeable: place() may pin them."""
+        self.threads = [threading.Thread(target=self.work, args=(w,), name=f"gru_xp-block{w + 1}", daemon=True)
+                        for w in range(self.size)]
+        for t in self.threads:
+            t.start()
+        if placeable:
+            self.cpus = sorted(os.sched_getaffinity(0))
+
+    def retire(self) -> None:
+        """The workers end (when they next look for work)."""
+        with self.cond:
+            self.retired = True
+            self.cond.notify_all()
 
     def place(self, n: int):
         """Linux, a split of n blocks over every CPU the process may run on: the calling thread held to the CPU it
@@ -131,7 +152,7 @@ class _Crew:
         processes could stack on one CPU that no load balancer may move them from; workers pinned before are set
         free again."""
         cpu = _current_cpu()
-        if cpu < 0 or len(self.cpus) < 2 or len(set(self.cpus)) > n or \
+        if cpu < 0 or len(self.cpus) < 2 or len(self.cpus) > n or \
                 os.environ.get("GRU_XP_CPU_PIN", "1") == "0":
             self.unpin()
             return None
@@ -155,7 +176,7 @@ class _Crew:
         self.caller_cpu = -1
         try:
             for t in self.threads:
-                os.sched_setaffinity(t.native_id, set(self.cpus))
+                os.sched_setaffinity(t.native_id, self.cpus)
         except OSError:
             self.cpus = []
 
@@ -213,22 +234,13 @@ def _crew(size: int) -> _Crew:
     crew = STATE.get("crew")
     if crew is None or crew.size < size:
         if crew is not None:
-            with crew.cond:
-                crew.retired = True
-                crew.cond.notify_all()
+            crew.retire()
         if "spin" not in STATE:  # found here, on the calling thread, before any worker looks
             STATE["spin"] = _spinner()
         if "getcpu" not in STATE:
             STATE["getcpu"] = _libc_function("sched_getcpu")
-        array = importlib.import_module("array").array  # machine integers the compiled spin can read
-        crew = STATE["crew"] = _Crew(size, array("q", [0] * size), array("q", [0] * size))
-        crew.jobs, crew.errors = [None] * size, [None] * size
-        crew.threads = [threading.Thread(target=crew.work, args=(w,), name=f"gru_xp-block{w + 1}", daemon=True)
-                        for w in range(size)]
-        for t in crew.threads:
-            t.start()
-        if hasattr(os, "sched_setaffinity") and STATE["getcpu"] is not None:  # Linux
-            crew.cpus = sorted(os.sched_getaffinity(0))
+        crew = STATE["crew"] = _Crew(size)
+        crew.start_threads(placeable=hasattr(os, "sched_setaffinity") and STATE["getcpu"] is not None)  # Linux
     return crew
 
 
