@@ -84,7 +84,8 @@ def test_a_forked_child_gets_workers_of_its_own(fake_threads):
         ok = False
         try:
             out = []
-            ok = _cpu_split.run(lambda k, launch: launch(out.append, k + 1), 2) == [None, None] and sorted(out) == [1, 2]
+            ok = _cpu_split.run(lambda k, launch: launch(out.append, k + 1), 2) == [None, None]
+            ok = ok and sorted(out) == [1, 2]
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
@@ -372,3 +373,23 @@ def test_no_cpus_held_where_the_blocks_leave_cpus_to_spare(fake_threads, monkeyp
     monkeypatch.setattr(crew, "cpus", sorted(before) + [max(before) + 1])  # as if the process had a CPU to spare
     _cpu_split.run(lambda k, launch: launch(note, k), n)
     assert all(seen[k] == before for k in range(n)) and os.sched_getaffinity(0) == before
+
+
+def test_the_compiled_spin_sees_a_flag_another_thread_sets():
+    """_cpu_glue.spin_until: True at once when the flag holds the value, False after its looks when it never does,
+    True when another thread sets it while it looks (it reads the flag again after every sched_yield)."""
+    import array
+    import threading
+
+    if importlib.util.find_spec("numba") is None or _cpu.kernels() is None or \
+            _cpu_split._libc_function("sched_yield") is None:
+        pytest.skip("needs numba and the C library's sched_yield")
+    spin = _cpu_split._spinner()
+    flags = array.array("q", [0, 5])
+    assert spin(flags, 1, 5, 1) and not spin(flags, 0, 1, 100)
+    timer = threading.Timer(0.02, flags.__setitem__, (0, 1))
+    timer.start()
+    try:
+        assert spin(flags, 0, 1, 10 ** 7)  # seconds of looks at most: returns once the timer has set it
+    finally:
+        timer.cancel()

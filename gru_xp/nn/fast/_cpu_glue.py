@@ -192,5 +192,6 @@ def glue_kernels(jit, jit_vec) -> dict:
             yield_fn()
         return flags[i] == value
 
-    return {"spin_until": spin_until, "gru_fold_after": gru_fold_after, "fill_operands": fill_operands, "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update,
+    return {"spin_until": spin_until, "gru_fold_after": gru_fold_after, "fill_operands": fill_operands,
+            "gru_unfold_after": gru_unfold_after, "add_transposed": add_transposed, "adam_update": adam_update,
             "fold_rotated": fold_rotated, "transpose_rotated": transpose_rotated, "unfold_rotated": unfold_rotated}

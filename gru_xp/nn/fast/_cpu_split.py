@@ -13,14 +13,15 @@ the other block's lines of every row).
 How a split runs (run): every block's Python (buffers, views, small prep kernels) runs on the calling thread, block
 after block, its compiled calls recorded, not run; then all blocks' calls start at once, block 0's on the calling
 thread and each other block's on a worker thread of its own. The workers wait for work spinning (GIL-free, a
-sched_yield between looks, ~1 ms) before they sleep, and the caller spins while it waits for them. On Linux, during a
-run the calling thread is held to the CPU it is on and each worker to another of the process's CPUs
-(GRU_XP_CPU_PIN=0: left to the scheduler). Why all three (benchmarks/NOTES.md, "Eleventh session"; at the seed shape
-on a 2-vCPU virtual machine they took the training step from ~3.9 to ~2.6 ms as benchmarked): two threads running
-Python take turns on the GIL, and each compiled call one makes lets the other in; waking a sleeping thread through
-a lock cost ~50-100 us there (a thread pool's submit and result: 66-135 us a round trip), several a step; and a
-virtual machine's halted CPU reads as busy to its guest's scheduler, so a thread woken after a pause was put on the
-CPU of the thread that woke it, where the two ran one after the other for ~40 ms, until the load balancer moved one.
+sched_yield between looks, ~1 ms) before they sleep, and the caller spins while it waits for them. On Linux, when the
+blocks take every CPU the process may run on (the default: OpenBLAS's threads = cores), during a run the calling
+thread is held to the CPU it is on and each worker to another of them (GRU_XP_CPU_PIN=0: left to the scheduler).
+Why all three (benchmarks/NOTES.md, "Eleventh session"; at the seed shape on a 2-vCPU virtual machine they took the
+training step from ~3.9 to ~2.6 ms as benchmarked): two threads running Python take turns on the GIL, and each
+compiled call one makes lets the other in; waking a sleeping thread through a lock cost ~50-100 us there (a thread
+pool's submit and result: 66-135 us a round trip), several a step; and a virtual machine's halted CPU reads as busy
+to its guest's scheduler, so a thread woken after a pause was put on the CPU of the thread that woke it, where the
+two ran one after the other for ~40 ms, until the load balancer moved one.
 
 Blocks: one per core that OpenBLAS's threads would use (its count, the user's: OPENBLAS_NUM_THREADS, threadpoolctl;
 at most the cores), each at least MIN_COLS columns wide; one thread, or a batch too narrow to give every such core a
