@@ -156,6 +156,19 @@ def test_runner_raises_a_blocks_error_after_every_block_stopped(fake_threads):
     assert _cpu_split.run(lambda k, launch: launch(done.append, k), 2) == [None, None]  # the workers still serve
 
 
+def _needs_cpu_affinity():
+    """Skips the test without Linux CPU affinity that this process may set, two CPUs and sched_getcpu."""
+    import os
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2 or \
+            _cpu_split._libc_function("sched_getcpu") is None:
+        pytest.skip("needs Linux CPU affinity and two CPUs")
+    try:
+        os.sched_setaffinity(0, os.sched_getaffinity(0))
+    except OSError:
+        pytest.skip("this process may not set CPU affinity")
+
+
 def _no_workers():
     """The process's workers retired (their threads end): the next run starts new ones."""
     old = _cpu_split.STATE.pop("crew", None)
@@ -198,9 +211,7 @@ def test_threads_held_to_cpus_of_their_own_during_a_run(fake_threads, monkeypatc
     import os
     import threading
 
-    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2 or \
-            _cpu_split._libc_function("sched_getcpu") is None:
-        pytest.skip("needs Linux CPU affinity and two CPUs")
+    _needs_cpu_affinity()
     monkeypatch.setenv("GRU_XP_CPU_PIN", pin)
     _no_workers()  # new workers start with the caller's mask
     before = os.sched_getaffinity(0)
@@ -355,9 +366,7 @@ def test_no_cpus_held_where_the_blocks_leave_cpus_to_spare(fake_threads, monkeyp
     workers pinned by an earlier run are set free: pinned threads of two processes could stack on one CPU."""
     import os
 
-    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2 or \
-            _cpu_split._libc_function("sched_getcpu") is None:
-        pytest.skip("needs Linux CPU affinity and two CPUs")
+    _needs_cpu_affinity()
     monkeypatch.setenv("GRU_XP_CPU_PIN", "1")
     _no_workers()
     before = os.sched_getaffinity(0)
