@@ -402,3 +402,31 @@ def test_the_compiled_spin_sees_a_flag_another_thread_sets():
         assert spin(flags, 0, 1, 10 ** 7)  # seconds of looks at most: returns once the timer has set it
     finally:
         timer.cancel()
+
+
+def test_a_failed_placement_frees_the_workers_it_pinned(fake_threads, monkeypatch):
+    """If setting a CPU mask fails midway (a CPU taken away by a cpuset), workers pinned before the error are set free
+    and placement is off from then on; the run still runs every call."""
+    import os
+
+    _needs_cpu_affinity()
+    monkeypatch.setenv("GRU_XP_CPU_PIN", "1")
+    _no_workers()
+    before = os.sched_getaffinity(0)
+    n = len(before) + 1  # one more block than CPUs: a worker pinned, then the caller's own pin fails
+    real = os.sched_setaffinity
+    calls = []
+
+    def flaky(pid, mask):
+        calls.append((pid, set(mask)))
+        if pid == 0 and len(set(mask)) == 1:
+            raise OSError("CPU taken away")
+        return real(pid, mask)
+
+    monkeypatch.setattr(os, "sched_setaffinity", flaky)
+    seen = {}
+    assert _cpu_split.run(lambda k, launch: launch(lambda: seen.__setitem__(k, os.sched_getaffinity(0))), n) == \
+        [None] * n
+    assert all(seen[k] == before for k in range(n)) and os.sched_getaffinity(0) == before
+    assert any(len(m) == 1 for pid, m in calls if pid != 0)  # a worker had been pinned, and was freed
+    assert _cpu_split.STATE["crew"].cpus == []

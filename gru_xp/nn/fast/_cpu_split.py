@@ -166,6 +166,8 @@ class _Crew:
                 self.caller_cpu = cpu
             os.sched_setaffinity(0, {cpu})
         except OSError:  # a CPU taken away since (a cpuset): leave the placement to the scheduler
+            self.caller_cpu = cpu  # so that unpin() frees the workers pinned before the error
+            self.unpin()
             self.cpus = []
             return None
         return mask
