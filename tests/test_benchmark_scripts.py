@@ -3,6 +3,7 @@ imports from gru_xp still exist) and has a main. Loaded in one child process, so
 (gemm_floor.py pins the BLAS threads in os.environ) stays out of the test session."""
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -51,6 +52,30 @@ def test_gemm_floor_runs_and_writes_its_rows(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/gemm_floor.py", "--kinds", "nope"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and "--kinds takes step, layer, infer" in bad.stderr
+
+
+def test_gemm_floor_times_the_split_gemms_where_the_batch_splits(tmp_path):
+    """At 2 threads the floor script also times the GEMMs in the split's blocks (gemms_blocks) wherever a layer of
+    that batch would split it (fast.batch_blocks at OpenBLAS's 2 threads, asked in a child of the same setting), and
+    says None where it would not (one core, no OpenBLAS control)."""
+    import json
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    ask = "from gru_xp.nn import fast; print(fast.batch_blocks(256) is not None)"
+    probe = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    assert probe.returncode == 0, probe.stderr
+    splits = probe.stdout.strip() == "True"
+    out = tmp_path / "floor.json"
+    r = subprocess.run([sys.executable, "benchmarks/gemm_floor.py", "seed", "--threads", "2", "--kinds", "infer",
+                        "--repeats", "1", "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (x,) = json.loads(out.read_text())["rows"]
+    assert (x["row"], x["kind"], x["threads"]) == ("seed", "infer", 2)
+    if splits:
+        assert x["gemms_blocks_ms"] > 0 and abs(x["gemms_blocks_ratio"] - x["gemms_blocks_ms"] / x["torch_ms"]) < 1e-3
+        assert len(x["blocks_ms"]["gemms_blocks"]) == 1
+    else:
+        assert x["gemms_blocks_ms"] is None and x["gemms_blocks_ratio"] is None and "gemms_blocks" not in x["blocks_ms"]
 
 
 def test_cif2016_check_stage_writes_out_and_leaves_the_shipped_results(tmp_path):

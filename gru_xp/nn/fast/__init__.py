@@ -66,6 +66,19 @@ def batch_split_runs() -> tuple[int, int]:
     return _cpu_split.STATE.get("runs", 0), _cpu_split.STATE.get("last_blocks", 0)
 
 
+def batch_blocks(B: int) -> list | None:
+    """[(lo, hi), ...]: the column blocks a float32 GRU or LSTM batch of B splits into at OpenBLAS's present thread
+    count (fast/blocks.py; _cpu_split.blocks), or None: no split."""
+    return _cpu_split.blocks(B)
+
+
+def run_in_blocks(prepare, n: int) -> list:
+    """The split's runner (_cpu_split.run): prepare(k, launch) for each block k on this thread, the calls it hands to
+    launch(f, *args) then run all at once, block k's on a thread of its own, OpenBLAS at one thread meanwhile. For a
+    measurement of work other than a cell's with the split's threads (benchmarks/gemm_floor.py)."""
+    return _cpu_split.run(prepare, n)
+
+
 def whole_sequence_backward(dtype_name: str = "float32", cell: str = "gru") -> bool:
     """True when the backward of `cell` ('gru': reset_after; 'lstm') runs as one call on NumPy's BLAS (_cpu.py,
     _cpu_blas.py) for that dtype."""
