@@ -61,9 +61,9 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gru_xp.backend import installed  # noqa: E402
-from gru_xp.nn import fast  # noqa: E402
 from gru_xp.bench_worker import (ALL_CORES_TARGETS, CPU_ROWS, SETTLE_S, gx_layer, gx_step, interleaved,  # noqa: E402
                                  torch_layer, torch_step)
+from gru_xp.nn import fast  # noqa: E402
 
 
 def gemms(T, B, I, H, chunk=16, backward=True):

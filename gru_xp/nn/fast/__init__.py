@@ -67,8 +67,9 @@ def batch_split_runs() -> tuple[int, int]:
 
 
 def batch_blocks(B: int) -> list | None:
-    """[(lo, hi), ...]: the column blocks a float32 GRU or LSTM batch of B splits into at OpenBLAS's present thread
-    count (fast/blocks.py; _cpu_split.blocks), or None: no split."""
+    """[(lo, hi), ...]: the split's column blocks for a batch of B at OpenBLAS's present thread count
+    (_cpu_split.blocks), or None: no split. A layer splits by them only where its one-call loops run (float32, the
+    CPU kernels, reset_after for the GRU: fast/blocks.py)."""
     return _cpu_split.blocks(B)
 
 
